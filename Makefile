@@ -1,0 +1,27 @@
+# The two commands of the README: `make up` (set up and run) and `make test` (the whole suite).
+.PHONY: up down status test lint bootstrap install
+VENV := .venv/bin
+
+bootstrap:
+	@deploy/local/bootstrap.sh
+
+install: bootstrap
+	@$(VENV)/citystream install
+
+up: bootstrap
+	@$(VENV)/citystream up
+
+down:
+	@$(VENV)/citystream down
+
+status:
+	@$(VENV)/citystream status
+
+test: install
+	$(VENV)/ruff check .
+	$(VENV)/mypy
+	$(VENV)/pytest
+
+lint: bootstrap
+	$(VENV)/ruff check .
+	$(VENV)/mypy

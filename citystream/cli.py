@@ -1,0 +1,163 @@
+"""The `citystream` command line: one entry point for the local stack and every component."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deploy.local.stack import Stack, StackError, StackSettings
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _stack(home: Path | None) -> Stack:
+    overrides: dict[str, Any] = {"home": home} if home else {}
+    return Stack(StackSettings(**overrides))
+
+
+home_option = click.option(
+    "--home", type=click.Path(path_type=Path), envvar="CITYSTREAM_STACK__HOME", show_envvar=True,
+    help="Where the local stack keeps data, logs and stack.json "
+         "[default: ~/.local/state/citystream].")
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """citystream: smart-city telemetry from MQTT to live KPIs in InfluxDB.
+
+    \b
+    Quick start:
+      citystream up            # install (cached) and start Mosquitto, Kafka, InfluxDB
+      citystream status        # where everything listens, and the credentials
+      citystream down          # stop it all
+
+    Ports, data dirs and versions of the local stack come from CITYSTREAM_STACK__* env vars
+    (see `citystream up --help`); services read CITYSTREAM_MQTT__*, CITYSTREAM_KAFKA__*,
+    CITYSTREAM_INFLUX__* (see README.md, Configuration).
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT)
+@home_option
+def install(home: Path | None) -> None:
+    """Install and cache the local stack without starting it.
+
+    Mosquitto from Debian packages, Kafka jars from Maven Central, and influxd built from its Go
+    module (15-25 min the first time), all cached under ~/.cache/citystream by version.
+    """
+    from deploy.local.stack import install_all
+
+    t0 = time.monotonic()
+    try:
+        install_all(_stack(home).s)
+    except StackError as exc:
+        _fail(exc)
+    click.echo(f"installed in {time.monotonic() - t0:.1f}s")
+
+
+@main.command(context_settings=CONTEXT)
+@home_option
+def up(home: Path | None) -> None:
+    """Start Mosquitto, Kafka and InfluxDB on 127.0.0.1 and return once all are ready.
+
+    Installs what is missing first (see `citystream install`). Services keep running in the
+    background until `citystream down`. Settings (env): CITYSTREAM_STACK__MQTT_PORT (1883),
+    __KAFKA_PORT (9092), __KAFKA_CONTROLLER_PORT (9093), __INFLUXDB_PORT (8086), __HOME, __CACHE,
+    __KAFKA_VERSION (3.9.1), __INFLUXDB_VERSION (2.7.12), __INFLUXDB_ORG, __BUCKET_TELEMETRY,
+    __BUCKET_KPI.
+
+    The pipeline (ingest, worker, simulator) is not started yet: those commands arrive with
+    issues 3-5.
+    """
+    t0 = time.monotonic()
+    try:
+        stack = _stack(home)
+        stack.up()
+    except StackError as exc:
+        _fail(exc)
+    click.echo(f"all services ready in {time.monotonic() - t0:.1f}s; "
+               f"`citystream status` shows where and how to connect, "
+               f"logs in {stack.home / 'logs'}")
+
+
+@main.command(context_settings=CONTEXT)
+@home_option
+def down(home: Path | None) -> None:
+    """Stop everything `citystream up` started (data is kept in --home)."""
+    _stack(home).down()
+    click.echo("stopped")
+
+
+@main.command(context_settings=CONTEXT)
+@home_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the contract's status object (section 4) as JSON, with credentials.")
+def status(home: Path | None, as_json: bool) -> None:
+    """Show where each service listens, whether it runs, and how to connect."""
+    stack = _stack(home)
+    if not stack.state_file.exists():
+        click.echo("the local stack has not been started here; run `citystream up`", err=True)
+        sys.exit(3)
+    if as_json:
+        click.echo(json.dumps(stack.client_info(), indent=2))
+        return
+    info = stack.status()
+    for name, svc in info["services"].items():
+        state = "running" if svc["running"] else "stopped"
+        click.echo(f"{name:<10} {state:<8} log {svc['log']}")
+    click.echo(f"mqtt       {info['mqtt']['host']}:{info['mqtt']['port']} "
+               f"(user {info['mqtt']['username']}; password via --json)")
+    click.echo(f"kafka      {info['kafka']['bootstrap']}")
+    click.echo(f"influxdb   {info['influxdb']['url']} org {info['influxdb']['org']} "
+               f"buckets {', '.join(info['influxdb']['buckets'].values())}")
+
+
+def _planned(name: str, issue: int, summary: str) -> click.Command:
+    @click.command(name=name, context_settings=CONTEXT,
+                   help=f"{summary}\n\nNot implemented yet (planned in issue {issue}).",
+                   short_help=f"[planned, issue {issue}] {summary}")
+    def command() -> None:
+        click.echo(f"`citystream {name}` is not implemented yet (planned in issue {issue}).",
+                   err=True)
+        sys.exit(2)
+
+    return command
+
+
+def _register_components() -> None:
+    planned = {
+        "sim": (3, "Simulate a whole city publishing readings over MQTT."),
+        "ingest": (4, "Move readings from MQTT into Kafka, dead-lettering bad input."),
+        "worker": (5, "Run the Faust KPI engine and the InfluxDB sink."),
+        "report": (6, "Answer 'are we on track?' for a period, from InfluxDB."),
+        "baseline": (6, "Learn hour-of-week baselines from a past period in InfluxDB."),
+        "bench": (7, "Benchmark citystream against its peers."),
+        "check": (4, "Check configuration and connectivity."),
+    }
+    try:
+        from sensors_sim.cli import sim
+    except ImportError:
+        pass
+    else:
+        main.add_command(sim, "sim")
+        planned.pop("sim")
+    for name, (issue, summary) in planned.items():
+        main.add_command(_planned(name, issue, summary))
+
+
+_register_components()

@@ -1,0 +1,89 @@
+"""Service settings from the environment: ``CITYSTREAM_<SECTION>__<NAME>``.
+
+Every component (sim, ingest, worker) reads the same `Settings`; secrets are `SecretStr` and never
+printed. `Settings.load()` turns a validation error into `ConfigError` naming the env var to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CITYSTREAM_"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the env var and what is wrong."""
+
+
+class MqttSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = Field(None, description="CA file; enables TLS when set")
+    keepalive_s: int = Field(30, ge=5)
+    session_expiry_s: int = Field(3600, ge=0, description="persistent-session lifetime")
+    shared_group: str = "ingest"
+    client_id: str | None = Field(None, description="stable id for a persistent session")
+
+
+class KafkaSettings(BaseModel):
+    bootstrap: str = "127.0.0.1:9092"
+    partitions: int = Field(8, ge=1)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for part in value.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{part!r} is not host:port (e.g. 127.0.0.1:9092)")
+        return value
+
+
+class InfluxSettings(BaseModel):
+    url: str = "http://127.0.0.1:8086"
+    org: str = "citystream"
+    token: SecretStr | None = None
+    bucket_telemetry: str = "telemetry"
+    bucket_kpi: str = "kpi"
+
+
+class CitySettings(BaseModel):
+    file: Path | None = Field(None, description="city model TOML; the Milton Keynes example "
+                                                "when unset")
+
+
+class Settings(BaseSettings):
+    """All of citystream's service settings."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                      extra="ignore")
+
+    mqtt: MqttSettings = MqttSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    influx: InfluxSettings = InfluxSettings()
+    city: CitySettings = CitySettings()
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(exc)) from None
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings for a start-up log line, secrets masked."""
+        return self.model_dump(mode="json")
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"])
+        lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,676 @@
+"""The local stack: Mosquitto, Kafka (KRaft) and InfluxDB 2.x on 127.0.0.1, without Docker.
+
+`Stack(settings).up()` installs what is missing (Debian packages, Kafka jars from Maven Central,
+`influxd` built from its Go module, all cached under ``settings.cache``), starts each service as a
+detached process group, waits until each really answers, and records everything a client needs in
+``<home>/stack.json``. `down()` stops them; `status()` reads that file back.
+
+Used by `citystream up/down/status` and by the pytest fixtures (with a per-session home and free
+ports), so tests and users run exactly the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HERE = Path(__file__).resolve().parent
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """A service cannot be installed or started; the message says how to fix it."""
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "citystream"
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "citystream"
+
+
+class StackSettings(BaseSettings):
+    """Where and how the local stack runs. Env vars: ``CITYSTREAM_STACK__<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CITYSTREAM_STACK__", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="data, logs and stack.json")
+    cache: Path = Field(default_factory=_default_cache, description="downloads and builds")
+    mqtt_port: int = 1883
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    influxdb_port: int = 8086
+    dashboard_port: int = 8080
+    kafka_version: str = "3.9.1"
+    kafka_heap: str = "1g"
+    kafka_partitions: int = 8
+    influxdb_version: str = "2.7.12"
+    influxdb_org: str = "citystream"
+    bucket_telemetry: str = "telemetry"
+    bucket_kpi: str = "kpi"
+    ready_timeout_s: float = 90.0
+
+
+Progress = Callable[[str], None]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    now = _proc_start_time(pid)
+    if now is None:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z" and (started is None or started == now)
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """One supervised service process: spawned detached, stopped by process group."""
+
+    name: str
+    home: Path
+    pid: int | None = None
+    started: str | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.home / "logs" / f"{self.name}.log"
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, **(env or {})},
+                cwd=self.home,
+            )
+        self.pid = proc.pid
+        self.started = _proc_start_time(proc.pid)
+
+    def running(self) -> bool:
+        return self.pid is not None and _alive(self.pid, self.started)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20.0, sig: int = signal.SIGTERM) -> None:
+        if not self.running():
+            return
+        assert self.pid is not None
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(self.pid)
+            if not self.running():
+                return
+            time.sleep(0.1)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        while self.running():
+            _reap(self.pid)
+            time.sleep(0.05)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _wait(what: str, svc: Service, probe: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not svc.running():
+            raise StackError(f"{what} exited during start-up; its log ({svc.log}) ends:\n"
+                             f"{svc.log_tail()}")
+        try:
+            if probe():
+                return
+        except Exception:  # not ready yet, whatever the reason
+            pass
+        time.sleep(0.3)
+    raise StackError(f"{what} did not become ready within {timeout:.0f}s; see {svc.log}:\n"
+                     f"{svc.log_tail()}")
+
+
+def _run(argv: list[str], what: str, **kw: Any) -> str:
+    try:
+        done = subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
+    except FileNotFoundError as exc:
+        raise StackError(f"{what}: {argv[0]} not found") from exc
+    except subprocess.CalledProcessError as exc:
+        raise StackError(f"{what} failed ({' '.join(argv[:3])} ...):\n{exc.stdout}\n{exc.stderr}"
+                         ) from exc
+    return str(done.stdout)
+
+
+def _http(method: str, url: str, body: Any = None, token: str | None = None,
+          timeout: float = 5.0) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Token {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+# ---------------------------------------------------------------------------------------------
+# installation (cached)
+
+
+def _apt_install(packages: list[str], say: Progress) -> None:
+    if shutil.which("apt-get") is None:
+        raise StackError(f"Install {' '.join(packages)} with your package manager "
+                         "(no apt-get on this machine).")
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            raise StackError(f"Run as root: apt-get install -y {' '.join(packages)}")
+        prefix = ["sudo", "-n"]
+    say(f"installing Debian packages: {' '.join(packages)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        _run([*prefix, "apt-get", "install", "-y", "-q", *packages], "apt-get install", env=env)
+    except StackError:
+        _run([*prefix, "apt-get", "update", "-q"], "apt-get update", env=env)
+        _run([*prefix, "apt-get", "install", "-y", "-q", *packages], "apt-get install", env=env)
+
+
+def install_mosquitto(say: Progress = _say) -> None:
+    if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
+        _apt_install(["mosquitto", "mosquitto-clients"], say)
+    elif not shutil.which("mosquitto_pub"):
+        _apt_install(["mosquitto-clients"], say)
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
+                                          if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        raise StackError("mosquitto not found: run `citystream install` "
+                         "(or apt-get install -y mosquitto mosquitto-clients)")
+    return found
+
+
+def java_binary() -> str:
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise StackError("Java not found: Kafka needs a Java 11+ runtime. Install one "
+                         "(apt-get install -y openjdk-17-jre-headless) or set JAVA_HOME.")
+    return java
+
+
+def install_kafka(s: StackSettings, say: Progress = _say) -> Path:
+    """Kafka broker jars from Maven Central, cached at ``<cache>/kafka-<version>/lib``."""
+    lib = s.cache / f"kafka-{s.kafka_version}" / "lib"
+    marker = lib / ".complete"
+    if marker.exists():
+        return lib
+    java_binary()
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError("Maven (mvn) not found: it fetches the Kafka jars from Maven Central. "
+                         "Install it (apt-get install -y maven).")
+    say(f"fetching Kafka {s.kafka_version} jars from Maven Central into {lib}")
+    tmp = lib.with_name("lib.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _run([mvn, "-q", "-B", "-f", str(HERE / "kafka-pom.xml"), f"-Dkafka.version={s.kafka_version}",
+          "dependency:copy-dependencies", "-DincludeScope=runtime",
+          f"-DoutputDirectory={tmp}"], "fetching Kafka jars with Maven")
+    shutil.rmtree(lib, ignore_errors=True)
+    tmp.rename(lib)
+    marker.write_text(s.kafka_version)
+    return lib
+
+
+def influxd_path(s: StackSettings) -> Path:
+    return s.cache / f"influxdb-{s.influxdb_version}" / "bin" / "influxd"
+
+
+def install_influxdb(s: StackSettings, say: Progress = _say) -> Path:
+    """``influxd`` built from its Go module by build-influxd.sh, cached by version."""
+    binary = influxd_path(s)
+    if binary.exists():
+        return binary
+    say(f"building influxd {s.influxdb_version} from source (first run only: 15-25 min, "
+        f"log in {s.cache}/influxd-build.log)")
+    s.cache.mkdir(parents=True, exist_ok=True)
+    log = s.cache / "influxd-build.log"
+    env = {**os.environ, "CITYSTREAM_CACHE": str(s.cache),
+           "CITYSTREAM_INFLUXDB_VERSION": s.influxdb_version}
+    with log.open("w") as out:
+        rc = subprocess.call(["bash", str(HERE / "build-influxd.sh")], stdout=out,
+                             stderr=subprocess.STDOUT, env=env)
+    if rc != 0 or not binary.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise StackError(f"building influxd failed (exit {rc}); full log {log}:\n{tail}")
+    return binary
+
+
+def install_all(s: StackSettings, say: Progress = _say) -> None:
+    install_mosquitto(say)
+    install_kafka(s, say)
+    install_influxdb(s, say)
+
+
+# ---------------------------------------------------------------------------------------------
+# the services
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+@dataclass
+class Credentials:
+    """Secrets generated once per stack home and kept in ``<home>/secrets.json`` (mode 600)."""
+
+    mqtt_gateway_password: str
+    mqtt_service_password: str
+    influxdb_password: str
+    influxdb_token: str
+
+    @classmethod
+    def load_or_create(cls, home: Path) -> Credentials:
+        path = home / "secrets.json"
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        creds = cls(mqtt_gateway_password=secrets.token_urlsafe(18),
+                    mqtt_service_password=secrets.token_urlsafe(18),
+                    influxdb_password=secrets.token_urlsafe(18),
+                    influxdb_token=secrets.token_urlsafe(48))
+        _write_private(path, json.dumps(creds.__dict__, indent=2))
+        return creds
+
+
+MQTT_GATEWAY_USER = "gateway"
+MQTT_SERVICE_USER = "citystream"
+
+
+def mosquitto_config(s: StackSettings, d: Path) -> str:
+    return f"""# Generated by citystream deploy/local (production config: deploy/mosquitto/).
+user root
+per_listener_settings false
+allow_anonymous false
+password_file {d}/passwd
+acl_file {d}/acl
+persistence true
+persistence_location {d}/data/
+autosave_interval 5
+log_dest stdout
+log_type error
+log_type warning
+log_type notice
+log_type information
+connection_messages true
+max_queued_messages 1000000
+max_queued_bytes 0
+max_inflight_messages 0
+set_tcp_nodelay true
+listener {s.mqtt_port} {LOOPBACK}
+"""
+
+
+# The ACL shipped for production is the one the local stack uses (users `citystream`, `gateway`).
+MOSQUITTO_ACL_FILE = HERE.parent / "mosquitto" / "acl"
+
+
+class Stack:
+    """The local stack under one home directory (see module docstring)."""
+
+    def __init__(self, settings: StackSettings | None = None, say: Progress = _say) -> None:
+        self.s = settings or StackSettings()
+        self.home = self.s.home.expanduser().resolve()
+        self.s.cache = self.s.cache.expanduser().resolve()
+        self.say = say
+        self.services = {n: Service(n, self.home) for n in ("mosquitto", "kafka", "influxdb")}
+        self._load_pids()
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "stack.json"
+
+    def _load_pids(self) -> None:
+        if not self.state_file.exists():
+            return
+        state = json.loads(self.state_file.read_text())
+        for name, proc in state.get("processes", {}).items():
+            svc = self.services.setdefault(name, Service(name, self.home))
+            svc.pid, svc.started = proc["pid"], proc["started"]
+
+    def _save(self) -> None:
+        creds = Credentials.load_or_create(self.home)
+        state = {
+            **self.client_info(creds),
+            "processes": {n: {"pid": v.pid, "started": v.started, "log": str(v.log)}
+                          for n, v in self.services.items() if v.pid is not None},
+        }
+        _write_private(self.state_file, json.dumps(state, indent=2))
+
+    def client_info(self, creds: Credentials | None = None) -> dict[str, Any]:
+        """The contract's `citystream status --json` object (section 4)."""
+        creds = creds or Credentials.load_or_create(self.home)
+        return {
+            "mqtt": {"host": LOOPBACK, "port": self.s.mqtt_port, "username": MQTT_GATEWAY_USER,
+                     "password": creds.mqtt_gateway_password},
+            "kafka": {"bootstrap": f"{LOOPBACK}:{self.s.kafka_port}"},
+            "influxdb": {"url": f"http://{LOOPBACK}:{self.s.influxdb_port}",
+                         "org": self.s.influxdb_org, "token": creds.influxdb_token,
+                         "buckets": {"telemetry": self.s.bucket_telemetry,
+                                     "kpi": self.s.bucket_kpi}},
+            "dashboard": {"url": f"http://{LOOPBACK}:{self.s.dashboard_port}/"},
+        }
+
+    def service_env(self) -> dict[str, str]:
+        """Env vars that point citystream components (ingest, worker, sim) at this stack."""
+        creds = Credentials.load_or_create(self.home)
+        return {
+            "CITYSTREAM_MQTT__HOST": LOOPBACK,
+            "CITYSTREAM_MQTT__PORT": str(self.s.mqtt_port),
+            "CITYSTREAM_MQTT__USERNAME": MQTT_SERVICE_USER,
+            "CITYSTREAM_MQTT__PASSWORD": creds.mqtt_service_password,
+            "CITYSTREAM_KAFKA__BOOTSTRAP": f"{LOOPBACK}:{self.s.kafka_port}",
+            "CITYSTREAM_INFLUX__URL": f"http://{LOOPBACK}:{self.s.influxdb_port}",
+            "CITYSTREAM_INFLUX__ORG": self.s.influxdb_org,
+            "CITYSTREAM_INFLUX__TOKEN": creds.influxdb_token,
+            "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": self.s.bucket_telemetry,
+            "CITYSTREAM_INFLUX__BUCKET_KPI": self.s.bucket_kpi,
+        }
+
+    def status(self) -> dict[str, Any]:
+        info = self.client_info()
+        info["services"] = {
+            n: {"running": v.running(), "pid": v.pid, "log": str(v.log)}
+            for n, v in self.services.items()
+        }
+        return info
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    SERVICES = ("mosquitto", "kafka", "influxdb")
+
+    def up(self, only: tuple[str, ...] = SERVICES) -> dict[str, Any]:
+        """Install what is missing, start every service not already running, wait until ready."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        if only == self.SERVICES:
+            install_all(self.s, self.say)
+        for name in only:
+            self.ensure(name)
+        return self.client_info()
+
+    def ensure(self, name: str) -> None:
+        """Start one service (installing it first if needed) unless it already runs."""
+        svc = self.services[name]
+        if svc.running():
+            self.say(f"{name}: already running (pid {svc.pid}) on {self._where(name)}")
+            return
+        self.home.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            self.start_service(name)
+        finally:
+            self._save()
+        self.say(f"{name}: ready in {time.monotonic() - t0:.1f}s on {self._where(name)}, "
+                 f"log {svc.log}")
+
+    def _where(self, name: str) -> str:
+        return {"mosquitto": f"mqtt://{LOOPBACK}:{self.s.mqtt_port}",
+                "kafka": f"kafka {LOOPBACK}:{self.s.kafka_port}",
+                "influxdb": f"http://{LOOPBACK}:{self.s.influxdb_port}"}.get(name, name)
+
+    def down(self) -> None:
+        """Stop every service this home started (pipeline processes first)."""
+        order = [n for n in self.services if n not in ("mosquitto", "kafka", "influxdb")]
+        order += ["influxdb", "kafka", "mosquitto"]
+        for name in order:
+            svc = self.services[name]
+            if svc.running():
+                self.say(f"{name}: stopping (pid {svc.pid})")
+                svc.stop(timeout=30.0 if name == "kafka" else 15.0)
+        if self.state_file.exists():
+            state = json.loads(self.state_file.read_text())
+            state["processes"] = {}
+            _write_private(self.state_file, json.dumps(state, indent=2))
+        for svc in self.services.values():
+            svc.pid = svc.started = None
+
+    def stop_service(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop one service (fault tests use this with SIGKILL)."""
+        self.services[name].stop(sig=sig)
+
+    def start_service(self, name: str) -> None:
+        """(Re)start one stopped service and wait until it is ready."""
+        creds = Credentials.load_or_create(self.home)
+        {"mosquitto": self._start_mosquitto, "kafka": self._start_kafka,
+         "influxdb": self._start_influxdb}[name](creds)
+        self._save()
+
+    def _check_port(self, port: int, setting: str) -> None:
+        if port_in_use(port):
+            raise StackError(f"port {port} on {LOOPBACK} is already in use (another instance?); "
+                             f"stop it or choose another port with CITYSTREAM_STACK__{setting}")
+
+    # Mosquitto ---------------------------------------------------------------------------
+
+    def _start_mosquitto(self, creds: Credentials) -> None:
+        install_mosquitto(self.say)
+        self._check_port(self.s.mqtt_port, "MQTT_PORT")
+        d = self.home / "mosquitto"
+        (d / "data").mkdir(parents=True, exist_ok=True)
+        passwd = d / "passwd"
+        _write_private(passwd, "")
+        for user, pw in ((MQTT_GATEWAY_USER, creds.mqtt_gateway_password),
+                         (MQTT_SERVICE_USER, creds.mqtt_service_password)):
+            _run(["mosquitto_passwd", "-b", str(passwd), user, pw], "mosquitto_passwd")
+        _write_private(d / "acl", MOSQUITTO_ACL_FILE.read_text())
+        (d / "mosquitto.conf").write_text(mosquitto_config(self.s, d))
+        svc = self.services["mosquitto"]
+        svc.spawn([mosquitto_binary(), "-c", str(d / "mosquitto.conf")])
+        _wait("mosquitto", svc, lambda: self._mqtt_ready(creds), self.s.ready_timeout_s)
+
+    def _mqtt_ready(self, creds: Credentials) -> bool:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                             client_id=f"citystream-ready-{secrets.token_hex(4)}")
+        client.username_pw_set(MQTT_SERVICE_USER, creds.mqtt_service_password)
+        try:
+            client.connect(LOOPBACK, self.s.mqtt_port, keepalive=5)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not client.is_connected():
+                client.loop(timeout=0.1)
+            return client.is_connected()
+        finally:
+            client.disconnect()
+
+    # Kafka -------------------------------------------------------------------------------
+
+    def _start_kafka(self, creds: Credentials) -> None:
+        self._check_port(self.s.kafka_port, "KAFKA_PORT")
+        self._check_port(self.s.kafka_controller_port, "KAFKA_CONTROLLER_PORT")
+        java = java_binary()
+        lib = install_kafka(self.s, self.say)
+        d = self.home / "kafka"
+        data = d / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        props = d / "server.properties"
+        props.write_text(self._kafka_properties(data))
+        log4j = d / "log4j.properties"
+        log4j.write_text(KAFKA_LOG4J)
+        cp = f"{lib}/*"
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            _run([java, f"-Dlog4j.configuration=file:{log4j}", "-cp", cp,
+                  "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                 "formatting Kafka storage")
+        svc = self.services["kafka"]
+        svc.spawn([java, f"-Xmx{self.s.kafka_heap}", "-Xms256m", "-XX:+UseG1GC",
+                   "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
+                   "-cp", cp, "kafka.Kafka", str(props)])
+        _wait("kafka", svc, self._kafka_ready, self.s.ready_timeout_s)
+
+    def _kafka_properties(self, data: Path) -> str:
+        s = self.s
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{LOOPBACK}:{s.kafka_controller_port}",
+            f"listeners=PLAINTEXT://{LOOPBACK}:{s.kafka_port},"
+            f"CONTROLLER://{LOOPBACK}:{s.kafka_controller_port}",
+            f"advertised.listeners=PLAINTEXT://{LOOPBACK}:{s.kafka_port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={data}",
+            f"num.partitions={s.kafka_partitions}",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=10",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=4",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "log.retention.hours=168",
+            "num.network.threads=2",
+            "num.io.threads=4",
+            "",
+        ])
+
+    def _kafka_ready(self) -> bool:
+        import logging
+
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        if not port_in_use(self.s.kafka_port):
+            return False
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+        async def probe() -> bool:
+            admin = AIOKafkaAdminClient(bootstrap_servers=f"{LOOPBACK}:{self.s.kafka_port}",
+                                        request_timeout_ms=3000)
+            await admin.start()
+            try:
+                cluster = await admin.describe_cluster()
+                return bool(cluster.get("brokers"))
+            finally:
+                await admin.close()
+
+        return asyncio.run(asyncio.wait_for(probe(), timeout=5))
+
+    # InfluxDB ----------------------------------------------------------------------------
+
+    def _start_influxdb(self, creds: Credentials) -> None:
+        self._check_port(self.s.influxdb_port, "INFLUXDB_PORT")
+        binary = install_influxdb(self.s, self.say)
+        d = self.home / "influxdb"
+        d.mkdir(parents=True, exist_ok=True)
+        svc = self.services["influxdb"]
+        svc.spawn([str(binary), "run",
+                   f"--http-bind-address={LOOPBACK}:{self.s.influxdb_port}",
+                   f"--bolt-path={d}/influxd.bolt", f"--engine-path={d}/engine",
+                   f"--sqlite-path={d}/influxd.sqlite",
+                   "--reporting-disabled", "--ui-disabled", "--log-level=info"])
+        base = f"http://{LOOPBACK}:{self.s.influxdb_port}"
+        _wait("influxdb", svc, lambda: _http("GET", f"{base}/health")["status"] == "pass",
+              self.s.ready_timeout_s)
+        self._onboard(base, creds)
+
+    def _onboard(self, base: str, creds: Credentials) -> None:
+        if _http("GET", f"{base}/api/v2/setup").get("allowed"):
+            self.say(f"influxdb: onboarding org {self.s.influxdb_org!r}, buckets "
+                     f"{self.s.bucket_telemetry!r} and {self.s.bucket_kpi!r}")
+            _http("POST", f"{base}/api/v2/setup", {
+                "username": "admin", "password": creds.influxdb_password,
+                "org": self.s.influxdb_org, "bucket": self.s.bucket_telemetry,
+                "token": creds.influxdb_token})
+        orgs = _http("GET", f"{base}/api/v2/orgs?org={self.s.influxdb_org}",
+                     token=creds.influxdb_token)["orgs"]
+        org_id = orgs[0]["id"]
+        have = {b["name"] for b in _http("GET", f"{base}/api/v2/buckets?orgID={org_id}&limit=100",
+                                         token=creds.influxdb_token)["buckets"]}
+        for bucket in (self.s.bucket_telemetry, self.s.bucket_kpi):
+            if bucket not in have:
+                _http("POST", f"{base}/api/v2/buckets",
+                      {"orgID": org_id, "name": bucket, "retentionRules": []},
+                      token=creds.influxdb_token)
+
+
+KAFKA_LOG4J = """log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka=INFO
+log4j.logger.org.apache.kafka=INFO
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.log.LogCleaner=WARN
+"""

@@ -1,0 +1,52 @@
+"""deploy/local without services: configuration, error messages that name the fix."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from deploy.local import stack as stack_mod
+from deploy.local.stack import Credentials, Stack, StackError, StackSettings
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CITYSTREAM_STACK__MQTT_PORT", "11883")
+    monkeypatch.setenv("CITYSTREAM_STACK__HOME", str(tmp_path))
+    s = StackSettings()
+    assert s.mqtt_port == 11883
+    assert s.home == tmp_path
+
+
+def test_missing_java_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(stack_mod.shutil, "which", lambda _name: None)
+    with pytest.raises(StackError, match="apt-get install -y openjdk-17-jre-headless"):
+        stack_mod.java_binary()
+
+
+def test_port_in_use_names_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        st = Stack(StackSettings(home=tmp_path, mqtt_port=port), say=lambda _m: None)
+        with pytest.raises(StackError, match="CITYSTREAM_STACK__MQTT_PORT"):
+            st._check_port(port, "MQTT_PORT")
+
+
+def test_credentials_are_stable_and_private(tmp_path: Path) -> None:
+    first = Credentials.load_or_create(tmp_path)
+    again = Credentials.load_or_create(tmp_path)
+    assert first == again
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o077 == 0
+    assert len(first.influxdb_token) >= 48
+
+
+def test_status_object_has_the_contract_shape(tmp_path: Path) -> None:
+    info = Stack(StackSettings(home=tmp_path), say=lambda _m: None).client_info()
+    assert info["mqtt"]["port"] == 1883
+    assert info["kafka"]["bootstrap"] == "127.0.0.1:9092"
+    assert info["influxdb"]["url"] == "http://127.0.0.1:8086"
+    assert info["influxdb"]["buckets"] == {"telemetry": "telemetry", "kpi": "kpi"}
