@@ -127,6 +127,25 @@ def status(home: Path | None, as_json: bool) -> None:
                f"buckets {', '.join(info['influxdb']['buckets'].values())}")
 
 
+@main.command(context_settings=CONTEXT)
+@home_option
+def env(home: Path | None) -> None:
+    """Print `export` lines that point citystream's services at the local stack.
+
+    \b
+    Use:  eval "$(citystream env)"   then run `citystream ingest`, `citystream sim`, ...
+    The lines carry the service credentials (MQTT user `citystream`, the InfluxDB token).
+    """
+    import shlex
+
+    stack = _stack(home)
+    if not stack.state_file.exists():
+        click.echo("the local stack has not been started here; run `citystream up`", err=True)
+        sys.exit(3)
+    for name, value in stack.service_env().items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
 def _planned(name: str, issue: int, summary: str) -> click.Command:
     @click.command(name=name, context_settings=CONTEXT,
                    help=f"{summary}\n\nNot implemented yet (planned in issue {issue}).",
@@ -142,7 +161,6 @@ def _planned(name: str, issue: int, summary: str) -> click.Command:
 def _register_components() -> None:
     planned = {
         "sim": (3, "Simulate a whole city publishing readings over MQTT."),
-        "ingest": (4, "Move readings from MQTT into Kafka, dead-lettering bad input."),
         "worker": (5, "Run the Faust KPI engine and the InfluxDB sink."),
         "report": (6, "Answer 'are we on track?' for a period, from InfluxDB."),
         "baseline": (6, "Learn hour-of-week baselines from a past period in InfluxDB."),
@@ -156,6 +174,9 @@ def _register_components() -> None:
     else:
         main.add_command(sim, "sim")
         planned.pop("sim")
+    from ingest.cli import ingest
+
+    main.add_command(ingest, "ingest")
     for name, (issue, summary) in planned.items():
         main.add_command(_planned(name, issue, summary))
 

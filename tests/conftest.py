@@ -23,7 +23,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The session's stack object; services start on demand through `ensure`."""
     home = tmp_path_factory.mktemp("stack")
     settings = StackSettings(
-        home=home, mqtt_port=free_port(), kafka_port=free_port(),
+        home=home, mqtt_port=free_port(), mqtt_tls_port=free_port(), kafka_port=free_port(),
         kafka_controller_port=free_port(), influxdb_port=free_port(),
         dashboard_port=free_port())
     st = Stack(settings, say=lambda msg: print(f"[stack] {msg}", flush=True))

@@ -58,6 +58,7 @@ class StackSettings(BaseSettings):
     home: Path = Field(default_factory=_default_home, description="data, logs and stack.json")
     cache: Path = Field(default_factory=_default_cache, description="downloads and builds")
     mqtt_port: int = 1883
+    mqtt_tls_port: int = Field(0, description="TLS listener with a generated dev CA; 0 = off")
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     influxdb_port: int = 8086
@@ -375,7 +376,13 @@ max_queued_bytes 0
 max_inflight_messages 0
 set_tcp_nodelay true
 listener {s.mqtt_port} {LOOPBACK}
-"""
+""" + (f"""
+listener {s.mqtt_tls_port} {LOOPBACK}
+cafile {d}/certs/ca.crt
+certfile {d}/certs/server.crt
+keyfile {d}/certs/server.key
+tls_version tlsv1.2
+""" if s.mqtt_tls_port else "")
 
 
 # The ACL shipped for production is the one the local stack uses (users `citystream`, `gateway`).
@@ -514,6 +521,15 @@ class Stack:
          "influxdb": self._start_influxdb}[name](creds)
         self._save()
 
+    def add_mqtt_user(self, username: str, password: str) -> None:
+        """Add (or change) an MQTT user, e.g. a sensor whose user name is its sensor_id, and
+        make the running broker reload its password file and ACL."""
+        passwd = self.home / "mosquitto" / "passwd"
+        _run(["mosquitto_passwd", "-b", str(passwd), username, password], "mosquitto_passwd")
+        svc = self.services["mosquitto"]
+        if svc.running() and svc.pid is not None:
+            os.kill(svc.pid, signal.SIGHUP)
+
     def _check_port(self, port: int, setting: str) -> None:
         if port_in_use(port):
             raise StackError(f"port {port} on {LOOPBACK} is already in use (another instance?); "
@@ -532,6 +548,10 @@ class Stack:
                          (MQTT_SERVICE_USER, creds.mqtt_service_password)):
             _run(["mosquitto_passwd", "-b", str(passwd), user, pw], "mosquitto_passwd")
         _write_private(d / "acl", MOSQUITTO_ACL_FILE.read_text())
+        if self.s.mqtt_tls_port and not (d / "certs" / "ca.crt").exists():
+            self._check_port(self.s.mqtt_tls_port, "MQTT_TLS_PORT")
+            _run(["bash", str(HERE.parent / "mosquitto" / "make-dev-ca.sh"), str(d / "certs")],
+                 "making the development CA for Mosquitto's TLS listener")
         (d / "mosquitto.conf").write_text(mosquitto_config(self.s, d))
         svc = self.services["mosquitto"]
         svc.spawn([mosquitto_binary(), "-c", str(d / "mosquitto.conf")])

@@ -136,3 +136,18 @@ def test_status_json_is_the_contract_object(stack: Stack) -> None:
     assert set(info["dashboard"]) == {"url"}
     assert info["mqtt"]["port"] == stack.s.mqtt_port
     assert info["kafka"]["bootstrap"] == f"127.0.0.1:{stack.s.kafka_port}"
+
+
+@pytest.mark.mqtt
+def test_tls_listener_with_the_dev_ca(stack: Stack) -> None:
+    gateway = stack.client_info()["mqtt"]
+    certs = stack.home / "mosquitto" / "certs"
+    base = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(stack.s.mqtt_tls_port), "-q", "1",
+            "-u", gateway["username"], "-P", gateway["password"],
+            "-t", "city/central-mk/water/wm-tls", "-m", "{}"]
+    ok = subprocess.run([*base, "--cafile", str(certs / "ca.crt")], capture_output=True,
+                        text=True, timeout=10)
+    assert ok.returncode == 0, ok.stderr
+    untrusted = subprocess.run([*base, "--cafile", "/etc/ssl/certs/ca-certificates.crt"],
+                               capture_output=True, text=True, timeout=10)
+    assert untrusted.returncode != 0

@@ -1,0 +1,3 @@
+from citystream.cli import main
+
+main()

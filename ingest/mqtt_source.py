@@ -1,0 +1,192 @@
+"""MQTT side of ingest: a persistent MQTT 5 session on a shared subscription, with manual acks.
+
+The broker keeps our session (clean start off, session expiry > 0, stable client id) and limits
+unacknowledged deliveries to `receive_maximum`; we acknowledge a message only after Kafka
+confirmed it. So a crash or a Kafka outage loses nothing: the broker redelivers, and while
+nothing is acknowledged it stops sending (flow control instead of an unbounded buffer).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from citystream.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+# city/# rather than city/+/+/+: a topic with too few or too many levels must reach decode and
+# be dead-lettered as bad_topic, not silently never seen. citystream's own alerts
+# (city/alerts/...) are acknowledged and skipped.
+READINGS_FILTER = "city/#"
+ALERTS_PREFIX = "city/alerts/"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One MQTT message as received; `token` acknowledges it."""
+
+    topic: str
+    payload: bytes
+    received_at_ms: int
+    token: int
+    redelivered: bool
+
+
+class Source(Protocol):
+    """Where ingest gets messages from. `ack` is called only once the message is durable."""
+
+    def start(self) -> None: ...
+
+    def poll(self, max_items: int) -> list[Delivery]: ...
+
+    def ack(self, deliveries: list[Delivery]) -> None: ...
+
+    def unsubscribe(self) -> None: ...
+
+    def close(self, *, end_session: bool = False) -> None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+
+class MqttSource:
+    """paho-mqtt 2.x client (callback API v2, MQTT 5) feeding an in-process queue."""
+
+    def __init__(self, settings: MqttSettings, client_id: str, *,
+                 receive_maximum: int = 4096) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.receive_maximum = receive_maximum
+        self._queue: deque[Delivery] = deque()
+        self._connected = threading.Event()
+        self._epoch = 0
+        self._lock = threading.Lock()
+        self.connects = 0
+        self.skipped_alerts = 0
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5, manual_ack=True)
+        if settings.username:
+            password = settings.password.get_secret_value() if settings.password else None
+            client.username_pw_set(settings.username, password)
+        if settings.tls_ca:
+            client.tls_set(ca_certs=str(settings.tls_ca), cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        self._client = client
+
+    @property
+    def topic_filter(self) -> str:
+        return f"$share/{self.settings.shared_group}/{READINGS_FILTER}"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Connect (retrying until `timeout`) and start the network thread."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.ReceiveMaximum = self.receive_maximum
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._client.connect(self.settings.host, self.settings.port,
+                                     keepalive=self.settings.keepalive_s, clean_start=False,
+                                     properties=props)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(
+                        f"cannot reach MQTT broker at {self.settings.host}:{self.settings.port}"
+                        f" ({exc}); check CITYSTREAM_MQTT__HOST/PORT") from exc
+                time.sleep(1.0)
+        self._client.loop_start()
+        if not self._connected.wait(timeout):
+            self._client.loop_stop()
+            raise ConnectionError(
+                f"MQTT broker at {self.settings.host}:{self.settings.port} did not accept the "
+                f"connection within {timeout:.0f}s; check CITYSTREAM_MQTT__USERNAME/PASSWORD")
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: mqtt.ConnectFlags,
+                    reason: ReasonCode, _props: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("MQTT connection refused: %s", reason)
+            return
+        self.connects += 1
+        with self._lock:
+            self._epoch += 1
+        log.info("MQTT connected as %s (session present: %s); subscribing to %s",
+                 self.client_id, flags.session_present, self.topic_filter)
+        # Subscribe on every connect (paho issue 573): cheap, and right if the session expired.
+        client.subscribe(self.topic_filter, options=SubscribeOptions(qos=1))
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
+                      reasons: list[ReasonCode], _props: Properties | None) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("MQTT subscription to %s refused: %s (does the ACL allow this user to "
+                      "read city/#?)", self.topic_filter, reasons)
+            return
+        self._connected.set()
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any,
+                       _flags: mqtt.DisconnectFlags, reason: ReasonCode,
+                       _props: Properties | None) -> None:
+        self._connected.clear()
+        log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason)
+
+    def _on_message(self, client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith(ALERTS_PREFIX):
+            self.skipped_alerts += 1
+            client.ack(msg.mid, msg.qos)
+            return
+        self._queue.append(Delivery(
+            topic=msg.topic, payload=msg.payload, received_at_ms=int(time.time() * 1000),
+            token=(self._epoch << 16) | msg.mid, redelivered=bool(msg.dup)))
+
+    def poll(self, max_items: int) -> list[Delivery]:
+        out: list[Delivery] = []
+        queue = self._queue
+        while queue and len(out) < max_items:
+            out.append(queue.popleft())
+        return out
+
+    def ack(self, deliveries: list[Delivery]) -> None:
+        """Send PUBACKs, in receive order. Acks from before a reconnect are skipped: the broker
+        has redelivered those messages on the new connection and they will be acked there."""
+        epoch = self._epoch
+        for d in deliveries:
+            if d.token >> 16 != epoch:
+                continue
+            rc = self._client.ack(d.token & 0xFFFF, 1)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                log.debug("PUBACK for %s not sent (%s); the broker will redeliver", d.topic, rc)
+
+    def unsubscribe(self) -> None:
+        """Stop new deliveries to this session (before leaving the shared group for good)."""
+        self._client.unsubscribe(self.topic_filter)
+
+    def close(self, *, end_session: bool = False) -> None:
+        """Disconnect. The broker keeps the session (and keeps routing shared-subscription
+        messages to it) unless `end_session`, which sets its expiry to 0 on DISCONNECT."""
+        props = None
+        if end_session:
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
+        self._client.loop_stop()

@@ -1,0 +1,171 @@
+"""The ingest pump: MQTT deliveries -> decode -> Kafka records -> MQTT acks.
+
+One loop, one batch at a time: poll what the MQTT thread received, decode it (pure, never
+raises), group valid readings by Kafka topic and key into one record per group, dead-letter the
+rest, send everything to Kafka and wait until it is durable, then acknowledge the batch to the
+broker. If Kafka fails, the batch is retried with backoff and nothing is acknowledged, so the
+broker stops delivering once `receive_maximum` messages are unacknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import orjson
+
+from citystream.topics import DEADLETTER, PIPELINE_COUNTERS, TELEMETRY
+from ingest.decode import decode
+from ingest.kafka_sink import OutRecord, Sink
+from ingest.mqtt_source import Delivery, Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestCounters:
+    """Cumulative counts for this process; received = accepted + rejected (readings)."""
+
+    messages: int = 0
+    received: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    redelivered: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+
+    def as_record(self, instance: str) -> dict[str, object]:
+        return {"component": "ingest", "instance": instance, "ts_ms": int(time.time() * 1000),
+                "received": self.received, "accepted": self.accepted,
+                "rejected": self.rejected, "duplicates": self.redelivered,
+                "messages": self.messages,
+                "rejected_by_reason": dict(self.rejected_by_reason)}
+
+
+@dataclass
+class IngestOptions:
+    batch_max: int = 5000
+    readings_per_record: int = 500
+    horizon_s: int = 86400
+    counters_interval_s: float = 10.0
+    idle_sleep_s: float = 0.002
+    retry_max_s: float = 10.0
+
+
+class Ingest:
+    """Moves deliveries from a `Source` to a `Sink`; see the module docstring."""
+
+    def __init__(self, source: Source, sink: Sink, instance: str,
+                 options: IngestOptions | None = None) -> None:
+        self.source = source
+        self.sink = sink
+        self.instance = instance
+        self.options = options or IngestOptions()
+        self.counters = IngestCounters()
+        self._last_counters = time.monotonic()
+
+    def encode(self, batch: list[Delivery]) -> list[OutRecord]:
+        """Decode a batch into Kafka records, counting as it goes. Pure apart from counters."""
+        opts = self.options
+        groups: dict[tuple[str, str], list[bytes]] = {}
+        records: list[OutRecord] = []
+        c = self.counters
+        for d in batch:
+            c.messages += 1
+            c.redelivered += d.redelivered
+            result = decode(d.topic, d.payload, d.received_at_ms, horizon_s=opts.horizon_s)
+            for reading in result.readings:
+                groups.setdefault((TELEMETRY[reading.kind], reading.partition_key), []).append(
+                    reading.to_json())
+            for dead in result.dead_letters:
+                records.append(OutRecord(DEADLETTER, d.topic.encode("utf-8", "replace"),
+                                         dead.to_json()))
+                c.rejected_by_reason[str(dead.reason)] += 1
+            c.accepted += len(result.readings)
+            c.rejected += len(result.dead_letters)
+        c.received = c.accepted + c.rejected
+        n = opts.readings_per_record
+        for (topic, key), items in groups.items():
+            for i in range(0, len(items), n):
+                records.append(OutRecord(topic, key.encode(),
+                                         b"[" + b",".join(items[i:i + n]) + b"]"))
+        return records
+
+    async def deliver(self, records: list[OutRecord], stop: asyncio.Event) -> bool:
+        """Send until Kafka confirms; False if asked to stop first (nothing is acked then)."""
+        delay = 0.25
+        failed_since: float | None = None
+        while not stop.is_set():
+            try:
+                await self.sink.send(records)
+            except Exception as exc:  # any failure: keep the batch, back off, retry
+                if failed_since is None:
+                    failed_since = time.monotonic()
+                    log.warning("Kafka produce failed (%s); holding %d records unacknowledged "
+                                "and retrying (the MQTT broker keeps the messages)", exc,
+                                len(records))
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, self.options.retry_max_s)
+                continue
+            if failed_since is not None:
+                log.warning("Kafka produce recovered after %.1fs", time.monotonic() - failed_since)
+            return True
+        return False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pump until `stop` is set. A batch whose send succeeds is acknowledged; one still
+        failing at stop is left unacknowledged for the broker to redeliver."""
+        opts = self.options
+        while not stop.is_set():
+            if not await self.step(stop):
+                await self._maybe_report(stop)
+                await asyncio.sleep(opts.idle_sleep_s)
+        await self._report(stop)
+
+    async def step(self, stop: asyncio.Event) -> bool:
+        """Move one batch; False when there was nothing to move (or it could not be sent)."""
+        batch = self.source.poll(self.options.batch_max)
+        if not batch:
+            return False
+        records = self.encode(batch)
+        if not await self.deliver(records, stop):
+            return False
+        self.source.ack(batch)
+        await self._maybe_report(stop)
+        return True
+
+    async def drain(self, quiet_s: float = 1.0, limit_s: float = 30.0) -> None:
+        """Leave the shared group: unsubscribe, move what still arrives until `quiet_s` passes
+        with nothing new, so no message stays queued in a session nobody will resume."""
+        self.source.unsubscribe()
+        never = asyncio.Event()
+        deadline = time.monotonic() + limit_s
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
+            if await self.step(never):
+                quiet_since = time.monotonic()
+            else:
+                await asyncio.sleep(0.05)
+        await self._report(never)
+
+    async def _maybe_report(self, stop: asyncio.Event) -> None:
+        if time.monotonic() - self._last_counters >= self.options.counters_interval_s:
+            await self._report(stop)
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        self._last_counters = time.monotonic()
+        c = self.counters
+        log.info("ingest %s: %d messages, %d readings accepted, %d rejected %s, %d redelivered",
+                 self.instance, c.messages, c.accepted, c.rejected,
+                 dict(c.rejected_by_reason), c.redelivered)
+        record = OutRecord(PIPELINE_COUNTERS, f"ingest/{self.instance}".encode(),
+                           orjson.dumps(c.as_record(self.instance)))
+        try:
+            await asyncio.wait_for(self.sink.send([record]), timeout=5)
+        except Exception as exc:  # counters are best effort; readings are not
+            log.debug("could not publish counters: %s", exc)

@@ -1,0 +1,219 @@
+"""Real clients and processes for integration tests: an MQTT publisher, a Kafka reader, and
+`citystream ingest` run as a child process (so it can be killed with SIGKILL)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from paho.mqtt.enums import CallbackAPIVersion
+
+from deploy.local.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Message:
+    topic: str
+    payload: bytes
+
+
+class Publisher:
+    """A QoS 1 MQTT 5 publisher that waits for every PUBACK; reconnects after broker restarts."""
+
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
+        self.client.username_pw_set(username, password)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self._acked: set[int] = set()
+        self._lock = threading.Lock()
+        self.client.on_publish = self._on_publish
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            self._acked.add(mid)
+
+    def publish_all(self, messages: Iterable[Message], timeout: float = 120.0) -> None:
+        infos = []
+        for m in messages:
+            info = self.client.publish(m.topic, m.payload, qos=1)
+            assert info.rc == mqtt.MQTT_ERR_SUCCESS or info.rc == mqtt.MQTT_ERR_NO_CONN, info.rc
+            infos.append(info)
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            assert info.is_published(), "broker did not acknowledge every message in time"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def gateway_publisher(stack: Stack) -> Publisher:
+    gw = stack.client_info()["mqtt"]
+    return Publisher(gw["host"], gw["port"], gw["username"], gw["password"])
+
+
+def water_messages(n: int, *, district: str = "central-mk", sensors: int = 50,
+                   start_ms: int | None = None, tag: str = "") -> list[Message]:
+    """n valid water readings, unique (sensor_id, ts), within the last hour."""
+    start = start_ms if start_ms is not None else int(time.time() * 1000) - 3_000_000
+    out = []
+    for i in range(n):
+        sensor = f"wm{tag}-{i % sensors:04d}"
+        ts = start + (i // sensors) * 1000
+        body = {"sensor_id": sensor, "ts": ts, "volume_m3": round(100 + i * 0.001, 3)}
+        out.append(Message(f"city/{district}/water/{sensor}", json.dumps(body).encode()))
+    return out
+
+
+def reading_ids(messages: Iterable[Message]) -> list[tuple[str, int]]:
+    ids = []
+    for m in messages:
+        body = json.loads(m.payload)
+        for r in body if isinstance(body, list) else [body]:
+            ids.append((r["sensor_id"], r["ts"]))
+    return ids
+
+
+@dataclass
+class KafkaDump:
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[tuple[str, str]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_kafka(bootstrap: str, topics: list[str], *, timeout: float = 30.0) -> dict[str, list[
+        tuple[bytes | None, bytes]]]:
+    """Every record currently in `topics`, from the beginning to the end offsets."""
+
+    async def run() -> dict[str, list[tuple[bytes | None, bytes]]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            parts = [TopicPartition(t, p) for t in topics
+                     for p in (consumer.partitions_for_topic(t) or set())]
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = [TopicPartition(t, p) for t in topics
+                         for p in (consumer.partitions_for_topic(t) or set())]
+            out: dict[str, list[tuple[bytes | None, bytes]]] = {t: [] for t in topics}
+            if not parts:
+                return out
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            end = await consumer.end_offsets(parts)
+            remaining = {tp for tp in parts if end[tp] > 0}
+            deadline = time.monotonic() + timeout
+            while remaining and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for tp, records in batch.items():
+                    for r in records:
+                        out[tp.topic].append((r.key, r.value))
+                    if await consumer.position(tp) >= end[tp]:
+                        remaining.discard(tp)
+            assert not remaining, f"could not read to the end of {remaining}"
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def kafka_contents(stack: Stack) -> KafkaDump:
+    from citystream.topics import DEADLETTER, TELEMETRY
+
+    raw = read_kafka(stack.client_info()["kafka"]["bootstrap"], [*TELEMETRY.values(), DEADLETTER])
+    dump = KafkaDump()
+    for topic, records in raw.items():
+        for key, value in records:
+            if topic == DEADLETTER:
+                dump.dead_letters.append(json.loads(value))
+                continue
+            for reading in json.loads(value):
+                dump.readings.append(reading)
+                dump.keys.append((topic, (key or b"").decode()))
+    return dump
+
+
+def dead_letter_raw(dead: dict[str, Any]) -> bytes:
+    return base64.b64decode(dead["raw"])
+
+
+class IngestProcess:
+    """`citystream ingest` as a child process with the stack's service environment."""
+
+    def __init__(self, stack: Stack, instance: str = "0", *, log_dir: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.stack = stack
+        self.instance = instance
+        self.log = log_dir / f"ingest-{instance}.log"
+        self.env = {**os.environ, **stack.service_env(), **(extra_env or {})}
+        self.env["CITYSTREAM_INGEST_COUNTERS_INTERVAL"] = "1"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> IngestProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "citystream", "-v", "ingest", "--instance", self.instance],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        self.wait_running()
+        return self
+
+    def wait_running(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ingest exited ({self.proc.returncode}):\n{self.tail()}")
+            if f"ingest {self.instance} running" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"ingest did not start:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
