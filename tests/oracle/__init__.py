@@ -43,7 +43,8 @@ Windows, watermark, lateness
     boundary belongs to the window starting there. Lengths: water 15 min, energy 30 min,
     traffic 5 min, shuttle 15 min. Point timestamp = window end (ms).
  6. Watermark = the maximum ``ts`` of the non-duplicate valid readings processed so far, one
-    watermark for the whole stream (all kinds, districts).
+    watermark per KPI entity (kind + district, traffic kind + district + junction, shuttle
+    route): entities live in different Kafka partitions and no one sees a global event time.
  7. ``horizon_s``: a reading with ``ts < watermark - horizon`` (watermark before the reading)
     is beyond the late-data horizon: it is kept in ``valid_readings`` (flag ``beyond_horizon``)
     and counted, but contributes to no KPI and does not advance any meter/vehicle state. With
@@ -418,7 +419,7 @@ class _Engine:
         self.check_labels = check_duplicate_labels
         self.result = OracleResult()
         self.seen: set[tuple[str, int]] = set()
-        self.watermark: int | None = None
+        self.watermarks: dict[tuple[str, ...], int] = {}
         self.meter_latest: dict[tuple[str, str], tuple[int, float]] = {}
         self.vehicle_latest: dict[str, tuple[int, int]] = {}
         self.n_valid = 0
@@ -456,7 +457,13 @@ class _Engine:
             return
         self.seen.add(key)
 
-        wm = self.watermark
+        if item.kind == "traffic":
+            entity: tuple[str, ...] = ("traffic", item.district, str(payload.get("junction")))
+        elif item.kind == "shuttle":
+            entity = ("shuttle", str(payload.get("route_id")))
+        else:
+            entity = (item.kind, item.district)
+        wm = self.watermarks.get(entity)
         beyond = wm is not None and ts_ms < wm - self.city.horizon_s * 1000
         w_start = window_start(ts_ms, WINDOW_S[item.kind])
         w_end = w_start + WINDOW_S[item.kind] * 1000
@@ -470,7 +477,7 @@ class _Engine:
         if beyond:
             res.beyond_horizon += 1
             return
-        self.watermark = ts_ms if wm is None else max(wm, ts_ms)
+        self.watermarks[entity] = ts_ms if wm is None else max(wm, ts_ms)
 
         if item.kind in ("water", "energy"):
             self._meter(item.kind, item.district, sensor_id, ts_ms, w_start, payload)
