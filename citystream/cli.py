@@ -161,7 +161,6 @@ def _planned(name: str, issue: int, summary: str) -> click.Command:
 def _register_components() -> None:
     planned = {
         "sim": (3, "Simulate a whole city publishing readings over MQTT."),
-        "worker": (5, "Run the Faust KPI engine and the InfluxDB sink."),
         "report": (6, "Answer 'are we on track?' for a period, from InfluxDB."),
         "baseline": (6, "Learn hour-of-week baselines from a past period in InfluxDB."),
         "bench": (7, "Benchmark citystream against its peers."),
@@ -175,8 +174,10 @@ def _register_components() -> None:
         main.add_command(sim, "sim")
         planned.pop("sim")
     from ingest.cli import ingest
+    from streams.cli import worker
 
     main.add_command(ingest, "ingest")
+    main.add_command(worker, "worker")
     for name, (issue, summary) in planned.items():
         main.add_command(_planned(name, issue, summary))
 

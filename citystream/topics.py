@@ -12,3 +12,5 @@ TELEMETRY = {kind: f"telemetry.{kind}" for kind in KINDS}
 DEADLETTER = "telemetry.deadletter"
 PIPELINE_COUNTERS = "pipeline.counters"
 INGEST_TOPICS = [*TELEMETRY.values(), DEADLETTER, PIPELINE_COUNTERS]
+KPI_RECORDS = "kpi.records"
+SINK_DEADLETTER = "sink.deadletter"

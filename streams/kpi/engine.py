@@ -30,7 +30,8 @@ import orjson
 
 from models.city import City, District, Junction, Route, hour_of_week
 from models.readings import Reading
-from models.records import EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterKpi
+from models.records import Alert, EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterKpi
+from streams.kpi.alerts import AlertRules
 
 Store = MutableMapping[str, bytes]
 DAY_MS = 86_400_000
@@ -57,6 +58,7 @@ class Outcome:
     """What one `process` call did."""
 
     records: list[Kpi] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     accepted: int = 0
     duplicates: int = 0
     late: int = 0
@@ -72,8 +74,9 @@ class KindEngine:
     has_rolling: bool = False
 
     def __init__(self, city: City, *, grace_s: int | None = None,
-                 horizon_s: int | None = None) -> None:
+                 horizon_s: int | None = None, rules: AlertRules | None = None) -> None:
         self.city = city
+        self.rules = rules or AlertRules()
         self.window_ms = self.window_s * 1000
         self.grace_ms = 1000 * (city.windows.grace_s if grace_s is None else grace_s)
         self.horizon_ms = 1000 * (city.windows.horizon_s if horizon_s is None else horizon_s)
@@ -111,7 +114,8 @@ class KindEngine:
 
     def _process_entity(self, entity: str, items: list[Any], index: Store, state: Store,
                         out: Outcome) -> None:
-        idx = _load(index, _ikey(entity)) or {"max": None, "win": {}, "emitted": [], "v": 0}
+        idx = _load(index, _ikey(entity)) or {"max": None, "win": {}, "emitted": [], "v": 0,
+                                               "alerts": [], "sensors": {}}
         wins: dict[int, dict[str, Any]] = {}
         units = _Units(state)
         touched: set[int] = set()
@@ -134,6 +138,7 @@ class KindEngine:
             if newest is not None and newest > start + self.window_ms + self.grace_ms:
                 out.late += 1
             self.add(acc, r, units)
+            self._heard(idx["sensors"], r.sensor_id, ts)
             out.accepted += 1
             touched.add(start)
             newest = ts if newest is None else max(newest, ts)
@@ -144,10 +149,44 @@ class KindEngine:
             state[_wkey(entity, start)] = orjson.dumps(wins[start])
             idx["win"][str(start)] = self.summary(entity, start, wins[start])
         units.save()
-        out.records.extend(self._emissions(entity, idx, state, touched, wins))
+        records = self._emissions(entity, idx, state, touched, wins)
+        out.records.extend(records)
+        out.alerts.extend(self._alerts(entity, idx, records))
         self._prune(entity, idx, state)
         idx["v"] += 1
         index[_ikey(entity)] = orjson.dumps(idx)
+
+    @staticmethod
+    def _heard(sensors: dict[str, list[int]], sensor_id: str, ts: int) -> None:
+        """Track each sensor's newest reading and its usual interval (smallest gap seen)."""
+        last = sensors.get(sensor_id)
+        if last is None:
+            sensors[sensor_id] = [ts, 0]
+        elif ts > last[0]:
+            gap = ts - last[0]
+            sensors[sensor_id] = [ts, gap if last[1] == 0 else min(last[1], gap)]
+
+    def _alerts(self, entity: str, idx: dict[str, Any], records: list[Kpi]) -> list[Alert]:
+        active = {tuple(k) for k in idx["alerts"]}
+        alerts: list[Alert] = []
+        for record in records:
+            night = None
+            if self.kind == "water" and self.rules.is_night_end(record.time_ms):
+                starts = self.rules.night_starts(record.time_ms, self.window_ms)
+                night = [tuple(idx["win"][str(s)]) for s in starts if str(s) in idx["win"]]
+                night = night if len(night) == len(starts) else None
+            alerts.extend(self.rules.evaluate(record, active, night))
+        newest = idx["max"]
+        for sensor_id, (last, interval) in idx["sensors"].items():
+            if interval <= 0:
+                continue
+            limit = self.rules.s.silent_intervals * interval
+            alert = self.rules.silent(self.kind, sensor_id, newest, newest - last > limit,
+                                      (newest - last) / 1000, limit / 1000, active)
+            if alert is not None:
+                alerts.append(alert)
+        idx["alerts"] = sorted(list(k) for k in active)
+        return alerts
 
     def _final(self, idx: dict[str, Any], start: int) -> bool:
         newest = idx["max"]

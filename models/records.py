@@ -1,0 +1,257 @@
+"""What the pipeline writes to InfluxDB: KPI points, alerts and pipeline counters (contract 2).
+
+Each record class knows its measurement, its tag names and its timestamp (`time_ms`; for a KPI
+the END of its window). Field types never change: counts are int, `on_track`/`active` bool,
+`message` str, everything else float (ints given for float fields become floats). A float field
+may be None when it is undefined (e.g. a saving against a zero baseline); it is then left out of
+the point. `to_line_protocol` renders a record as one InfluxDB line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, ClassVar, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.errors import RecordError
+
+INT64_MAX: Final = 2**63 - 1
+Precision = Literal["s", "ms", "us", "ns"]
+_TO_PRECISION: Final[dict[str, tuple[int, int]]] = {
+    "s": (1, 1000), "ms": (1, 1), "us": (1000, 1), "ns": (1_000_000, 1)}
+
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+EntityId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Tag = Annotated[str, Field(pattern=r"^[^\n\r]{1,256}$")]
+WindowTag = Annotated[str, Field(pattern=r"^[1-9][0-9]*[smhd]$")]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+TimeMs = Annotated[int, Field(ge=0, le=INT64_MAX // 1_000_000)]
+
+
+class Record(BaseModel):
+    """Base of every InfluxDB record: frozen, strict, finite floats only, no extra fields."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid", allow_inf_nan=False)
+
+    measurement: ClassVar[str]
+    tag_names: ClassVar[tuple[str, ...]]
+    time_field: ClassVar[str]
+
+    @property
+    def time_ms(self) -> int:
+        """The point's timestamp in epoch milliseconds (a KPI's window end)."""
+        value: int = getattr(self, self.time_field)
+        return value
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The InfluxDB field names, in declaration order."""
+        skip = {*cls.tag_names, cls.time_field}
+        return tuple(name for name in cls.model_fields if name not in skip)
+
+    def tags(self) -> dict[str, str]:
+        """Tag name -> value."""
+        return {name: getattr(self, name) for name in self.tag_names}
+
+    def fields(self) -> dict[str, float | int | bool | str]:
+        """Field name -> value, leaving out undefined (None) floats."""
+        values = ((name, getattr(self, name)) for name in self.field_names())
+        return {name: value for name, value in values if value is not None}
+
+
+class Kpi(Record):
+    """A KPI point; its timestamp is `window_end_ms`, the end of its tumbling window."""
+
+    time_field: ClassVar[str] = "window_end_ms"
+
+    window_end_ms: TimeMs
+
+
+class WaterKpi(Kpi):
+    """Water use of a district over one window against its baseline."""
+
+    measurement: ClassVar[str] = "water_kpi"
+    tag_names: ClassVar[tuple[str, ...]] = ("district", "window")
+
+    district: Slug
+    window: WindowTag = "15m"
+    consumption_l: float
+    baseline_l: float
+    saving_pct: float | None
+    saving_pct_24h: float | None
+    target_pct: float = 20.0
+    on_track: bool
+    meters_reporting: Count
+
+
+class EnergyKpi(Kpi):
+    """Electricity use and peak demand of a district over one window against its baseline."""
+
+    measurement: ClassVar[str] = "energy_kpi"
+    tag_names: ClassVar[tuple[str, ...]] = ("district", "window")
+
+    district: Slug
+    window: WindowTag = "30m"
+    energy_kwh: float
+    baseline_kwh: float
+    saving_pct: float | None
+    saving_pct_24h: float | None
+    target_pct: float = 3.0
+    on_track: bool
+    peak_kw: float | None
+    meters_reporting: Count
+
+
+class TrafficKpi(Kpi):
+    """Flow, speed and congestion at a junction over one window against its baseline."""
+
+    measurement: ClassVar[str] = "traffic_kpi"
+    tag_names: ClassVar[tuple[str, ...]] = ("district", "junction", "window")
+
+    district: Slug
+    junction: EntityId
+    window: WindowTag = "5m"
+    vehicles: Count
+    flow_veh_h: float
+    space_mean_speed_kmh: float | None
+    congestion_index: float | None
+    baseline_congestion_index: float | None
+    reduction_pct: float | None
+    reduction_pct_24h: float | None
+    target_pct: float = 50.0
+    on_track: bool
+
+
+class ShuttleKpi(Kpi):
+    """Service quality of a shuttle route over one window."""
+
+    measurement: ClassVar[str] = "shuttle_kpi"
+    tag_names: ClassVar[tuple[str, ...]] = ("route", "window")
+
+    route: EntityId
+    window: WindowTag = "15m"
+    boardings: Count
+    occupancy_pct: float | None
+    on_time_pct: float | None
+    availability_pct: float
+    mean_battery_pct: float | None
+    disengagements: Count
+    vehicles_reporting: Count
+
+
+class Alert(Record):
+    """A rule firing (`active` true) or clearing (false) for one entity; also sent to MQTT."""
+
+    measurement: ClassVar[str] = "alert"
+    tag_names: ClassVar[tuple[str, ...]] = ("kind", "entity", "rule")
+    time_field: ClassVar[str] = "ts_ms"
+
+    kind: EntityId
+    entity: EntityId
+    rule: EntityId
+    ts_ms: TimeMs
+    value: float
+    threshold: float
+    message: Annotated[str, Field(pattern=r"^[^\n\r]*$")]
+    active: bool
+
+    @property
+    def mqtt_topic(self) -> str:
+        """`city/alerts/<kind>/<entity>`."""
+        return f"city/alerts/{self.kind}/{self.entity}"
+
+    def to_json(self) -> bytes:
+        """The MQTT alert payload."""
+        return self.__pydantic_serializer__.to_json(self)
+
+
+class PipelineCounters(Record):
+    """Counters of one component instance (ingest, worker, sink) since it started."""
+
+    measurement: ClassVar[str] = "pipeline"
+    tag_names: ClassVar[tuple[str, ...]] = ("component", "instance")
+    time_field: ClassVar[str] = "ts_ms"
+
+    component: EntityId
+    instance: Tag
+    ts_ms: TimeMs
+    received: Count = 0
+    accepted: Count = 0
+    rejected: Count = 0
+    late: Count = 0
+    duplicates: Count = 0
+    written: Count = 0
+
+
+_KEY_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
+_MEASUREMENT_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
+_STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+
+def _check_text(what: str, text: str) -> str:
+    if "\n" in text or "\r" in text:
+        raise RecordError(f"{what} {text!r} contains a line break, which line protocol cannot "
+                          "carry")
+    return text
+
+
+def _key(what: str, text: str) -> str:
+    if not text:
+        raise RecordError(f"{what} is empty")
+    return _check_text(what, text).translate(_KEY_ESCAPES)
+
+
+def _field_value(name: str, value: float | int | bool | str) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RecordError(f"field {name} is {value}; InfluxDB would drop it")
+        return repr(value)
+    return '"' + _check_text(f"field {name}", value).translate(_STRING_ESCAPES) + '"'
+
+
+def to_line_protocol(record: Record, precision: Precision = "ms") -> str:
+    """One line-protocol line (no trailing newline), tags sorted, timestamp in `precision`.
+
+    Raises `RecordError` for what line protocol cannot carry: line breaks in tags or strings,
+    empty tag values, non-finite floats, a record with no defined field.
+    """
+    parts = [_check_text("measurement", record.measurement).translate(_MEASUREMENT_ESCAPES)]
+    for name, value in sorted(record.tags().items()):
+        parts.append(f"{_key('tag key', name)}={_key(f'tag {name}', value)}")
+    fields = record.fields()
+    if not fields:
+        raise RecordError(f"{record.measurement} point has no defined field")
+    field_set = ",".join(f"{_key('field key', name)}={_field_value(name, value)}"
+                         for name, value in fields.items())
+    mul, div = _TO_PRECISION[precision]
+    return f"{','.join(parts)} {field_set} {record.time_ms * mul // div}"
+
+
+RECORD_TYPES: Final[dict[str, type[Record]]] = {
+    cls.measurement: cls
+    for cls in (WaterKpi, EnergyKpi, TrafficKpi, ShuttleKpi, Alert, PipelineCounters)}
+
+
+def record_to_json(record: Record) -> bytes:
+    """The Kafka value of a record on `kpi.records` / `pipeline.counters`:
+    `{"measurement": ..., <every field of the record>}`. Inverse of `record_from_json`."""
+    body = record.__pydantic_serializer__.to_json(record)
+    return b'{"measurement":"' + record.measurement.encode() + b'",' + body[1:]
+
+
+def record_from_json(data: bytes | str) -> Record:
+    """Parse `record_to_json` output; `RecordError` for an unknown measurement."""
+    import orjson
+
+    raw = orjson.loads(data)
+    cls = RECORD_TYPES.get(raw.pop("measurement", None))
+    if cls is None:
+        raise RecordError(f"unknown measurement in {str(data)[:80]!r}")
+    return cls.model_validate(raw, strict=False)

@@ -1,0 +1,219 @@
+"""The Faust worker: thin agents that move readings through the pure KPI engine.
+
+Per reading kind, one agent consumes `telemetry.<kind>` (records = JSON arrays of readings that
+share a key) and two changelog-backed tables hold the engine's state (`<kind>-index`,
+`<kind>-state`; RocksDB via rocksdict in production). Tables are written only while an event is
+being processed, so their changelog partitions follow the source partitions and a partition's
+state moves with it on rebalance. KPI records go to `kpi.records`, attached to the source
+offset: Faust publishes them and flushes the changelog before it commits that offset.
+
+A timer closes the windows of entities that went quiet (wall clock), so dashboards do not wait
+for the next reading. Windows are plain table entries with our own bookkeeping, not Faust's
+windowed tables (faust-streaming issues 193, 250, 385).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from faust.tables.table import Table
+
+from citystream.settings import Settings
+from citystream.topics import KPI_RECORDS, PIPELINE_COUNTERS, TELEMETRY
+from models.city import City
+from models.readings import READING_TYPES, Reading
+from models.records import Kpi, PipelineCounters, record_to_json
+from streams.kpi.alerts import AlertRules, AlertSettings
+from streams.kpi.engine import KindEngine, engines_for
+from streams.mqtt_alerts import AlertPublisher
+
+log = logging.getLogger(__name__)
+
+
+class TableStore(MutableMapping[str, bytes]):
+    """A Faust table with bytes keys seen as a `str -> bytes` store for the engine."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self.table.get(key.encode())
+        if value is None:
+            raise KeyError(key)
+        return bytes(value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.table.get(key.encode())
+        return default if value is None else bytes(value)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+@dataclass
+class WorkerOptions:
+    """How the worker runs; see `citystream worker --help`."""
+
+    instance: str = "0"
+    data_dir: Path = Path("~/.local/state/citystream/worker")
+    store: str = "rocksdb://"
+    quiet_s: float = 10.0
+    timer_interval_s: float = 2.0
+    counters_interval_s: float = 5.0
+    commit_interval_s: float = 1.0
+
+
+@dataclass
+class WorkerCounters:
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rejected: int = 0
+    emitted: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def decode_record(kind: str, value: bytes) -> list[Reading]:
+    model = READING_TYPES[kind]  # type: ignore[index]
+    return [model.model_validate(item) for item in orjson.loads(value)]
+
+
+def create_app(settings: Settings, city: City, options: WorkerOptions, *,
+               with_sink: bool = True) -> faust.App:
+    """Build the Faust app with one agent and two tables per reading kind."""
+    data_dir = options.data_dir.expanduser() / options.instance
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        "citystream-worker",
+        broker=f"kafka://{settings.kafka.bootstrap.replace(',', ';kafka://')}",
+        store=options.store,
+        datadir=str(data_dir),
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        producer_acks=-1,
+        broker_commit_interval=options.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+    )
+    engines = engines_for(city, rules=AlertRules(AlertSettings(timezone=city.timezone)))
+    alert_publisher = AlertPublisher(settings.mqtt, f"citystream-worker-{options.instance}")
+    counters = WorkerCounters()
+    kpi_topic = app.topic(KPI_RECORDS, key_type=bytes, value_type=bytes,
+                          partitions=settings.kafka.partitions)
+    counters_topic = app.topic(PIPELINE_COUNTERS, key_type=bytes, value_type=bytes)
+    activity: dict[tuple[str, str], float] = {}
+    timer_done: dict[tuple[str, str], int] = {}
+    stores: dict[str, tuple[TableStore, TableStore]] = {}
+
+    def key_of(record: Kpi) -> bytes:
+        return "/".join([record.measurement, *record.tags().values()]).encode()
+
+    for kind, engine in engines.items():
+        index = TableStore(app.Table(f"{kind}-index", key_type=bytes, value_type=bytes,
+                                     partitions=settings.kafka.partitions))
+        state = TableStore(app.Table(f"{kind}-state", key_type=bytes, value_type=bytes,
+                                     partitions=settings.kafka.partitions))
+        stores[kind] = (index, state)
+        source = app.topic(TELEMETRY[kind], key_type=bytes, value_type=bytes,
+                           partitions=settings.kafka.partitions)
+        _make_agent(app, kind, engine, source, index, state, kpi_topic, counters, activity,
+                    key_of, alert_publisher)
+
+    @app.timer(interval=options.timer_interval_s)
+    async def close_quiet_windows() -> None:
+        now = time.monotonic()
+        for kind, engine in engines.items():
+            index, state = stores[kind]
+            for entity in engine.entities(index):
+                raw = index.get(f"i|{entity}")
+                if raw is None:
+                    continue
+                version = orjson.loads(raw)["v"]
+                key = (kind, entity)
+                if timer_done.get(key) == version:
+                    continue
+                if now - activity.setdefault(key, now) < options.quiet_s:
+                    continue
+                for record in engine.due(entity, index, state):
+                    await kpi_topic.send(key=key_of(record), value=record_to_json(record),
+                                         force=True)
+                    counters.emitted += 1
+                timer_done[key] = version
+
+    @app.task
+    async def start_alert_publisher() -> None:
+        logging.getLogger("streams").setLevel(logging.INFO)
+        alert_publisher.start()
+
+    if with_sink:
+        from streams.sink import run_sink
+
+        @app.task
+        async def sink() -> None:
+            await run_sink(settings, instance=options.instance)
+
+    @app.timer(interval=options.counters_interval_s)
+    async def publish_counters() -> None:
+        record = PipelineCounters(component="worker", instance=options.instance,
+                                  ts_ms=int(time.time() * 1000), received=counters.received,
+                                  accepted=counters.accepted, rejected=counters.rejected,
+                                  late=counters.late, duplicates=counters.duplicates)
+        await counters_topic.send(key=f"worker/{options.instance}".encode(),
+                                  value=record_to_json(record), force=True)
+        log.info("worker %s: %d readings received, %d accepted, %d duplicates, %d late, "
+                 "%d rejected, %d KPI records emitted", options.instance, counters.received,
+                 counters.accepted, counters.duplicates, counters.late, counters.rejected,
+                 counters.emitted)
+
+    return app
+
+
+def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.TopicT,
+                index: TableStore, state: TableStore, kpi_topic: faust.TopicT,
+                counters: WorkerCounters, activity: dict[tuple[str, str], float],
+                key_of: Any, alerts: AlertPublisher) -> None:
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                readings = decode_record(kind, event.value)
+            except Exception as exc:  # not from our ingest: count it, never crash the agent
+                counters.rejected += 1
+                log.error("unreadable record on %s[%s]@%s: %s", event.message.topic,
+                          event.message.partition, event.message.offset, exc)
+                continue
+            counters.received += len(readings)
+            outcome = engine.process(readings, index, state)
+            counters.accepted += outcome.accepted
+            counters.duplicates += outcome.duplicates
+            counters.late += outcome.late + outcome.beyond_horizon
+            now = time.monotonic()
+            for reading in readings:
+                activity[(kind, engine.entity(reading))] = now
+            for record in [*outcome.records, *outcome.alerts]:
+                await kpi_topic.send(key=key_of(record), value=record_to_json(record))
+            counters.emitted += len(outcome.records)
+            for alert in outcome.alerts:
+                alerts.publish(alert)
+
+    agent.__name__ = agent.__qualname__ = f"{kind}_kpis"
+    app.agent(source, name=f"citystream.{kind}_kpis", concurrency=1)(agent)

@@ -1,0 +1,67 @@
+"""`citystream worker`: the Faust KPI engine and the InfluxDB sink in one process."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from citystream.settings import ConfigError, Settings
+
+log = logging.getLogger("streams")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
+                                 "max_content_width": 100})
+@click.option("--instance", default="0", show_default=True, envvar="CITYSTREAM_WORKER_INSTANCE",
+              show_envvar=True, help="Name of this worker; keeps its state directory apart.")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              default=Path("~/.local/state/citystream/worker"), show_default=True,
+              envvar="CITYSTREAM_WORKER_DATA_DIR", show_envvar=True,
+              help="Where the RocksDB table stores live (one sub-directory per instance).")
+@click.option("--store", default="rocksdb://", show_default=True,
+              envvar="CITYSTREAM_WORKER_STORE", show_envvar=True,
+              help="Faust table store: rocksdb:// (durable, fast restarts) or memory:// "
+                   "(state rebuilt from the changelog at every start).")
+@click.option("--quiet", "quiet_s", default=10.0, show_default=True, type=float,
+              envvar="CITYSTREAM_WORKER_QUIET_S", show_envvar=True,
+              help="Seconds without readings after which an entity's open windows are "
+                   "written anyway (wall-clock close).")
+@click.option("--sink/--no-sink", default=True, show_default=True,
+              envvar="CITYSTREAM_WORKER_SINK", show_envvar=True,
+              help="Also run the InfluxDB sink (KPIs, alerts, raw readings, counters).")
+def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool) -> None:
+    """Turn telemetry.* into KPIs, alerts and raw points in InfluxDB (contract 2 and 3).
+
+    Consumes the Kafka topics written by `citystream ingest`; scale by running more workers
+    (they share the partitions of each topic; the partition count bounds parallelism).
+
+    \b
+    Settings (env): CITYSTREAM_KAFKA__BOOTSTRAP, __PARTITIONS; CITYSTREAM_INFLUX__URL, __ORG,
+    __TOKEN, __BUCKET_TELEMETRY, __BUCKET_KPI; CITYSTREAM_CITY__FILE (baselines, targets,
+    grace and horizon); CITYSTREAM_MQTT__* (alerts are published on city/alerts/...).
+
+    \b
+    Example, against the local stack:
+      eval "$(citystream env)" && citystream worker --instance 0
+    """
+    from models.city import load_city
+    from models.errors import CityModelError
+    from streams.app import WorkerOptions, create_app
+
+    try:
+        settings = Settings.load()
+        city = load_city(settings.city.file)
+    except (ConfigError, CityModelError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    options = WorkerOptions(instance=instance, data_dir=data_dir, store=store, quiet_s=quiet_s)
+    app = create_app(settings, city, options, with_sink=sink)
+    import faust
+
+    log.info("starting worker %s (kafka %s, store %s)", instance, settings.kafka.bootstrap,
+             store)
+    verbose = logging.getLogger().level <= logging.DEBUG
+    faust.Worker(app, loglevel="info" if verbose else "warn", quiet=True).execute_from_commandline()

@@ -1,0 +1,284 @@
+"""InfluxDB line protocol for raw readings (the `telemetry` bucket), built directly as strings.
+
+The contract (section 2) says only that the `telemetry` bucket holds "valid raw readings"; this
+is their schema. One point per reading, timestamp = the reading's `ts_ms` (write with
+``precision=ms``):
+
+| measurement | tags                               | fields                                        |
+|-------------|------------------------------------|-----------------------------------------------|
+| `water`     | `district`, `sensor_id`            | `volume_m3`, `flow_l_min`, `pressure_bar`     |
+| `energy`    | `district`, `sensor_id`            | `energy_kwh`, `power_kw`                      |
+| `traffic`   | `district`, `junction`, `sensor_id`| `vehicle_count` (int), `interval_s`, `mean_speed_kmh`, `occupancy_pct` |
+| `shuttle`   | `district`, `route`, `sensor_id`   | `lat`, `lon`, `speed_kmh`, `passengers` (int), `capacity` (int), `battery_pct`, `status` (string), `stop_id` (string), `delay_s`, `disengaged` (bool) |
+
+plus `seq` (int) on every kind when the reading has one. Optional fields are left out when the
+reading lacks them. `route` is the reading's `route_id`.
+
+Rules that keep the bucket consistent:
+- Tags come only from validated ids (`district` a slug, the others `[A-Za-z0-9_-]{1,64}`), so
+  they never need escaping and cannot explode series cardinality with free text; `status` and
+  `stop_id` are therefore fields. A tag value that breaks its pattern is a `RecordError`.
+- A field's type never changes: floats are always written as floats (`5.0`, never `5`, even if
+  the JSON carried an integer), counts with the `i` suffix, flags as `true`/`false`, strings
+  quoted. A value of the wrong type (a bool for a number, a string for a count) is a
+  `RecordError`, never coerced.
+- Same measurement, tags and timestamp -> same point: replaying a reading overwrites it.
+
+`format_line` is the general builder (tags escaped, fields typed by their Python type) used for
+`pipeline` counters; KPI and alert records use `models.records.to_line_protocol`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from models.errors import RecordError
+from models.readings import KINDS, Kind
+
+FieldType = Literal["float", "int", "bool", "str"]
+
+_SLUG_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CACHE_MAX: Final = 100_000
+
+_KEY_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
+_MEASUREMENT_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
+_STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+
+@dataclass(frozen=True, slots=True)
+class RawSchema:
+    """The point shape of one reading kind: tags as (tag key, reading key), fields typed."""
+
+    measurement: str
+    tags: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, FieldType, bool], ...]  # (name, type, required)
+
+    def field_types(self) -> dict[str, FieldType]:
+        """Field name -> type."""
+        return {name: ftype for name, ftype, _ in self.fields}
+
+
+_SEQ: Final = ("seq", "int", False)
+RAW_SCHEMAS: Final[dict[Kind, RawSchema]] = {
+    "water": RawSchema(
+        "water", (("district", "district"), ("sensor_id", "sensor_id")),
+        (("volume_m3", "float", True), ("flow_l_min", "float", False),
+         ("pressure_bar", "float", False), _SEQ)),
+    "energy": RawSchema(
+        "energy", (("district", "district"), ("sensor_id", "sensor_id")),
+        (("energy_kwh", "float", True), ("power_kw", "float", False), _SEQ)),
+    "traffic": RawSchema(
+        "traffic",
+        (("district", "district"), ("junction", "junction"), ("sensor_id", "sensor_id")),
+        (("vehicle_count", "int", True), ("interval_s", "float", True),
+         ("mean_speed_kmh", "float", True), ("occupancy_pct", "float", False), _SEQ)),
+    "shuttle": RawSchema(
+        "shuttle",
+        (("district", "district"), ("route", "route_id"), ("sensor_id", "sensor_id")),
+        (("lat", "float", True), ("lon", "float", True), ("speed_kmh", "float", True),
+         ("passengers", "int", True), ("capacity", "int", True),
+         ("battery_pct", "float", True), ("status", "str", True), ("stop_id", "str", False),
+         ("delay_s", "float", False), ("disengaged", "bool", False), _SEQ)),
+}
+"""The raw-reading schema of the `telemetry` bucket, per kind (see the module docstring)."""
+
+
+class _ValidIds:
+    """Tag values already checked against their pattern (bounded memo; ids repeat a lot)."""
+
+    def __init__(self, pattern: re.Pattern[str], what: str) -> None:
+        self.pattern = pattern
+        self.what = what
+        self.seen: set[str] = set()
+
+    def check(self, key: str, value: object) -> str:
+        if type(value) is not str or self.pattern.fullmatch(value) is None:
+            raise RecordError(f"tag {key}={value!r} is not a valid {self.what}")
+        if len(self.seen) >= _CACHE_MAX:
+            self.seen.clear()
+        self.seen.add(value)
+        return value
+
+
+_SLUGS: Final = _ValidIds(_SLUG_RE, "slug")
+_IDS: Final = _ValidIds(_ID_RE, "id")
+
+
+def _float_text(name: str, value: object) -> str:
+    # orjson never yields NaN or infinity, but a float built elsewhere might.
+    if type(value) is int:
+        try:
+            value = float(value)
+        except OverflowError:
+            raise RecordError(f"field {name}={value!r} does not fit a float") from None
+    if type(value) is not float or not math.isfinite(value):
+        raise RecordError(f"field {name}={value!r} is not a finite number")
+    return repr(value)
+
+
+def _int_text(name: str, value: object) -> str:
+    if type(value) is not int or not -(2**63) <= value < 2**63:
+        raise RecordError(f"field {name}={value!r} is not a 64-bit integer")
+    return f"{value}i"
+
+
+def _bool_text(name: str, value: object) -> str:
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    raise RecordError(f"field {name}={value!r} is not a boolean")
+
+
+def _str_text(name: str, value: object) -> str:
+    if type(value) is not str or "\n" in value or "\r" in value:
+        raise RecordError(f"field {name}={value!r} is not a string without line breaks")
+    return '"' + value.translate(_STRING_ESCAPES) + '"'
+
+
+_FORMATTERS: Final[dict[FieldType, Callable[[str, object], str]]] = {
+    "float": _float_text, "int": _int_text, "bool": _bool_text, "str": _str_text}
+
+ReadingLine = Callable[[Mapping[str, Any]], str]
+
+
+def _builder(schema: RawSchema) -> ReadingLine:
+    tags = tuple((f",{tag}=", key, _SLUGS if key == "district" else _IDS)
+                 for tag, key in schema.tags)
+    fields = tuple((name, f"{name}=", ftype, required, _FORMATTERS[ftype])
+                   for name, ftype, required in schema.fields)
+    measurement = schema.measurement
+
+    def build(reading: Mapping[str, Any]) -> str:
+        try:
+            parts = [measurement]
+            for prefix, key, valid in tags:
+                value = reading.get(key)
+                if value not in valid.seen:
+                    valid.check(key, value)
+                parts.append(prefix)
+                parts.append(value)
+            sep = " "
+            for name, prefix, ftype, required, fmt in fields:
+                value = reading.get(name)
+                if value is None:
+                    if required:
+                        raise RecordError(f"{measurement} reading has no {name}")
+                    continue
+                parts.append(sep)
+                parts.append(prefix)
+                sep = ","
+                # Fast path for the common case; everything else goes through the checks.
+                if ftype == "float" and type(value) is float and value - value == 0.0:
+                    parts.append(repr(value))
+                else:
+                    parts.append(fmt(name, value))
+            ts = reading.get("ts_ms")
+            if type(ts) is not int:
+                raise RecordError(f"{measurement} reading has no integer ts_ms")
+            parts.append(f" {ts}")
+            return "".join(parts)
+        except TypeError:  # an unhashable tag value (a JSON list or object)
+            raise RecordError(f"{measurement} reading has a malformed tag value") from None
+
+    return build
+
+
+_BUILDERS: Final[dict[str, ReadingLine]] = {kind: _builder(RAW_SCHEMAS[kind]) for kind in KINDS}
+
+
+def reading_line(reading: Mapping[str, Any], kind: Kind | None = None) -> str:
+    """One line (no trailing newline) for a reading as decoded from `Reading.to_json()`.
+
+    `kind` is the topic's kind; the reading's own `kind` key, when present, must agree.
+    Raises `RecordError` if the reading cannot be a point of the raw schema (missing required
+    field, wrong type, invalid tag value, kind mismatch); extra keys are ignored.
+    """
+    own = reading.get("kind", kind)
+    if kind is not None and own != kind:
+        raise RecordError(f"a {own!r} reading on the {kind} topic")
+    build = _BUILDERS.get(own) if type(own) is str else None
+    if build is None:
+        raise RecordError(f"unknown reading kind {own!r}")
+    return build(reading)
+
+
+def escape_tag(text: str) -> str:
+    """Escape a tag key, tag value or field key (backslash, comma, equals sign, space).
+
+    Raises `RecordError` for what line protocol cannot carry: empty text or a line break.
+    """
+    if not text:
+        raise RecordError("tag keys, tag values and field keys cannot be empty")
+    if "\n" in text or "\r" in text:
+        raise RecordError(f"{text!r} contains a line break, which line protocol cannot carry")
+    return text.translate(_KEY_ESCAPES)
+
+
+def escape_measurement(text: str) -> str:
+    """Escape a measurement name (backslash, comma, space)."""
+    if not text or "\n" in text or "\r" in text:
+        raise RecordError(f"measurement {text!r} is empty or contains a line break")
+    return text.translate(_MEASUREMENT_ESCAPES)
+
+
+def field_text(name: str, value: float | int | bool | str) -> str:
+    """A field value typed by its Python type: bool, int (`i`), float (always with a point or
+    exponent, finite), str (quoted, escaped, no line breaks)."""
+    if type(value) is bool:
+        return _bool_text(name, value)
+    if type(value) is int:
+        return _int_text(name, value)
+    if type(value) is float:
+        return _float_text(name, value)
+    return _str_text(name, value)
+
+
+def format_line(measurement: str, tags: Mapping[str, str],
+                fields: Mapping[str, float | int | bool | str], ts_ms: int) -> str:
+    """A general line: tags sorted and escaped, fields typed by `field_text`, ms timestamp."""
+    if not fields:
+        raise RecordError(f"{measurement} point has no field")
+    if type(ts_ms) is not int:
+        raise RecordError(f"{measurement} timestamp {ts_ms!r} is not an integer")
+    head = escape_measurement(measurement) + "".join(
+        f",{escape_tag(k)}={escape_tag(v)}" for k, v in sorted(tags.items()))
+    body = ",".join(f"{escape_tag(k)}={field_text(k, v)}" for k, v in fields.items())
+    return f"{head} {body} {ts_ms}"
+
+
+PIPELINE_COUNTERS: Final = ("received", "accepted", "rejected", "late", "duplicates", "written")
+"""The contract's `pipeline` fields (integers); a record carries those its component counts."""
+
+
+def pipeline_line(record: Mapping[str, Any]) -> str:
+    """The `pipeline` point for a `pipeline.counters` record.
+
+    The record is a JSON object with `component` (an id), `instance` (text without line breaks),
+    `ts_ms` and integer counters; the contract's counters that are present become fields, any
+    other key (e.g. ingest's `messages`, `rejected_by_reason`) is ignored.
+    """
+    component = record.get("component")
+    if type(component) is not str or _ID_RE.fullmatch(component) is None:
+        raise RecordError(f"pipeline component {component!r} is not a valid id")
+    instance = record.get("instance")
+    if type(instance) is not str:
+        raise RecordError(f"pipeline instance {instance!r} is not a string")
+    fields: dict[str, float | int | bool | str] = {}
+    for name in PIPELINE_COUNTERS:
+        value = record.get(name)
+        if value is None:
+            continue
+        if type(value) is not int or value < 0:
+            raise RecordError(f"pipeline counter {name}={value!r} is not a count")
+        fields[name] = value
+    ts_ms = record.get("ts_ms")
+    if type(ts_ms) is not int:
+        raise RecordError(f"pipeline record has no integer ts_ms ({ts_ms!r})")
+    return format_line("pipeline", {"component": component, "instance": instance}, fields,
+                       ts_ms)
