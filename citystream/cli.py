@@ -72,7 +72,12 @@ def install(home: Path | None) -> None:
 
 @main.command(context_settings=CONTEXT)
 @home_option
-def up(home: Path | None) -> None:
+@click.option("--pipeline/--no-pipeline", default=True, show_default=True,
+              help="Also start ingest, worker and the city simulator.")
+@click.option("--sim/--no-sim", default=True, show_default=True,
+              help="Start the simulator with the pipeline (CITYSTREAM_STACK__SIM_SPEED, "
+                   "__SIM_RATE set its pace).")
+def up(home: Path | None, pipeline: bool, sim: bool) -> None:
     """Start Mosquitto, Kafka and InfluxDB on 127.0.0.1 and return once all are ready.
 
     Installs what is missing first (see `citystream install`). Services keep running in the
@@ -81,18 +86,25 @@ def up(home: Path | None) -> None:
     __KAFKA_VERSION (3.9.1), __INFLUXDB_VERSION (2.7.12), __INFLUXDB_ORG, __BUCKET_TELEMETRY,
     __BUCKET_KPI.
 
-    The pipeline (ingest, worker, simulator) is not started yet: those commands arrive with
-    issues 3-5.
+    Then the pipeline: `citystream ingest`, `citystream worker` and a simulated Milton Keynes
+    (`citystream sim`) publishing readings, each logging to <home>/logs/.
     """
     t0 = time.monotonic()
     try:
         stack = _stack(home)
         stack.up()
+        if pipeline:
+            stack.start_pipeline(("ingest", "worker", "sim") if sim else ("ingest", "worker"))
     except StackError as exc:
         _fail(exc)
-    click.echo(f"all services ready in {time.monotonic() - t0:.1f}s; "
-               f"`citystream status` shows where and how to connect, "
-               f"logs in {stack.home / 'logs'}")
+    info = stack.client_info()
+    click.echo(f"all services ready in {time.monotonic() - t0:.1f}s; `citystream status` "
+               f"shows where and how to connect, logs in {stack.home / 'logs'}")
+    if pipeline:
+        click.echo(f"KPIs land in InfluxDB {info['influxdb']['url']} (org "
+                   f"{info['influxdb']['org']}, buckets {info['influxdb']['buckets']['kpi']} "
+                   f"and {info['influxdb']['buckets']['telemetry']}); "
+                   f"`citystream status --json` has the token")
 
 
 @main.command(context_settings=CONTEXT)
@@ -160,19 +172,14 @@ def _planned(name: str, issue: int, summary: str) -> click.Command:
 
 def _register_components() -> None:
     planned = {
-        "sim": (3, "Simulate a whole city publishing readings over MQTT."),
         "report": (6, "Answer 'are we on track?' for a period, from InfluxDB."),
         "baseline": (6, "Learn hour-of-week baselines from a past period in InfluxDB."),
         "bench": (7, "Benchmark citystream against its peers."),
         "check": (4, "Check configuration and connectivity."),
     }
-    try:
-        from sensors_sim.cli import sim
-    except ImportError:
-        pass
-    else:
-        main.add_command(sim, "sim")
-        planned.pop("sim")
+    from sensors_sim.cli import sim
+
+    main.add_command(sim, "sim")
     from ingest.cli import ingest
     from streams.cli import worker
 

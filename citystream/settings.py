@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from citystream.topics import Topics
+
 ENV_PREFIX = "CITYSTREAM_"
 
 
@@ -34,6 +36,12 @@ class MqttSettings(BaseModel):
 class KafkaSettings(BaseModel):
     bootstrap: str = "127.0.0.1:9092"
     partitions: int = Field(8, ge=1)
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,100}$",
+                              description="namespace for every topic and consumer group")
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
 
     @field_validator("bootstrap")
     @classmethod

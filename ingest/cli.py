@@ -11,7 +11,6 @@ import sys
 import click
 
 from citystream.settings import ConfigError, Settings
-from citystream.topics import INGEST_TOPICS
 from ingest.kafka_sink import KafkaSink, ensure_topics
 from ingest.mqtt_source import MqttSource
 from ingest.service import Ingest, IngestOptions
@@ -79,7 +78,8 @@ def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interva
         except CityModelError as exc:
             click.echo(f"error: {exc} (set CITYSTREAM_CITY__FILE)", err=True)
             sys.exit(2)
-    client_id = settings.mqtt.client_id or f"citystream-ingest-{socket.gethostname()}-{instance}"
+    client_id = settings.mqtt.client_id or (
+        f"citystream-ingest-{settings.mqtt.shared_group}-{socket.gethostname()}-{instance}")
     options = IngestOptions(batch_max=batch_max, horizon_s=horizon_s,
                             counters_interval_s=counters_interval)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
@@ -101,7 +101,8 @@ async def _main(settings: Settings, client_id: str, instance: str, receive_maxim
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.wait_for(ensure_topics(settings.kafka, INGEST_TOPICS), timeout=60)
+        await asyncio.wait_for(ensure_topics(settings.kafka, settings.kafka.topics.ingest),
+                               timeout=60)
     except (TimeoutError, OSError) as exc:
         raise ConnectionError(f"cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); "
                               "check CITYSTREAM_KAFKA__BOOTSTRAP") from exc
@@ -110,7 +111,7 @@ async def _main(settings: Settings, client_id: str, instance: str, receive_maxim
     source = MqttSource(settings.mqtt, client_id, receive_maximum=receive_maximum)
     await loop.run_in_executor(None, source.start)
     log.info("ingest %s running; Ctrl-C or SIGTERM stops it", instance)
-    pump = Ingest(source, sink, instance, options)
+    pump = Ingest(source, sink, instance, options, settings.kafka.topics)
     try:
         await pump.run(stop)
         if leave_on_exit:

@@ -8,6 +8,7 @@ producer, PITFALLS.md), so the caller may then acknowledge the MQTT messages beh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -72,7 +73,7 @@ class KafkaSink:
         try:
             futures = [await producer.send(r.topic, value=r.value, key=r.key) for r in records]
             await asyncio.gather(*futures)
-        except (KafkaError, OSError, asyncio.TimeoutError):
+        except (KafkaError, OSError, TimeoutError):
             # The idempotent producer's sequence state may now be unusable; start afresh.
             self._producer = None
             raise
@@ -92,11 +93,9 @@ async def ensure_topics(settings: KafkaSettings, topics: list[str],
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(t, settings.partitions, replication)
                                            for t in missing])
-            except TopicAlreadyExistsError:
-                pass
             log.info("created Kafka topics %s (%d partitions)", missing, settings.partitions)
     finally:
         await admin.close()

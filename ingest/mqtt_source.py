@@ -100,7 +100,7 @@ class MqttSource:
 
     def start(self, timeout: float = 30.0) -> None:
         """Connect (retrying until `timeout`) and start the network thread."""
-        props = Properties(PacketTypes.CONNECT)
+        props = _properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
         deadline = time.monotonic() + timeout
@@ -156,7 +156,7 @@ class MqttSource:
             client.ack(msg.mid, msg.qos)
             return
         self._queue.append(Delivery(
-            topic=msg.topic, payload=msg.payload, received_at_ms=int(time.time() * 1000),
+            topic=msg.topic, payload=bytes(msg.payload), received_at_ms=int(time.time() * 1000),
             token=(self._epoch << 16) | msg.mid, redelivered=bool(msg.dup)))
 
     def poll(self, max_items: int) -> list[Delivery]:
@@ -186,7 +186,11 @@ class MqttSource:
         messages to it) unless `end_session`, which sets its expiry to 0 on DISCONNECT."""
         props = None
         if end_session:
-            props = Properties(PacketTypes.DISCONNECT)
+            props = _properties(PacketTypes.DISCONNECT)
             props.SessionExpiryInterval = 0
         self._client.disconnect(properties=props)
         self._client.loop_stop()
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]

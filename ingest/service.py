@@ -10,6 +10,7 @@ broker stops delivering once `receive_maximum` messages are unacknowledged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from citystream.topics import DEADLETTER, PIPELINE_COUNTERS, TELEMETRY
+from citystream.topics import DEFAULT, Topics
 from ingest.decode import decode
 from ingest.kafka_sink import OutRecord, Sink
 from ingest.mqtt_source import Delivery, Source
@@ -58,7 +59,8 @@ class Ingest:
     """Moves deliveries from a `Source` to a `Sink`; see the module docstring."""
 
     def __init__(self, source: Source, sink: Sink, instance: str,
-                 options: IngestOptions | None = None) -> None:
+                 options: IngestOptions | None = None, topics: Topics = DEFAULT) -> None:
+        self.topics = topics
         self.source = source
         self.sink = sink
         self.instance = instance
@@ -77,10 +79,11 @@ class Ingest:
             c.redelivered += d.redelivered
             result = decode(d.topic, d.payload, d.received_at_ms, horizon_s=opts.horizon_s)
             for reading in result.readings:
-                groups.setdefault((TELEMETRY[reading.kind], reading.partition_key), []).append(
+                groups.setdefault((self.topics.telemetry[reading.kind], reading.partition_key),
+                                  []).append(
                     reading.to_json())
             for dead in result.dead_letters:
-                records.append(OutRecord(DEADLETTER, d.topic.encode("utf-8", "replace"),
+                records.append(OutRecord(self.topics.deadletter, d.topic.encode("utf-8", "replace"),
                                          dead.to_json()))
                 c.rejected_by_reason[str(dead.reason)] += 1
             c.accepted += len(result.readings)
@@ -106,10 +109,8 @@ class Ingest:
                     log.warning("Kafka produce failed (%s); holding %d records unacknowledged "
                                 "and retrying (the MQTT broker keeps the messages)", exc,
                                 len(records))
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
                 delay = min(delay * 2, self.options.retry_max_s)
                 continue
             if failed_since is not None:
@@ -163,7 +164,7 @@ class Ingest:
         log.info("ingest %s: %d messages, %d readings accepted, %d rejected %s, %d redelivered",
                  self.instance, c.messages, c.accepted, c.rejected,
                  dict(c.rejected_by_reason), c.redelivered)
-        record = OutRecord(PIPELINE_COUNTERS, f"ingest/{self.instance}".encode(),
+        record = OutRecord(self.topics.pipeline_counters, f"ingest/{self.instance}".encode(),
                            orjson.dumps(c.as_record(self.instance)))
         try:
             await asyncio.wait_for(self.sink.send([record]), timeout=5)

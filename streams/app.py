@@ -14,6 +14,7 @@ windowed tables (faust-streaming issues 193, 250, 385).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator, MutableMapping
@@ -23,10 +24,9 @@ from typing import Any
 
 import faust
 import orjson
-from faust.tables.table import Table
+from faust.types import TableT
 
 from citystream.settings import Settings
-from citystream.topics import KPI_RECORDS, PIPELINE_COUNTERS, TELEMETRY
 from models.city import City
 from models.readings import READING_TYPES, Reading
 from models.records import Kpi, PipelineCounters, record_to_json
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class TableStore(MutableMapping[str, bytes]):
     """A Faust table with bytes keys seen as a `str -> bytes` store for the engine."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: TableT[bytes, bytes]) -> None:
         self.table = table
 
     def __getitem__(self, key: str) -> bytes:
@@ -77,6 +77,7 @@ class WorkerOptions:
     timer_interval_s: float = 2.0
     counters_interval_s: float = 5.0
     commit_interval_s: float = 1.0
+    session_timeout_s: float = 30.0
 
 
 @dataclass
@@ -101,7 +102,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     data_dir = options.data_dir.expanduser() / options.instance
     data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        "citystream-worker",
+        f"{settings.kafka.topic_prefix}citystream-worker",
         broker=f"kafka://{settings.kafka.bootstrap.replace(',', ';kafka://')}",
         store=options.store,
         datadir=str(data_dir),
@@ -110,6 +111,8 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         table_standby_replicas=0,
         producer_acks=-1,
         broker_commit_interval=options.commit_interval_s,
+        broker_session_timeout=options.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, options.session_timeout_s / 10),
         consumer_auto_offset_reset="earliest",
         key_serializer="raw",
         value_serializer="raw",
@@ -118,9 +121,10 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     engines = engines_for(city, rules=AlertRules(AlertSettings(timezone=city.timezone)))
     alert_publisher = AlertPublisher(settings.mqtt, f"citystream-worker-{options.instance}")
     counters = WorkerCounters()
-    kpi_topic = app.topic(KPI_RECORDS, key_type=bytes, value_type=bytes,
+    topics = settings.kafka.topics
+    kpi_topic = app.topic(topics.kpi_records, key_type=bytes, value_type=bytes,
                           partitions=settings.kafka.partitions)
-    counters_topic = app.topic(PIPELINE_COUNTERS, key_type=bytes, value_type=bytes)
+    counters_topic = app.topic(topics.pipeline_counters, key_type=bytes, value_type=bytes)
     activity: dict[tuple[str, str], float] = {}
     timer_done: dict[tuple[str, str], int] = {}
     stores: dict[str, tuple[TableStore, TableStore]] = {}
@@ -134,7 +138,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         state = TableStore(app.Table(f"{kind}-state", key_type=bytes, value_type=bytes,
                                      partitions=settings.kafka.partitions))
         stores[kind] = (index, state)
-        source = app.topic(TELEMETRY[kind], key_type=bytes, value_type=bytes,
+        source = app.topic(topics.telemetry[kind], key_type=bytes, value_type=bytes,
                            partitions=settings.kafka.partitions)
         _make_agent(app, kind, engine, source, index, state, kpi_topic, counters, activity,
                     key_of, alert_publisher)
@@ -164,13 +168,13 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     async def start_alert_publisher() -> None:
         logging.getLogger("streams").setLevel(logging.INFO)
         alert_publisher.start()
+        log.info("worker %s running; Ctrl-C or SIGTERM stops it", options.instance)
 
     if with_sink:
-        from streams.sink import run_sink
 
         @app.task
         async def sink() -> None:
-            await run_sink(settings, instance=options.instance)
+            await run_sink(settings)
 
     @app.timer(interval=options.counters_interval_s)
     async def publish_counters() -> None:
@@ -217,3 +221,15 @@ def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.Top
 
     agent.__name__ = agent.__qualname__ = f"{kind}_kpis"
     app.agent(source, name=f"citystream.{kind}_kpis", concurrency=1)(agent)
+
+
+async def run_sink(settings: Settings) -> None:
+    """The InfluxDB sink inside the worker process, until the worker stops."""
+    from streams.sink import InfluxSink
+
+    sink = InfluxSink.from_settings(settings)
+    await sink.start()
+    try:
+        await sink.run(asyncio.Event())
+    finally:
+        await sink.close()

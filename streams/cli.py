@@ -32,7 +32,12 @@ log = logging.getLogger("streams")
 @click.option("--sink/--no-sink", default=True, show_default=True,
               envvar="CITYSTREAM_WORKER_SINK", show_envvar=True,
               help="Also run the InfluxDB sink (KPIs, alerts, raw readings, counters).")
-def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool) -> None:
+@click.option("--session-timeout", "session_timeout_s", default=30.0, show_default=True,
+              type=click.FloatRange(3), envvar="CITYSTREAM_WORKER_SESSION_TIMEOUT_S",
+              show_envvar=True,
+              help="Seconds before Kafka gives a silent worker's partitions to the others.")
+def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool,
+           session_timeout_s: float) -> None:
     """Turn telemetry.* into KPIs, alerts and raw points in InfluxDB (contract 2 and 3).
 
     Consumes the Kafka topics written by `citystream ingest`; scale by running more workers
@@ -57,7 +62,8 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
     except (ConfigError, CityModelError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    options = WorkerOptions(instance=instance, data_dir=data_dir, store=store, quiet_s=quiet_s)
+    options = WorkerOptions(instance=instance, data_dir=data_dir, store=store, quiet_s=quiet_s,
+                            session_timeout_s=session_timeout_s)
     app = create_app(settings, city, options, with_sink=sink)
     import faust
 

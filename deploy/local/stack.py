@@ -71,6 +71,10 @@ class StackSettings(BaseSettings):
     bucket_telemetry: str = "telemetry"
     bucket_kpi: str = "kpi"
     ready_timeout_s: float = 90.0
+    sim_speed: float = Field(120.0, description="simulated seconds per wall second for `up`'s "
+                             "simulator: it starts 6 h back and then runs in real time")
+    sim_rate: float = Field(0.0, description="most messages per second for `up`'s simulator "
+                            "(0 = no limit)")
 
 
 Progress = Callable[[str], None]
@@ -520,6 +524,43 @@ class Stack:
         {"mosquitto": self._start_mosquitto, "kafka": self._start_kafka,
          "influxdb": self._start_influxdb}[name](creds)
         self._save()
+
+    # The pipeline -------------------------------------------------------------------------
+
+    PIPELINE = ("ingest", "worker", "sim")
+
+    def pipeline_argv(self, name: str) -> list[str]:
+        """The citystream command each pipeline process runs."""
+        return {
+            "ingest": ["ingest", "--instance", "0"],
+            "worker": ["worker", "--instance", "0",
+                       "--data-dir", str(self.home / "worker")],
+            "sim": ["sim", "--start", "now-6h", "--speed", str(self.s.sim_speed),
+                    "--rate", str(self.s.sim_rate), "--no-progress"],
+        }[name]
+
+    def start_pipeline(self, names: tuple[str, ...] = PIPELINE) -> None:
+        """Start ingest, worker and the simulator against this stack (each once)."""
+        env = self.service_env()
+        for name in names:
+            svc = self.services.setdefault(name, Service(name, self.home))
+            if svc.running():
+                self.say(f"{name}: already running (pid {svc.pid})")
+                continue
+            t0 = time.monotonic()
+            offset = svc.log.stat().st_size if svc.log.exists() else 0
+            svc.spawn([sys.executable, "-m", "citystream", "-v", *self.pipeline_argv(name)],
+                      env=env)
+            self._save()
+            marker = f"{name} 0 running" if name != "sim" else ""
+
+            def started(svc: Service = svc, marker: str = marker, offset: int = offset) -> bool:
+                with svc.log.open("rb") as f:
+                    f.seek(offset)
+                    return marker.encode() in f.read()
+
+            _wait(name, svc, started, self.s.ready_timeout_s)
+            self.say(f"{name}: running in {time.monotonic() - t0:.1f}s, log {svc.log}")
 
     def add_mqtt_user(self, username: str, password: str) -> None:
         """Add (or change) an MQTT user, e.g. a sensor whose user name is its sensor_id, and

@@ -171,6 +171,7 @@ class IngestProcess:
         self.log = log_dir / f"ingest-{instance}.log"
         self.env = {**os.environ, **stack.service_env(), **(extra_env or {})}
         self.env["CITYSTREAM_INGEST_COUNTERS_INTERVAL"] = "1"
+        self.env.setdefault("CITYSTREAM_INGEST_LEAVE_ON_EXIT", "1")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> IngestProcess:
@@ -217,3 +218,81 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+
+
+class WorkerProcess(IngestProcess):
+    """`citystream worker` as a child process (RocksDB state under `log_dir`)."""
+
+    def start(self) -> WorkerProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "citystream", "-v", "worker", "--instance", self.instance,
+                 "--data-dir", str(self.log.parent / "worker-state"), "--quiet", "3"],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        self.wait_running()
+        return self
+
+    def wait_running(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.tail()}")
+            if f"worker {self.instance} running" in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"worker did not start:\n{self.tail()}")
+
+
+Point = tuple[str, tuple[tuple[str, str], ...], int]
+KPI_MEASUREMENTS = ("water_kpi", "energy_kpi", "traffic_kpi", "shuttle_kpi")
+
+
+def influx_points(stack: Stack, bucket: str,
+                  measurements: tuple[str, ...] = KPI_MEASUREMENTS) -> dict[Point, dict[str, Any]]:
+    """Every point of `measurements` in `bucket`: (measurement, sorted tags, ms) -> fields."""
+    from influxdb_client import InfluxDBClient
+
+    info = stack.client_info()["influxdb"]
+    names = " or ".join(f'r._measurement == "{m}"' for m in measurements)
+    query = f'from(bucket: "{bucket}") |> range(start: 0) |> filter(fn: (r) => {names})'
+    points: dict[Point, dict[str, Any]] = {}
+    with InfluxDBClient(url=info["url"], token=info["token"], org=info["org"],
+                        timeout=60_000) as client:
+        for table in client.query_api().query(query):
+            for rec in table.records:
+                tags = tuple(sorted((k, str(v)) for k, v in rec.values.items()
+                                    if not k.startswith("_") and k not in ("result", "table")))
+                ts_ms = int(rec.get_time().timestamp() * 1000)
+                points.setdefault((rec.get_measurement(), tags, ts_ms), {})[
+                    rec.get_field()] = rec.get_value()
+    return points
+
+
+def create_bucket(stack: Stack, name: str) -> None:
+    from influxdb_client import InfluxDBClient
+
+    info = stack.client_info()["influxdb"]
+    with InfluxDBClient(url=info["url"], token=info["token"], org=info["org"]) as client:
+        client.buckets_api().create_bucket(bucket_name=name, org=info["org"])
+
+
+def compare_points(got: dict[Point, dict[str, Any]], want: dict[Point, dict[str, Any]],
+                   rel: float = 1e-6) -> list[str]:
+    """Differences between InfluxDB and the oracle, as readable lines (empty = equal)."""
+    problems = [f"missing point {k}" for k in sorted(set(want) - set(got))]
+    problems += [f"extra point {k}" for k in sorted(set(got) - set(want))]
+    for key in sorted(set(want) & set(got)):
+        mine, theirs = got[key], want[key]
+        if set(mine) != set(theirs):
+            problems.append(f"{key}: fields {sorted(mine)} != {sorted(theirs)}")
+            continue
+        for name, value in theirs.items():
+            have = mine[name]
+            if isinstance(value, bool | int):
+                ok = type(have) is type(value) and have == value
+            else:
+                ok = isinstance(have, float) and abs(have - value) <= rel * max(1.0, abs(value))
+            if not ok:
+                problems.append(f"{key} {name}: influx {have!r} != oracle {value!r}")
+    return problems
