@@ -13,11 +13,12 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from citystream.topics import Topics
+from models.errors import CitystreamError
 
 ENV_PREFIX = "CITYSTREAM_"
 
 
-class ConfigError(ValueError):
+class ConfigError(CitystreamError, ValueError):
     """A setting is invalid; the message names the env var and what is wrong."""
 
 

@@ -397,8 +397,9 @@ class Stack:
     """The local stack under one home directory (see module docstring)."""
 
     def __init__(self, settings: StackSettings | None = None, say: Progress = _say) -> None:
-        self.s = settings or StackSettings()
-        self.home = self.s.home.expanduser().resolve()
+        settings = settings or StackSettings()
+        self.home = settings.home.expanduser().resolve()
+        self.s = self._with_saved(settings)
         self.s.cache = self.s.cache.expanduser().resolve()
         self.say = say
         self.services = {n: Service(n, self.home) for n in ("mosquitto", "kafka", "influxdb")}
@@ -409,6 +410,15 @@ class Stack:
     @property
     def state_file(self) -> Path:
         return self.home / "stack.json"
+
+    def _with_saved(self, settings: StackSettings) -> StackSettings:
+        """Settings this home was started with (ports, buckets...), unless given explicitly
+        now, so `status` and `down` find the stack that `up` started."""
+        if not self.state_file.exists():
+            return settings
+        saved = json.loads(self.state_file.read_text()).get("settings", {})
+        explicit = settings.model_dump(include=settings.model_fields_set)
+        return StackSettings.model_validate({**saved, **explicit})
 
     def _load_pids(self) -> None:
         if not self.state_file.exists():
@@ -422,6 +432,7 @@ class Stack:
         creds = Credentials.load_or_create(self.home)
         state = {
             **self.client_info(creds),
+            "settings": self.s.model_dump(mode="json"),
             "processes": {n: {"pid": v.pid, "started": v.started, "log": str(v.log)}
                           for n, v in self.services.items() if v.pid is not None},
         }

@@ -238,6 +238,8 @@ class TestSchema:
         ("shuttle", "status", None),
         ("shuttle", "route_id", ""),
         ("shuttle", "stop_id", 3),
+        ("shuttle", "stop_id", "mk\ncentral"),
+        ("shuttle", "stop_id", "mk\r"),
         ("shuttle", "delay_s", "late"),
         ("shuttle", "disengaged", 0),
         ("shuttle", "disengaged", "false"),
