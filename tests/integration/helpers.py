@@ -40,7 +40,7 @@ class Publisher:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                   client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
         self.client.username_pw_set(username, password)
-        self.client.max_inflight_messages_set(1000)
+        self.client.max_inflight_messages_set(0)  # unlimited: paho slows down with big windows
         self.client.max_queued_messages_set(0)
         self._acked: set[int] = set()
         self._lock = threading.Lock()
