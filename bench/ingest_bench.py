@@ -32,7 +32,7 @@ from deploy.local.stack import Stack, StackSettings, free_port  # noqa: E402
 from tests.integration.helpers import IngestProcess, Publisher  # noqa: E402
 
 
-def publish(args: tuple[dict[str, object], str, int, int, int, int, "mp.Queue[object]"]) -> None:
+def publish(args: tuple[dict[str, object], str, int, int, int, int, mp.Queue[object]]) -> None:
     mqtt, tag, start, count, batch, worker, out = args
     pub = Publisher(str(mqtt["host"]), int(mqtt["port"]),  # type: ignore[call-overload]
                     str(mqtt["username"]), str(mqtt["password"]))

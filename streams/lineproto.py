@@ -4,12 +4,14 @@ The contract (section 2) says only that the `telemetry` bucket holds "valid raw 
 is their schema. One point per reading, timestamp = the reading's `ts_ms` (write with
 ``precision=ms``):
 
-| measurement | tags                               | fields                                        |
-|-------------|------------------------------------|-----------------------------------------------|
-| `water`     | `district`, `sensor_id`            | `volume_m3`, `flow_l_min`, `pressure_bar`     |
-| `energy`    | `district`, `sensor_id`            | `energy_kwh`, `power_kw`                      |
-| `traffic`   | `district`, `junction`, `sensor_id`| `vehicle_count` (int), `interval_s`, `mean_speed_kmh`, `occupancy_pct` |
-| `shuttle`   | `district`, `route`, `sensor_id`   | `lat`, `lon`, `speed_kmh`, `passengers` (int), `capacity` (int), `battery_pct`, `status` (string), `stop_id` (string), `delay_s`, `disengaged` (bool) |
+    water    tags district, sensor_id            fields volume_m3, flow_l_min, pressure_bar
+    energy   tags district, sensor_id            fields energy_kwh, power_kw
+    traffic  tags district, junction, sensor_id  fields vehicle_count (int), interval_s,
+                                                        mean_speed_kmh, occupancy_pct
+    shuttle  tags district, route, sensor_id     fields lat, lon, speed_kmh, passengers (int),
+                                                        capacity (int), battery_pct,
+                                                        status (string), stop_id (string),
+                                                        delay_s, disengaged (bool)
 
 plus `seq` (int) on every kind when the reading has one. Optional fields are left out when the
 reading lacks them. `route` is the reading's `route_id`.
@@ -45,8 +47,11 @@ _SLUG_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CACHE_MAX: Final = 100_000
 
-_KEY_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
-_MEASUREMENT_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
+# InfluxDB 2.x unescapes only these in keys and tag values and keeps a backslash literal (`a\\b`
+# is stored as `a\\b`, tested on 2.7.12), so one before a special character or at the end
+# cannot round-trip: text with a backslash is refused rather than stored wrong.
+_KEY_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
+_MEASUREMENT_ESCAPES: Final = str.maketrans({",": "\\,", " ": "\\ "})
 _STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
 
 
@@ -150,41 +155,35 @@ ReadingLine = Callable[[Mapping[str, Any]], str]
 def _builder(schema: RawSchema) -> ReadingLine:
     tags = tuple((f",{tag}=", key, _SLUGS if key == "district" else _IDS)
                  for tag, key in schema.tags)
-    fields = tuple((name, f"{name}=", ftype, required, _FORMATTERS[ftype])
+    fields = tuple((name, f"{name}=", ftype == "float", required, _FORMATTERS[ftype])
                    for name, ftype, required in schema.fields)
     measurement = schema.measurement
 
     def build(reading: Mapping[str, Any]) -> str:
+        value: Any
+        head = measurement
         try:
-            parts = [measurement]
             for prefix, key, valid in tags:
                 value = reading.get(key)
                 if value not in valid.seen:
                     valid.check(key, value)
-                parts.append(prefix)
-                parts.append(value)
-            sep = " "
-            for name, prefix, ftype, required, fmt in fields:
-                value = reading.get(name)
-                if value is None:
-                    if required:
-                        raise RecordError(f"{measurement} reading has no {name}")
-                    continue
-                parts.append(sep)
-                parts.append(prefix)
-                sep = ","
-                # Fast path for the common case; everything else goes through the checks.
-                if ftype == "float" and type(value) is float and value - value == 0.0:
-                    parts.append(repr(value))
-                else:
-                    parts.append(fmt(name, value))
-            ts = reading.get("ts_ms")
-            if type(ts) is not int:
-                raise RecordError(f"{measurement} reading has no integer ts_ms")
-            parts.append(f" {ts}")
-            return "".join(parts)
+                head += prefix + value
         except TypeError:  # an unhashable tag value (a JSON list or object)
             raise RecordError(f"{measurement} reading has a malformed tag value") from None
+        out: list[str] = []
+        for name, prefix, is_float, required, fmt in fields:
+            value = reading.get(name)
+            if value is None:
+                if required:
+                    raise RecordError(f"{measurement} reading has no {name}")
+            elif is_float and type(value) is float and value - value == 0.0:
+                out.append(prefix + repr(value))  # the common case, checks inlined
+            else:
+                out.append(prefix + fmt(name, value))
+        ts = reading.get("ts_ms")
+        if type(ts) is not int:
+            raise RecordError(f"{measurement} reading has no integer ts_ms")
+        return f"{head} {','.join(out)} {ts}"
 
     return build
 
@@ -208,22 +207,30 @@ def reading_line(reading: Mapping[str, Any], kind: Kind | None = None) -> str:
     return build(reading)
 
 
-def escape_tag(text: str) -> str:
-    """Escape a tag key, tag value or field key (backslash, comma, equals sign, space).
-
-    Raises `RecordError` for what line protocol cannot carry: empty text or a line break.
-    """
+def _check_key(what: str, text: str) -> None:
     if not text:
-        raise RecordError("tag keys, tag values and field keys cannot be empty")
-    if "\n" in text or "\r" in text:
-        raise RecordError(f"{text!r} contains a line break, which line protocol cannot carry")
+        raise RecordError(f"{what} cannot be empty")
+    if "\n" in text or "\r" in text or "\\" in text:
+        raise RecordError(f"{what} {text!r} contains a line break or a backslash, which InfluxDB "
+                          "line protocol cannot carry faithfully")
+
+
+def escape_tag(text: str) -> str:
+    """Escape a tag key, tag value or field key (comma, equals sign, space).
+
+    Raises `RecordError` for what InfluxDB cannot store faithfully: empty text, a line break, a
+    backslash (InfluxDB 2.x keeps escaping backslashes literally).
+    """
+    _check_key("tag or field key or tag value", text)
     return text.translate(_KEY_ESCAPES)
 
 
 def escape_measurement(text: str) -> str:
-    """Escape a measurement name (backslash, comma, space)."""
-    if not text or "\n" in text or "\r" in text:
-        raise RecordError(f"measurement {text!r} is empty or contains a line break")
+    """Escape a measurement name (comma, space); the same text is refused as in `escape_tag`,
+    and a leading `#` (that line would be a comment)."""
+    _check_key("measurement", text)
+    if text.startswith("#"):
+        raise RecordError(f"measurement {text!r} starts with '#', which makes a comment line")
     return text.translate(_MEASUREMENT_ESCAPES)
 
 
