@@ -1,0 +1,566 @@
+"""The InfluxDB sink: Kafka -> line protocol -> InfluxDB, committing offsets only after the write.
+
+Topics (consumer group `citystream-sink`; `CITYSTREAM_KAFKA__TOPIC_PREFIX` prefixes both) and
+where their points go:
+
+    telemetry.<kind>   JSON array of readings (`Reading.to_json`)  -> raw points, telemetry bucket
+    kpi.records        one KPI / alert record (format below)      -> kpi bucket
+    pipeline.counters  one component's counters                   -> `pipeline` points, kpi bucket
+
+A `kpi.records` value is one record as `models.records.record_to_json` writes it,
+``{"measurement": "water_kpi", "district": ..., "window_end_ms": ..., "consumption_l": ...}``;
+the sink reads it back with `record_from_json`, so field types are the contract's whatever the
+producer wrote, and renders it with `to_line_protocol`. A `pipeline.counters` value is either
+that form of a `PipelineCounters` or ingest's counters object; the contract's counters present
+in it become the fields (`streams.lineproto.pipeline_line`).
+
+Delivery is at least once and idempotent: a point's identity is (measurement, tags, timestamp),
+so writing a record again overwrites the same point. The loop, one batch at a time:
+fetch until about `max_points` points are held, convert, write them bucket by bucket in requests of
+`batch_points` lines, and only then commit the batch's offsets. While InfluxDB is unavailable
+(`SinkBackpressure`) the batch is held and retried with capped exponential backoff; nothing is
+committed and nothing more is consumed (Kafka keeps the backlog). A stop during an outage leaves
+the batch uncommitted, to be consumed again. Offsets are committed only for partitions still
+assigned: after a rebalance the new owner rewrites the records, which is harmless.
+
+Bad data is never retried forever and never dropped silently: a record or reading that cannot be
+decoded, and a line InfluxDB refuses (`PointsRejected`), goes to the `sink.deadletter` topic with
+the reason and is counted as rejected. InfluxDB 2.7 answers 400 when a line does not parse (then
+nothing of the request is written) and 422 for a partial write (field type conflict, outside the
+bucket's retention: the other points ARE written; the message ends with `dropped=N`). Either way
+the sink bisects the request until each refused line stands alone; rewriting the accepted points
+on the way is harmless. A `sink.deadletter` value is a JSON object: `reason` (`undecodable` or
+`rejected_by_influxdb`), `detail` (for the latter the server's message), the source `topic`,
+`partition` and `offset`, `received_at_ms`, and either `raw` (base64 of the record, or of the
+reading at `index` in its array) or the refused `line` and its `bucket`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import contextlib
+import gzip
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+from urllib.parse import urlencode
+
+import orjson
+import urllib3
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from citystream.settings import InfluxSettings, KafkaSettings, Settings
+from citystream.topics import DEFAULT, Topics
+from ingest.kafka_sink import KafkaSink, OutRecord, Sink
+from models.errors import BackpressureError, RecordError, SinkError
+from models.readings import KINDS, Kind
+from models.records import record_from_json, to_line_protocol
+from streams.lineproto import pipeline_line, reading_line
+
+log = logging.getLogger(__name__)
+
+GROUP_ID: Final = "citystream-sink"
+
+
+def sink_topics(topics: Topics = DEFAULT) -> list[str]:
+    """The topics the sink consumes."""
+    return [*topics.telemetry.values(), topics.kpi_records, topics.pipeline_counters]
+
+
+class SinkBackpressure(BackpressureError):
+    """InfluxDB cannot take the write now (429, 503, other 5xx, unreachable, timeout, or a
+    401/403/404 configuration problem); nothing is known to be written: retry the same lines
+    after `retry_after_s`."""
+
+
+class PointsRejected(SinkError):
+    """InfluxDB refused the data itself (400, 413, 422): retrying the same request is pointless.
+
+    `status` is the HTTP status, `message` the server's; `dropped` is InfluxDB's count of
+    refused points for a 422 partial write (the rest of the request was written), else None.
+    """
+
+    def __init__(self, message: str, status: int = 400, dropped: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.dropped = dropped
+
+
+# -- writers ----------------------------------------------------------------------------------
+
+
+class PointWriter(Protocol):
+    """Writes line-protocol lines (ms timestamps) to a bucket.
+
+    `write` is called from a worker thread with at most `batch_points` lines; on return they are
+    durable in InfluxDB. It raises `SinkBackpressure` for transient failures and `PointsRejected`
+    when the server refuses the data.
+    """
+
+    def write(self, bucket: str, lines: list[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_DROPPED_RE: Final = re.compile(r"dropped=(\d+)")
+
+
+def _server_message(body: bytes) -> str:
+    try:
+        message = orjson.loads(body).get("message")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = None
+    return str(message) if message else body.decode("utf-8", "replace")[:2000]
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    try:
+        return max(0.0, float(value)) if value else default
+    except ValueError:  # an HTTP date; rare enough to ignore
+        return default
+
+
+class InfluxWriter:
+    """`PointWriter` over InfluxDB 2.x's HTTP API: ``POST /api/v2/write?precision=ms``.
+
+    Plain HTTP with a keep-alive pool (measured faster than influxdb-client's synchronous
+    `WriteApi`, see bench/sink_bench.py) and full control of status codes. `gzip_level` 1-9
+    compresses request bodies (worth it over a network, not on loopback). A connection dropped
+    mid-request is retried once at once (a write is idempotent); any other transport error is
+    `SinkBackpressure`.
+    """
+
+    def __init__(self, settings: InfluxSettings, *, gzip_level: int = 0,
+                 timeout_s: float = 30.0, unavailable_retry_s: float = 1.0) -> None:
+        if not 0 <= gzip_level <= 9:
+            raise ValueError("gzip_level must be 0 (off) to 9")
+        self.base = settings.url.rstrip("/") + "/api/v2/write?"
+        self.org = settings.org
+        self.gzip_level = gzip_level
+        self.unavailable_retry_s = unavailable_retry_s
+        self.headers = {"Content-Type": "text/plain; charset=utf-8",
+                        "Accept": "application/json"}
+        if settings.token is not None:
+            self.headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
+        if gzip_level:
+            self.headers["Content-Encoding"] = "gzip"
+        self._http = urllib3.PoolManager(
+            num_pools=2, maxsize=2, timeout=urllib3.Timeout(connect=5.0, read=timeout_s),
+            retries=False)
+
+    def write(self, bucket: str, lines: list[str]) -> None:
+        if not lines:
+            return
+        body = "\n".join(lines).encode()
+        if self.gzip_level:
+            body = gzip.compress(body, compresslevel=self.gzip_level, mtime=0)
+        url = self.base + urlencode({"org": self.org, "bucket": bucket, "precision": "ms"})
+        try:
+            try:
+                response = self._http.request("POST", url, body=body, headers=self.headers)
+            except urllib3.exceptions.ProtocolError:  # a kept-alive connection went stale
+                response = self._http.request("POST", url, body=body, headers=self.headers)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SinkBackpressure(f"InfluxDB unreachable: {exc}",
+                                   self.unavailable_retry_s) from exc
+        status = response.status
+        if status < 300:
+            return
+        message = _server_message(response.data)
+        if status in (400, 413, 422):
+            dropped = _DROPPED_RE.search(message) if status == 422 else None
+            raise PointsRejected(message, status, int(dropped.group(1)) if dropped else None)
+        raise SinkBackpressure(
+            f"InfluxDB answered {status}: {message}",
+            _retry_after(response.headers.get("Retry-After"), self.unavailable_retry_s))
+
+    def close(self) -> None:
+        self._http.clear()
+
+
+@dataclass
+class MemoryWriter:
+    """Fake `PointWriter`: keeps lines per bucket. `fail_next` makes the next N writes raise
+    `SinkBackpressure`; lines containing a `reject` substring make a write raise
+    `PointsRejected` (400, nothing written), like InfluxDB refusing a bad line."""
+
+    lines: dict[str, list[str]] = field(default_factory=dict)
+    fail_next: int = 0
+    reject: tuple[str, ...] = ()
+    calls: int = 0
+
+    def write(self, bucket: str, lines: list[str]) -> None:
+        self.calls += 1
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise SinkBackpressure("simulated outage", 0.0)
+        bad = [line for line in lines if any(r in line for r in self.reject)]
+        if bad:
+            raise PointsRejected(f"unable to parse {bad[0]!r}: simulated", 400)
+        self.lines.setdefault(bucket, []).extend(lines)
+
+    def close(self) -> None:
+        return None
+
+
+def write_isolating(writer: PointWriter, bucket: str, lines: list[str]
+                    ) -> list[tuple[int, str]]:
+    """Write `lines`; if InfluxDB refuses some, bisect until each refused line stands alone.
+
+    Returns (index, server message) for every refused line; all others are written when it
+    returns. `SinkBackpressure` propagates (retry the whole call: rewriting is idempotent).
+    """
+    try:
+        writer.write(bucket, lines)
+    except PointsRejected as exc:
+        if len(lines) == 1 or exc.dropped == len(lines):
+            return [(i, exc.message) for i in range(len(lines))]
+        mid = len(lines) // 2
+        left = write_isolating(writer, bucket, lines[:mid])
+        right = write_isolating(writer, bucket, lines[mid:])
+        return left + [(i + mid, message) for i, message in right]
+    return []
+
+
+def kpi_line(value: bytes) -> str:
+    """The point for a `kpi.records` value (`models.records.record_to_json` output)."""
+    try:
+        record = record_from_json(value)
+    except (ValueError, AttributeError, TypeError) as exc:  # JSON, validation, not an object
+        raise RecordError(f"not a kpi record: {exc}".replace("\n", " ")) from None
+    return to_line_protocol(record, "ms")
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+class Consumer(Protocol):
+    """The part of `AIOKafkaConsumer` the sink uses (subscribed before `start`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[Any, list[Any]]: ...
+
+    async def commit(self, offsets: Any = None) -> None: ...
+
+    def assignment(self) -> set[Any]: ...
+
+    def highwater(self, partition: Any) -> int | None: ...
+
+
+def kafka_consumer(settings: KafkaSettings, *, group_id: str | None = None,
+                   client_id: str = "citystream-sink") -> AIOKafkaConsumer:
+    """The sink's consumer on `sink_topics` (with the settings' topic prefix): its own group
+    (`<prefix>citystream-sink` unless given), manual commits, from the earliest offset."""
+    return AIOKafkaConsumer(
+        *sink_topics(settings.topics), bootstrap_servers=settings.bootstrap,
+        group_id=group_id or f"{settings.topic_prefix}{GROUP_ID}", client_id=client_id,
+        enable_auto_commit=False, auto_offset_reset="earliest")
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    telemetry: str = "telemetry"
+    kpi: str = "kpi"
+
+
+@dataclass
+class SinkOptions:
+    """Tuning knobs; the defaults suit a local InfluxDB."""
+
+    batch_points: int = 5000  # lines per InfluxDB request
+    max_points: int = 20000  # stop fetching once this many points are held
+    fetch_records: int = 50  # Kafka records per fetch (ingest puts <= 500 readings in one)
+    poll_timeout_ms: int = 500
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    report_interval_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class _Batch:
+    """Points consumed but not yet committed, with where each line came from."""
+
+    lines: dict[str, list[str]] = field(default_factory=dict)
+    starts: dict[str, list[int]] = field(default_factory=dict)  # first line of each record
+    origins: dict[str, list[_Origin]] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)  # lines written so far, per bucket
+    dead: list[OutRecord] = field(default_factory=list)
+    offsets: dict[Any, int] = field(default_factory=dict)  # TopicPartition -> next offset
+    points: int = 0
+
+    def add(self, bucket: str, origin: _Origin, lines: list[str]) -> None:
+        if not lines:
+            return
+        held = self.lines.setdefault(bucket, [])
+        self.starts.setdefault(bucket, []).append(len(held))
+        self.origins.setdefault(bucket, []).append(origin)
+        held.extend(lines)
+        self.points += len(lines)
+
+    def origin(self, bucket: str, index: int) -> _Origin:
+        i = bisect.bisect_right(self.starts[bucket], index) - 1
+        return self.origins[bucket][i]
+
+    def pending(self) -> int:
+        return sum(len(lines) - self.done.get(b, 0) for b, lines in self.lines.items())
+
+
+def _dead_letter(topic: str, reason: str, detail: str, origin: _Origin, *,
+                 raw: bytes | None = None, line: str | None = None, bucket: str | None = None,
+                 index: int | None = None) -> OutRecord:
+    body: dict[str, object] = {
+        "reason": reason, "detail": detail, "topic": origin.topic,
+        "partition": origin.partition, "offset": origin.offset,
+        "received_at_ms": int(time.time() * 1000)}
+    if index is not None:
+        body["index"] = index
+    if raw is not None:
+        body["raw"] = base64.b64encode(raw).decode("ascii")
+    if line is not None:
+        body["bucket"] = bucket
+        body["line"] = line
+    return OutRecord(topic, origin.topic.encode(), orjson.dumps(body))
+
+
+class InfluxSink:
+    """Moves points from Kafka to InfluxDB; see the module docstring for the guarantees.
+
+    Lifecycle: construct (no I/O), `start`, `run(stop)` until the event is set, `close`.
+    """
+
+    def __init__(self, consumer: Consumer, writer: PointWriter, deadletters: Sink, *,
+                 buckets: Buckets | None = None, topics: Topics = DEFAULT,
+                 options: SinkOptions | None = None) -> None:
+        self.consumer = consumer
+        self.writer = writer
+        self.deadletters = deadletters
+        self.buckets = buckets or Buckets()
+        self.topics = topics
+        self.options = options or SinkOptions()
+        self._kinds: dict[str, Kind] = {topics.telemetry[kind]: kind for kind in KINDS}
+        self.received = 0
+        self.written = 0
+        self.rejected = 0
+        self._last_report = time.monotonic()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, options: SinkOptions | None = None
+                      ) -> InfluxSink:
+        """The production wiring: aiokafka consumer, `InfluxWriter`, Kafka dead letters."""
+        return cls(kafka_consumer(settings.kafka), InfluxWriter(settings.influx),
+                   KafkaSink(settings.kafka, client_id="citystream-sink"),
+                   buckets=Buckets(settings.influx.bucket_telemetry, settings.influx.bucket_kpi),
+                   topics=settings.kafka.topics, options=options)
+
+    def counters(self) -> dict[str, int]:
+        """Cumulative counts since start: `received` points and undecodable items consumed,
+        `written` points confirmed by InfluxDB, `rejected` items dead-lettered. A record consumed
+        again after a restart or rebalance counts again."""
+        return {"received": self.received, "written": self.written, "rejected": self.rejected}
+
+    async def start(self) -> None:
+        await self.deadletters.start()
+        await self.consumer.start()
+
+    async def close(self) -> None:
+        """Leave the group without committing anything more, then release the clients."""
+        try:
+            await self.consumer.stop()
+        finally:
+            await self.deadletters.close()
+            await asyncio.to_thread(self.writer.close)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Move batches until `stop` is set."""
+        while not stop.is_set():
+            await self.step(stop)
+            if time.monotonic() - self._last_report >= self.options.report_interval_s:
+                self._last_report = time.monotonic()
+                log.info("sink: %s", self.counters())
+
+    async def step(self, stop: asyncio.Event) -> bool:
+        """Consume one batch, write it, commit it. False if there was nothing to consume or
+        `stop` was set before the batch could be written (then nothing is committed)."""
+        batch = await self._fetch()
+        if batch is None:
+            return False
+        if not await self._deliver(batch, stop):
+            return False
+        await self._commit(batch.offsets)
+        return True
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def _fetch(self) -> _Batch | None:
+        """Consume and convert until about `max_points` points (or dead letters) are held,
+        waiting `poll_timeout_ms` for the first records only; None if nothing arrived."""
+        opts = self.options
+        batch = _Batch()
+        timeout_ms = opts.poll_timeout_ms
+        while batch.points < opts.max_points:
+            got = await self.consumer.getmany(timeout_ms=timeout_ms,
+                                              max_records=opts.fetch_records)
+            if not got:
+                break
+            for tp, records in got.items():
+                for record in records:
+                    self._convert(record, batch)
+                batch.offsets[tp] = records[-1].offset + 1
+            timeout_ms = 0
+        return batch if batch.offsets else None
+
+    def _convert(self, record: Any, batch: _Batch) -> None:
+        """Add one Kafka record's points to the batch; what cannot be decoded becomes a dead
+        letter (never an exception)."""
+        origin = _Origin(record.topic, record.partition, record.offset)
+        value: bytes = record.value if record.value is not None else b""
+        kind = self._kinds.get(record.topic)
+        if kind is not None:
+            try:
+                items = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                self._undecodable(batch, origin, f"not JSON: {exc}", value)
+                return
+            if type(items) is dict:
+                items = [items]
+            elif type(items) is not list:
+                self._undecodable(batch, origin, "not a JSON array", value)
+                return
+            lines = []
+            for i, item in enumerate(items):
+                try:
+                    if type(item) is not dict:
+                        raise RecordError("not a JSON object")
+                    lines.append(reading_line(item, kind))
+                except RecordError as exc:
+                    self._undecodable(batch, origin, str(exc), orjson.dumps(item), i)
+            self.received += len(lines)
+            batch.add(self.buckets.telemetry, origin, lines)
+            return
+        try:
+            if record.topic == self.topics.pipeline_counters:
+                obj = orjson.loads(value)
+                if type(obj) is not dict:
+                    raise RecordError("not a JSON object")
+                line = pipeline_line(obj)
+            else:
+                line = kpi_line(value)
+        except (RecordError, orjson.JSONDecodeError) as exc:
+            self._undecodable(batch, origin, str(exc), value)
+            return
+        self.received += 1
+        batch.add(self.buckets.kpi, origin, [line])
+
+    def _undecodable(self, batch: _Batch, origin: _Origin, detail: str, raw: bytes,
+                     index: int | None = None) -> None:
+        dead = _dead_letter(self.topics.sink_deadletter, "undecodable", detail, origin, raw=raw,
+                            index=index)
+        self.received += 1
+        self.rejected += 1
+        batch.dead.append(dead)
+        batch.points += 1
+        log.debug("sink dead letter: %s", dead.value[:500])
+
+    # -- writing ------------------------------------------------------------------------------
+
+    async def _deliver(self, batch: _Batch, stop: asyncio.Event) -> bool:
+        """Write the batch (and its dead letters) until done; back off while InfluxDB or Kafka
+        fails. False if `stop` was set first."""
+        opts = self.options
+        delay = opts.retry_initial_s
+        failed_since: float | None = None
+        while not stop.is_set():
+            try:
+                await self._write(batch)
+            except (SinkBackpressure, KafkaError, OSError, TimeoutError) as exc:
+                retry_after = exc.retry_after_s if isinstance(exc, SinkBackpressure) else 0.0
+                if failed_since is None:
+                    failed_since = time.monotonic()
+                    log.warning(
+                        "sink: write failed (%s); holding %d points uncommitted, Kafka backlog "
+                        "%s more records; retrying with backoff", exc, batch.pending(),
+                        self._backlog(batch))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=max(delay, retry_after))
+                delay = min(delay * 2, opts.retry_max_s)
+                continue
+            if failed_since is not None:
+                log.warning("sink: writes recovered after %.1fs", time.monotonic() - failed_since)
+            return True
+        return False
+
+    async def _write(self, batch: _Batch) -> None:
+        size = self.options.batch_points
+        for bucket, lines in batch.lines.items():
+            while (start := batch.done.get(bucket, 0)) < len(lines):
+                chunk = lines[start:start + size]
+                refused = await asyncio.to_thread(write_isolating, self.writer, bucket, chunk)
+                for i, message in refused:
+                    batch.dead.append(_dead_letter(
+                        self.topics.sink_deadletter, "rejected_by_influxdb", message,
+                        batch.origin(bucket, start + i), line=chunk[i], bucket=bucket))
+                if refused:
+                    log.warning("sink: InfluxDB refused %d of %d points for bucket %s (%s); "
+                                "sent to %s", len(refused), len(chunk), bucket, refused[0][1],
+                                self.topics.sink_deadletter)
+                batch.done[bucket] = start + len(chunk)
+                self.written += len(chunk) - len(refused)
+                self.rejected += len(refused)
+        if batch.dead:
+            await self.deadletters.send(batch.dead)
+            batch.dead = []
+
+    async def _commit(self, offsets: dict[Any, int]) -> None:
+        assigned = self.consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if len(mine) < len(offsets):
+            log.info("sink: not committing %d partitions revoked meanwhile (their new owner "
+                     "writes the records again, which is idempotent)", len(offsets) - len(mine))
+        if not mine:
+            return
+        try:
+            await self.consumer.commit(mine)
+        except KafkaError as exc:
+            log.warning("sink: offset commit failed (%s); the written records will be consumed "
+                        "and written again (idempotent)", exc)
+
+    def _backlog(self, batch: _Batch) -> int | None:
+        try:
+            behind = 0
+            for tp, next_offset in batch.offsets.items():
+                highwater = self.consumer.highwater(tp)
+                if highwater is not None:
+                    behind += max(0, highwater - next_offset)
+            return behind
+        except Exception:  # best effort: only for a log line
+            return None
+
+
+async def run_sink(settings: Settings, stop: asyncio.Event,
+                   options: SinkOptions | None = None) -> InfluxSink:
+    """Start a sink from settings, run it until `stop`, close it; returns it for its counters."""
+    sink = InfluxSink.from_settings(settings, options)
+    await sink.start()
+    try:
+        await sink.run(stop)
+    finally:
+        await sink.close()
+    return sink
+

@@ -1,0 +1,540 @@
+"""The InfluxDB sink with fakes: offsets committed only after the write, backpressure, bad data
+dead-lettered, rebalances; and `InfluxWriter` against a stub HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import http.server
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from pydantic import SecretStr
+
+from citystream.settings import InfluxSettings
+from citystream.topics import KPI_RECORDS, PIPELINE_COUNTERS, SINK_DEADLETTER, TELEMETRY, Topics
+from ingest.kafka_sink import MemorySink
+from models.errors import RecordError
+from models.records import Alert, WaterKpi, record_to_json
+from streams.sink import (
+    InfluxSink,
+    InfluxWriter,
+    MemoryWriter,
+    PointsRejected,
+    SinkBackpressure,
+    SinkOptions,
+    kpi_line,
+    write_isolating,
+)
+
+TS = 1_795_241_700_000
+WATER = TELEMETRY["water"]
+SHUTTLE = TELEMETRY["shuttle"]
+
+
+def water(sensor: str, ts: int = TS, volume: float = 10.0) -> dict[str, Any]:
+    return {"district": "central-mk", "sensor_id": sensor, "ts_ms": ts, "kind": "water",
+            "volume_m3": volume}
+
+
+def readings(*items: dict[str, Any]) -> bytes:
+    return orjson.dumps(list(items))
+
+
+WATER_KPI = WaterKpi(district="central-mk", window_end_ms=TS, consumption_l=1200.5,
+                     baseline_l=1500.0, saving_pct=19.97, saving_pct_24h=None, on_track=True,
+                     meters_reporting=40)
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+
+
+@dataclass
+class FakeConsumer:
+    """An in-memory consumer group member: records per partition, positions, commits."""
+
+    log: dict[TopicPartition, list[Rec]] = field(default_factory=dict)
+    position: dict[TopicPartition, int] = field(default_factory=dict)
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    assigned: set[TopicPartition] = field(default_factory=set)
+    polls: int = 0
+    fail_commit: KafkaError | None = None
+    stopped: bool = False
+
+    def produce(self, topic: str, value: bytes | None, partition: int = 0) -> None:
+        tp = TopicPartition(topic, partition)
+        records = self.log.setdefault(tp, [])
+        records.append(Rec(topic, partition, len(records), value))
+        self.assigned.add(tp)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0,
+                      max_records: int | None = None) -> dict[TopicPartition, list[Rec]]:
+        self.polls += 1
+        out: dict[TopicPartition, list[Rec]] = {}
+        budget = max_records or 10**9
+        for tp in sorted(self.assigned):
+            start = self.position.get(tp, self.committed.get(tp, 0))
+            records = self.log.get(tp, [])[start:start + budget]
+            if records:
+                out[tp] = records
+                budget -= len(records)
+                self.position[tp] = start + len(records)
+        if not out:
+            await asyncio.sleep(min(timeout_ms, 20) / 1000)
+        return out
+
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        assert offsets is not None
+        if self.fail_commit is not None:
+            raise self.fail_commit
+        for tp in offsets:
+            if tp not in self.assigned:
+                raise IllegalStateError(f"Partition {tp} is not assigned")
+        self.committed.update(offsets)
+        self.commits.append(dict(offsets))
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return len(self.log.get(partition, []))
+
+
+OPTIONS = SinkOptions(batch_points=5000, poll_timeout_ms=10, retry_initial_s=0.01,
+                      retry_max_s=0.05)
+
+
+def make(consumer: FakeConsumer, writer: MemoryWriter | None = None,
+         options: SinkOptions = OPTIONS) -> tuple[InfluxSink, MemoryWriter, MemorySink]:
+    writer = writer if writer is not None else MemoryWriter()
+    deadletters = MemorySink()
+    return InfluxSink(consumer, writer, deadletters, options=options), writer, deadletters
+
+
+def step(sink: InfluxSink) -> bool:
+    return asyncio.run(sink.step(asyncio.Event()))
+
+
+def dead(deadletters: MemorySink) -> list[dict[str, Any]]:
+    assert all(r.topic == SINK_DEADLETTER for r in deadletters.records)
+    return [orjson.loads(r.value) for r in deadletters.records]
+
+
+class TestHappyPath:
+    def test_points_per_bucket_then_commit(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a"), water("b"), water("c")))
+        consumer.produce(KPI_RECORDS, record_to_json(WATER_KPI))
+        consumer.produce(PIPELINE_COUNTERS, orjson.dumps(
+            {"component": "ingest", "instance": "0", "ts_ms": TS, "received": 3,
+             "accepted": 3, "rejected": 0, "messages": 1}))
+        sink, writer, deadletters = make(consumer)
+        assert step(sink)
+        assert writer.lines["telemetry"] == [
+            f"water,district=central-mk,sensor_id={s} volume_m3=10.0 {TS}" for s in "abc"]
+        assert writer.lines["kpi"] == [
+            "water_kpi,district=central-mk,window=15m consumption_l=1200.5,baseline_l=1500.0,"
+            f"saving_pct=19.97,target_pct=20.0,on_track=true,meters_reporting=40i {TS}",
+            f"pipeline,component=ingest,instance=0 received=3i,accepted=3i,rejected=0i {TS}"]
+        assert consumer.commits == [{TopicPartition(WATER, 0): 1,
+                                     TopicPartition(KPI_RECORDS, 0): 1,
+                                     TopicPartition(PIPELINE_COUNTERS, 0): 1}]
+        assert sink.counters() == {"received": 5, "written": 5, "rejected": 0}
+        assert deadletters.records == []
+
+    def test_topic_prefix(self) -> None:
+        topics = Topics("city2.")
+        consumer = FakeConsumer()
+        consumer.produce("city2.telemetry.water", readings(water("a")))
+        consumer.produce("city2.telemetry.water", b"[1]")
+        consumer.produce("city2.pipeline.counters", orjson.dumps(
+            {"component": "sink", "instance": "0", "ts_ms": TS, "written": 1}))
+        writer, deadletters = MemoryWriter(), MemorySink()
+        sink = InfluxSink(consumer, writer, deadletters, topics=topics, options=OPTIONS)
+        step(sink)
+        assert writer.lines == {
+            "telemetry": [f"water,district=central-mk,sensor_id=a volume_m3=10.0 {TS}"],
+            "kpi": [f"pipeline,component=sink,instance=0 written=1i {TS}"]}
+        assert [r.topic for r in deadletters.records] == ["city2.sink.deadletter"]
+
+    def test_nothing_to_do(self) -> None:
+        consumer = FakeConsumer()
+        sink, writer, _ = make(consumer)
+        assert not step(sink)
+        assert writer.calls == 0 and consumer.commits == []
+
+    def test_alert_record(self) -> None:
+        consumer = FakeConsumer()
+        alert = Alert(kind="water", entity="central-mk", rule="night_flow", ts_ms=TS,
+                      value=3.5, threshold=2.0, message='flow "high"', active=True)
+        consumer.produce(KPI_RECORDS, record_to_json(alert))
+        sink, writer, _ = make(consumer)
+        step(sink)
+        assert writer.lines["kpi"] == [
+            "alert,entity=central-mk,kind=water,rule=night_flow value=3.5,threshold=2.0,"
+            f'message="flow \\"high\\"",active=true {TS}']
+
+    def test_requests_hold_at_most_batch_points(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(*(water(f"s{i}") for i in range(12))))
+        sizes: list[int] = []
+
+        class Recording(MemoryWriter):
+            def write(self, bucket: str, lines: list[str]) -> None:
+                sizes.append(len(lines))
+                super().write(bucket, lines)
+
+        sink, writer, _ = make(consumer, Recording(),
+                               SinkOptions(batch_points=5, poll_timeout_ms=10))
+        step(sink)
+        assert sizes == [5, 5, 2]
+        assert len(writer.lines["telemetry"]) == 12
+
+    def test_fetch_stops_at_max_points(self) -> None:
+        consumer = FakeConsumer()
+        for i in range(10):
+            consumer.produce(WATER, readings(water(f"s{i}"), water(f"t{i}")))
+        sink, writer, _ = make(consumer, options=SinkOptions(
+            max_points=6, fetch_records=1, poll_timeout_ms=10))
+        step(sink)
+        assert len(writer.lines["telemetry"]) == 6
+        assert consumer.commits == [{TopicPartition(WATER, 0): 3}]
+
+
+class TestOutage:
+    def test_no_commit_and_no_consumption_while_the_writer_fails(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a")))
+        consumer.produce(WATER, readings(water("b")), partition=1)
+
+        polls: list[int] = []
+
+        class Checking(MemoryWriter):
+            def write(self, bucket: str, lines: list[str]) -> None:
+                polls.append(consumer.polls)
+                if self.fail_next:
+                    assert consumer.commits == [], "committed before the write succeeded"
+                super().write(bucket, lines)
+
+        writer = Checking(fail_next=4)
+        sink, _, _ = make(consumer, writer)
+        assert step(sink)
+        assert writer.calls == 5
+        assert len(set(polls)) == 1, "consumed more while InfluxDB was down"
+        assert writer.lines["telemetry"] == [
+            f"water,district=central-mk,sensor_id={s} volume_m3=10.0 {TS}" for s in "ab"]
+        assert consumer.commits == [{TopicPartition(WATER, 0): 1, TopicPartition(WATER, 1): 1}]
+        assert sink.counters()["written"] == 2
+
+    def test_stop_during_outage_commits_nothing(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a")))
+        sink, writer, _ = make(consumer, MemoryWriter(fail_next=10**9))
+
+        async def scenario() -> int:
+            stop = asyncio.Event()
+            task = asyncio.create_task(sink.run(stop))
+            while writer.calls == 0:
+                await asyncio.sleep(0.01)
+            polls = consumer.polls
+            await asyncio.sleep(0.3)
+            assert consumer.polls == polls, "consumed more while InfluxDB was down"
+            stop.set()
+            await asyncio.wait_for(task, 5)
+            return polls
+
+        asyncio.run(scenario())
+        assert writer.calls > 3  # it kept retrying
+        assert consumer.commits == []
+        assert sink.counters()["written"] == 0
+        # A restarted sink consumes the same records again from the committed offset.
+        consumer.position.clear()
+        again, writer2, _ = make(consumer)
+        assert step(again)
+        assert writer2.lines["telemetry"] == [
+            f"water,district=central-mk,sensor_id=a volume_m3=10.0 {TS}"]
+
+    def test_retry_after_is_honoured(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a")))
+        times: list[float] = []
+
+        class Busy(MemoryWriter):
+            def write(self, bucket: str, lines: list[str]) -> None:
+                times.append(time.monotonic())
+                if len(times) == 1:
+                    raise SinkBackpressure("HTTP 429", 0.3)
+                super().write(bucket, lines)
+
+        sink, writer, _ = make(consumer, Busy())
+        step(sink)
+        assert times[1] - times[0] >= 0.29
+        assert writer.lines["telemetry"]
+
+    def test_resumes_after_the_chunks_already_written(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(*(water(f"s{i}") for i in range(7))))
+
+        class FailSecond(MemoryWriter):
+            def write(self, bucket: str, lines: list[str]) -> None:
+                if self.calls == 1:
+                    self.calls += 1
+                    raise SinkBackpressure("blip", 0.0)
+                super().write(bucket, lines)
+
+        sink, writer, _ = make(consumer, FailSecond(),
+                               SinkOptions(batch_points=3, poll_timeout_ms=10,
+                                           retry_initial_s=0.01))
+        step(sink)
+        assert writer.lines["telemetry"] == [
+            f"water,district=central-mk,sensor_id=s{i} volume_m3=10.0 {TS}" for i in range(7)]
+
+    def test_dead_letter_producer_failure_is_retried_too(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, b"not json")
+        consumer.produce(WATER, readings(water("a")))
+        sink, writer, deadletters = make(consumer)
+        deadletters.fail_next = 2
+        assert step(sink)
+        assert len(dead(deadletters)) == 1
+        assert writer.lines["telemetry"] == [
+            f"water,district=central-mk,sensor_id=a volume_m3=10.0 {TS}"]
+        assert consumer.commits == [{TopicPartition(WATER, 0): 2}]
+
+
+class TestBadData:
+    def test_undecodable_input_is_dead_lettered_and_the_rest_written(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, b"{not json")
+        consumer.produce(WATER, orjson.dumps([water("a"), {**water("b"), "volume_m3": "x"},
+                                              water("c"), 7]))
+        consumer.produce(WATER, orjson.dumps("a string"))
+        consumer.produce(SHUTTLE, readings(water("d")))
+        consumer.produce(KPI_RECORDS, orjson.dumps({"measurement": "gas_kpi"}))
+        consumer.produce(KPI_RECORDS, orjson.dumps([1, 2]))
+        consumer.produce(KPI_RECORDS, orjson.dumps({"measurement": "water_kpi"}))
+        consumer.produce(PIPELINE_COUNTERS, orjson.dumps({"component": "x y"}))
+        consumer.produce(PIPELINE_COUNTERS, None)
+        sink, writer, deadletters = make(consumer)
+        assert step(sink)
+        assert writer.lines == {"telemetry": [
+            f"water,district=central-mk,sensor_id={s} volume_m3=10.0 {TS}" for s in "ac"]}
+        letters = sorted(dead(deadletters),
+                         key=lambda d: (d["topic"], d["offset"], d.get("index", -1)))
+        assert [(d["topic"], d["offset"], d.get("index")) for d in letters] == [
+            (KPI_RECORDS, 0, None), (KPI_RECORDS, 1, None), (KPI_RECORDS, 2, None),
+            (PIPELINE_COUNTERS, 0, None), (PIPELINE_COUNTERS, 1, None),
+            (SHUTTLE, 0, 0), (WATER, 0, None), (WATER, 1, 1), (WATER, 1, 3), (WATER, 2, None)]
+        assert {d["reason"] for d in letters} == {"undecodable"}
+        assert orjson.loads(base64.b64decode(letters[7]["raw"]))["volume_m3"] == "x"
+        assert "volume_m3" in letters[7]["detail"]
+        assert "water" in letters[5]["detail"]  # a water reading on the shuttle topic
+        assert base64.b64decode(letters[6]["raw"]) == b"{not json"
+        assert sink.counters() == {"received": 12, "written": 2, "rejected": 10}
+        assert consumer.commits[-1][TopicPartition(WATER, 0)] == 3
+
+    def test_lines_refused_by_influxdb_are_isolated_and_dead_lettered(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(*(water(f"s{i}") for i in range(5))))
+        consumer.produce(WATER, readings(water("bad1"), water("s5"), water("bad2")))
+        writer = MemoryWriter(reject=("sensor_id=bad",))
+        sink, _, deadletters = make(consumer, writer)
+        assert step(sink)
+        assert sorted(writer.lines["telemetry"]) == sorted(
+            f"water,district=central-mk,sensor_id=s{i} volume_m3=10.0 {TS}" for i in range(6))
+        letters = dead(deadletters)
+        assert [(d["reason"], d["offset"], d["bucket"]) for d in letters] == [
+            ("rejected_by_influxdb", 1, "telemetry")] * 2
+        assert [d["line"] for d in letters] == [
+            f"water,district=central-mk,sensor_id={s} volume_m3=10.0 {TS}"
+            for s in ("bad1", "bad2")]
+        assert "unable to parse" in letters[0]["detail"]
+        assert sink.counters() == {"received": 8, "written": 6, "rejected": 2}
+        assert consumer.commits == [{TopicPartition(WATER, 0): 2}]
+
+    def test_write_isolating_bisects(self) -> None:
+        writer = MemoryWriter(reject=("x",))
+        lines = ["a", "b", "x1", "c", "d", "e", "x2", "f"]
+        assert write_isolating(writer, "b", lines) == [
+            (2, "unable to parse 'x1': simulated"), (6, "unable to parse 'x2': simulated")]
+        assert sorted(writer.lines["b"]) == ["a", "b", "c", "d", "e", "f"]
+
+    def test_write_isolating_trusts_dropped_all(self) -> None:
+        calls: list[int] = []
+
+        class Retention(MemoryWriter):
+            def write(self, bucket: str, lines: list[str]) -> None:
+                calls.append(len(lines))
+                raise PointsRejected("points beyond retention policy dropped=4", 422, 4)
+
+        assert [i for i, _ in write_isolating(Retention(), "b", ["1", "2", "3", "4"])] == [
+            0, 1, 2, 3]
+        assert calls == [4]
+
+
+class TestRebalance:
+    def test_revoked_partition_is_not_committed(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a")))
+        consumer.produce(WATER, readings(water("b")), partition=1)
+
+        class Revoking(MemoryWriter):
+            def write(self, bucket: str, lines: list[str]) -> None:
+                consumer.assigned.discard(TopicPartition(WATER, 1))  # rebalance mid-write
+                super().write(bucket, lines)
+
+        sink, _, _ = make(consumer, Revoking())
+        assert step(sink)
+        assert consumer.commits == [{TopicPartition(WATER, 0): 1}]
+
+    @pytest.mark.parametrize("error", [CommitFailedError("rebalanced"),
+                                       IllegalStateError("No partitions assigned")])
+    def test_failed_commit_is_logged_not_fatal(self, error: KafkaError,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+        consumer = FakeConsumer(fail_commit=error)
+        consumer.produce(WATER, readings(water("a")))
+        sink, writer, _ = make(consumer)
+        assert step(sink)
+        assert writer.lines["telemetry"]
+        assert "offset commit failed" in caplog.text
+
+
+class TestKpiLine:
+    def test_int_for_a_float_field_becomes_a_float(self) -> None:
+        value = orjson.loads(record_to_json(WATER_KPI))
+        value["consumption_l"] = 1200
+        assert "consumption_l=1200.0," in kpi_line(orjson.dumps(value))
+
+    @pytest.mark.parametrize("value", [
+        b"", b"[]", b"{}", b'{"measurement": "water_kpi"}', b'{"measurement": ["x"]}',
+        orjson.dumps({**orjson.loads(record_to_json(WATER_KPI)), "colour": "blue"})])
+    def test_bad_values(self, value: bytes) -> None:
+        with pytest.raises(RecordError):
+            kpi_line(value)
+
+
+# -- InfluxWriter against a stub server -------------------------------------------------------
+
+@dataclass
+class Stub:
+    url: str
+    requests: list[tuple[str, dict[str, str], bytes]]
+    respond: list[tuple[int, dict[str, str], bytes]]
+
+
+@pytest.fixture
+def stub() -> Iterator[Stub]:
+    requests: list[tuple[str, dict[str, str], bytes]] = []
+    respond: list[tuple[int, dict[str, str], bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            requests.append((self.path, dict(self.headers), body))
+            status, headers, payload = respond.pop(0) if respond else (204, {}, b"")
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield Stub(f"http://127.0.0.1:{server.server_address[1]}", requests, respond)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def influx(url: str, **kw: Any) -> InfluxWriter:
+    return InfluxWriter(InfluxSettings(url=url, org="city org", token=SecretStr("t0k")), **kw)
+
+
+def error(message: str) -> bytes:
+    return orjson.dumps({"code": "invalid", "message": message})
+
+
+class TestInfluxWriter:
+    def test_request(self, stub: Stub) -> None:
+        influx(stub.url).write("telemetry", ["a v=1.0 1", "b v=2.0 2"])
+        path, headers, body = stub.requests[0]
+        url = urlsplit(path)
+        assert url.path == "/api/v2/write"
+        assert parse_qs(url.query) == {"org": ["city org"], "bucket": ["telemetry"],
+                                       "precision": ["ms"]}
+        assert headers["Authorization"] == "Token t0k"
+        assert body == b"a v=1.0 1\nb v=2.0 2"
+
+    def test_gzip(self, stub: Stub) -> None:
+        influx(stub.url, gzip_level=1).write("kpi", ["a v=1.0 1"])
+        _, headers, body = stub.requests[0]
+        assert headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(body) == b"a v=1.0 1"
+
+    @pytest.mark.parametrize(("status", "message", "dropped"), [
+        (400, "unable to parse 'x': bad timestamp", None),
+        (422, "partial write: field type conflict ... dropped=2", 2),
+        (413, "request too large", None)])
+    def test_refused(self, stub: Stub, status: int, message: str, dropped: int | None) -> None:
+        stub.respond.append((status, {}, error(message)))
+        with pytest.raises(PointsRejected) as info:
+            influx(stub.url).write("b", ["x"])
+        assert (info.value.status, info.value.message, info.value.dropped) == (
+            status, message, dropped)
+
+    @pytest.mark.parametrize(("status", "headers", "retry_after"), [
+        (429, {"Retry-After": "7"}, 7.0), (503, {}, 1.0), (500, {}, 1.0),
+        (401, {}, 1.0), (404, {}, 1.0)])
+    def test_backpressure(self, stub: Stub, status: int, headers: dict[str, str],
+                          retry_after: float) -> None:
+        stub.respond.append((status, headers, error("go away")))
+        with pytest.raises(SinkBackpressure) as info:
+            influx(stub.url).write("b", ["x"])
+        assert info.value.retry_after_s == retry_after
+        assert "go away" in str(info.value) and str(status) in str(info.value)
+
+    def test_unreachable(self) -> None:
+        with pytest.raises(SinkBackpressure, match="unreachable"):
+            influx("http://127.0.0.1:9").write("b", ["x"])
+
+    def test_nothing_to_write_sends_nothing(self, stub: Stub) -> None:
+        influx(stub.url).write("b", [])
+        assert stub.requests == []
+
+
+def test_memory_writer_fails_then_works() -> None:
+    writer = MemoryWriter(fail_next=2)
+    attempt: Callable[[], None] = lambda: writer.write("b", ["x"])  # noqa: E731
+    for _ in range(2):
+        with pytest.raises(SinkBackpressure):
+            attempt()
+    attempt()
+    assert writer.lines == {"b": ["x"]} and writer.calls == 3
