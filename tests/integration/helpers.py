@@ -164,11 +164,13 @@ def dead_letter_raw(dead: dict[str, Any]) -> bytes:
 class IngestProcess:
     """`citystream ingest` as a child process with the stack's service environment."""
 
+    component = "ingest"
+
     def __init__(self, stack: Stack, instance: str = "0", *, log_dir: Path,
                  extra_env: dict[str, str] | None = None) -> None:
         self.stack = stack
         self.instance = instance
-        self.log = log_dir / f"ingest-{instance}.log"
+        self.log = log_dir / f"{self.component}-{instance}.log"
         self.env = {**os.environ, **stack.service_env(), **(extra_env or {})}
         self.env["CITYSTREAM_INGEST_COUNTERS_INTERVAL"] = "1"
         self.env.setdefault("CITYSTREAM_INGEST_LEAVE_ON_EXIT", "1")
@@ -222,6 +224,8 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = 
 
 class WorkerProcess(IngestProcess):
     """`citystream worker` as a child process (RocksDB state under `log_dir`)."""
+
+    component = "worker"
 
     def start(self) -> WorkerProcess:
         with self.log.open("ab") as out:
