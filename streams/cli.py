@@ -70,4 +70,7 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
     log.info("starting worker %s (kafka %s, store %s)", instance, settings.kafka.bootstrap,
              store)
     verbose = logging.getLogger().level <= logging.DEBUG
-    faust.Worker(app, loglevel="info" if verbose else "warn", quiet=True).execute_from_commandline()
+    if not verbose:  # Faust's own INFO lines (partition tables...) drown ours
+        for name in ("faust", "mode", "aiokafka"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()

@@ -264,7 +264,9 @@ def kafka_consumer(settings: KafkaSettings, *, group_id: str | None = None,
     return AIOKafkaConsumer(
         *sink_topics(settings.topics), bootstrap_servers=settings.bootstrap,
         group_id=group_id or f"{settings.topic_prefix}{GROUP_ID}", client_id=client_id,
-        enable_auto_commit=False, auto_offset_reset="earliest")
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        # an InfluxDB outage holds the batch without polling; stay in the group meanwhile
+        max_poll_interval_ms=3_600_000)
 
 
 @dataclass(frozen=True, slots=True)
