@@ -84,18 +84,20 @@ class KafkaSink:
             self._producer = None
 
 
-async def ensure_topics(settings: KafkaSettings, topics: list[str],
+async def ensure_topics(settings: KafkaSettings, topics: list[str] | dict[str, dict[str, str]],
                         replication: int = 1) -> None:
-    """Create the topics ingest writes to, with the configured partition count."""
+    """Create missing topics with the configured partition count (and per-topic config)."""
+    configs = topics if isinstance(topics, dict) else {t: {} for t in topics}
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [t for t in topics if t not in existing]
+        missing = [t for t in configs if t not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(t, settings.partitions, replication)
-                                           for t in missing])
+                await admin.create_topics([
+                    NewTopic(t, settings.partitions, replication, topic_configs=configs[t])
+                    for t in missing])
             log.info("created Kafka topics %s (%d partitions)", missing, settings.partitions)
     finally:
         await admin.close()

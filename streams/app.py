@@ -62,6 +62,9 @@ class TableStore(MutableMapping[str, bytes]):
     def __iter__(self) -> Iterator[str]:
         return (k.decode() for k in self.table)
 
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.encode() in self.table
+
     def __len__(self) -> int:
         return len(self.table)
 
@@ -89,6 +92,21 @@ class WorkerCounters:
     rejected: int = 0
     emitted: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
+    """Every topic the worker reads or writes, with its config: created before Faust starts,
+    so the changelog topics exist with the source topics' partition count (Faust otherwise
+    races its own metadata and fails with PartitionsMismatch on a fresh cluster)."""
+    topics = settings.kafka.topics
+    app_id = f"{settings.kafka.topic_prefix}citystream-worker"
+    plain: dict[str, str] = {}
+    out = {t: plain for t in [*topics.telemetry.values(), topics.kpi_records,
+                              topics.pipeline_counters, topics.sink_deadletter]}
+    for kind in topics.telemetry:
+        for table in ("entities", "state"):
+            out[f"{app_id}-{kind}-{table}-changelog"] = {"cleanup.policy": "compact"}
+    return out
 
 
 def decode_record(kind: str, value: bytes) -> list[Reading]:
@@ -127,38 +145,37 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     counters_topic = app.topic(topics.pipeline_counters, key_type=bytes, value_type=bytes)
     activity: dict[tuple[str, str], float] = {}
     timer_done: dict[tuple[str, str], int] = {}
-    stores: dict[str, tuple[TableStore, TableStore]] = {}
+    stores: dict[str, tuple[TableStore, TableStore]] = {}  # kind -> (entities, state)
 
     def key_of(record: Kpi) -> bytes:
         return "/".join([record.measurement, *record.tags().values()]).encode()
 
     for kind, engine in engines.items():
-        index = TableStore(app.Table(f"{kind}-index", key_type=bytes, value_type=bytes,
-                                     partitions=settings.kafka.partitions))
+        entities = TableStore(app.Table(f"{kind}-entities", key_type=bytes, value_type=bytes,
+                                        partitions=settings.kafka.partitions))
         state = TableStore(app.Table(f"{kind}-state", key_type=bytes, value_type=bytes,
                                      partitions=settings.kafka.partitions))
-        stores[kind] = (index, state)
+        stores[kind] = (entities, state)
         source = app.topic(topics.telemetry[kind], key_type=bytes, value_type=bytes,
                            partitions=settings.kafka.partitions)
-        _make_agent(app, kind, engine, source, index, state, kpi_topic, counters, activity,
+        _make_agent(app, kind, engine, source, entities, state, kpi_topic, counters, activity,
                     key_of, alert_publisher)
 
     @app.timer(interval=options.timer_interval_s)
     async def close_quiet_windows() -> None:
         now = time.monotonic()
         for kind, engine in engines.items():
-            index, state = stores[kind]
-            for entity in engine.entities(index):
-                raw = index.get(f"i|{entity}")
-                if raw is None:
+            entities, state = stores[kind]
+            for entity in list(entities):
+                version = engine.version(entity, state)
+                if version is None:
                     continue
-                version = orjson.loads(raw)["v"]
                 key = (kind, entity)
                 if timer_done.get(key) == version:
                     continue
                 if now - activity.setdefault(key, now) < options.quiet_s:
                     continue
-                for record in engine.due(entity, index, state):
+                for record in engine.due(entity, state):
                     await kpi_topic.send(key=key_of(record), value=record_to_json(record),
                                          force=True)
                     counters.emitted += 1
@@ -193,7 +210,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
 
 
 def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.TopicT,
-                index: TableStore, state: TableStore, kpi_topic: faust.TopicT,
+                entities: TableStore, state: TableStore, kpi_topic: faust.TopicT,
                 counters: WorkerCounters, activity: dict[tuple[str, str], float],
                 key_of: Any, alerts: AlertPublisher) -> None:
     async def agent(stream: faust.StreamT[bytes]) -> None:
@@ -206,13 +223,15 @@ def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.Top
                           event.message.partition, event.message.offset, exc)
                 continue
             counters.received += len(readings)
-            outcome = engine.process(readings, index, state)
+            outcome = engine.process(readings, state, offset=event.message.offset)
             counters.accepted += outcome.accepted
             counters.duplicates += outcome.duplicates
             counters.late += outcome.late + outcome.beyond_horizon
             now = time.monotonic()
-            for reading in readings:
-                activity[(kind, engine.entity(reading))] = now
+            for entity in {engine.entity(reading) for reading in readings}:
+                activity[(kind, entity)] = now
+                if entity not in entities:
+                    entities[entity] = b"1"
             for record in [*outcome.records, *outcome.alerts]:
                 await kpi_topic.send(key=key_of(record), value=record_to_json(record))
             counters.emitted += len(outcome.records)

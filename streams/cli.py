@@ -64,8 +64,29 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
         sys.exit(2)
     options = WorkerOptions(instance=instance, data_dir=data_dir, store=store, quiet_s=quiet_s,
                             session_timeout_s=session_timeout_s)
-    app = create_app(settings, city, options, with_sink=sink)
+    import asyncio
+    import shutil
+
     import faust
+
+    from ingest.kafka_sink import ensure_topics
+    from streams.app import worker_topics
+
+    try:
+        asyncio.run(asyncio.wait_for(ensure_topics(settings.kafka, worker_topics(settings)), 60))
+    except (TimeoutError, OSError) as exc:
+        click.echo(f"error: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); check "
+                   "CITYSTREAM_KAFKA__BOOTSTRAP", err=True)
+        sys.exit(1)
+    state_dir = options.data_dir.expanduser() / instance
+    clean_mark = state_dir / ".clean-shutdown"
+    if state_dir.exists() and not clean_mark.exists() and any(state_dir.iterdir()):
+        # Local RocksDB may hold writes the changelog never got (a crash); rebuild from it.
+        log.warning("worker %s did not shut down cleanly: rebuilding its state from the "
+                    "Kafka changelogs", instance)
+        shutil.rmtree(state_dir)
+    clean_mark.unlink(missing_ok=True)
+    app = create_app(settings, city, options, with_sink=sink)
 
     log.info("starting worker %s (kafka %s, store %s)", instance, settings.kafka.bootstrap,
              store)
@@ -73,4 +94,8 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
     if not verbose:  # Faust's own INFO lines (partition tables...) drown ours
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
+    try:
+        faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
+    finally:
+        if state_dir.exists():
+            clean_mark.touch()

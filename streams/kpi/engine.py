@@ -22,7 +22,7 @@ offline oracle (tests/oracle) and are listed in docs/contract.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,20 +102,35 @@ class KindEngine:
 
     # -- shared ------------------------------------------------------------------------------
 
-    def process(self, readings: Iterable[Reading], index: Store, state: Store) -> Outcome:
-        """Apply readings in arrival order; return the records to (re)write."""
+    def process(self, readings: Iterable[Reading], store: Store,
+                offset: int | None = None) -> Outcome:
+        """Apply readings in arrival order; return the records to (re)write.
+
+        `offset` is the source position of this batch (increasing per entity, e.g. the Kafka
+        offset). A batch at or below an entity's last applied offset was applied already: it
+        changes nothing and its entity's final windows are emitted again. Each entity's
+        changes are written journal first and index last, so a crash part-way leaves a state
+        that the batch's redelivery rolls back and re-applies.
+        """
         out = Outcome()
         by_entity: dict[str, list[Any]] = {}
         for r in readings:
             by_entity.setdefault(self.entity(r), []).append(r)
         for entity, items in by_entity.items():
-            self._process_entity(entity, items, index, state, out)
+            txn = _Txn(store, entity)
+            if txn.applied(offset):
+                # Redelivered after a crash: the state has it, but the records it emitted may
+                # not have reached Kafka. Write every final window again (same points).
+                out.duplicates += len(items)
+                out.records.extend(self._record_at(entity, s, txn.idx, txn)
+                                   for s in txn.idx["emitted"])
+                continue
+            self._process_entity(entity, items, txn, out)
+            txn.commit(offset)
         return out
 
-    def _process_entity(self, entity: str, items: list[Any], index: Store, state: Store,
-                        out: Outcome) -> None:
-        idx = _load(index, _ikey(entity)) or {"max": None, "win": {}, "emitted": [], "v": 0,
-                                               "alerts": [], "sensors": {}}
+    def _process_entity(self, entity: str, items: list[Any], state: _Txn, out: Outcome) -> None:
+        idx = state.idx
         wins: dict[int, dict[str, Any]] = {}
         units = _Units(state)
         touched: set[int] = set()
@@ -154,7 +169,6 @@ class KindEngine:
         out.alerts.extend(self._alerts(entity, idx, records))
         self._prune(entity, idx, state)
         idx["v"] += 1
-        index[_ikey(entity)] = orjson.dumps(idx)
 
     @staticmethod
     def _heard(sensors: dict[str, list[int]], sensor_id: str, ts: int) -> None:
@@ -228,18 +242,107 @@ class KindEngine:
             state.pop(_wkey(entity, int(s)), None)
         idx["emitted"] = [s for s in idx["emitted"] if s >= keep_from]
 
-    def due(self, entity: str, index: Store, state: Store) -> list[Kpi]:
+    def due(self, entity: str, state: Store) -> list[Kpi]:
         """Records for the windows of `entity` not yet emitted as final: for the timer that
         closes windows on wall-clock time when the entity goes quiet. Changes no state."""
-        idx = _load(index, _ikey(entity))
+        idx = _load(state, _ikey(entity))
         if idx is None:
             return []
         emitted = set(idx["emitted"])
         return [self._record_at(entity, int(s), idx, state)
                 for s in sorted(int(s) for s in idx["win"]) if int(s) not in emitted]
 
-    def entities(self, index: Store) -> list[str]:
-        return [k[2:] for k in index if k.startswith("i|")]
+    def entities(self, store: Store) -> list[str]:
+        """Every entity with state (scans all keys: for tests and tools, not hot paths)."""
+        return [k[2:] for k in store if k.startswith("i|")]
+
+    def version(self, entity: str, store: Store) -> int | None:
+        """Changes with every applied batch of `entity`; None if it has no state."""
+        idx = _load(store, _ikey(entity))
+        return None if idx is None else int(idx["v"])
+
+
+class _Txn(MutableMapping[str, bytes]):
+    """One entity's changes for one batch, buffered, then written in a crash-safe order.
+
+    Reads see the buffered writes. `commit` writes a journal (`j|<entity>`: the batch's offset
+    and the previous value of every key it changes), then the changes, then the index entry
+    with the offset. Writes of one Faust table reach its changelog in order, so after a crash
+    the changelog holds a prefix of them: without the index, a journal newer than the index
+    offset means a partial batch, and `_Txn` restores the previous values before the batch is
+    applied again.
+    """
+
+    def __init__(self, store: Store, entity: str) -> None:
+        self.store = store
+        self.entity = entity
+        self.writes: dict[str, bytes | None] = {}
+        journal = _load(store, f"j|{entity}")
+        raw = store.get(_ikey(entity))
+        idx = None if raw is None else orjson.loads(raw)
+        if journal is not None and journal["off"] > (idx or {}).get("off", -1):
+            for key, before in journal["pre"].items():
+                if before is None:
+                    store.pop(key, None)
+                else:
+                    store[key] = before.encode()
+            raw = store.get(_ikey(entity))
+            idx = None if raw is None else orjson.loads(raw)
+        self.idx: dict[str, Any] = idx or {"max": None, "win": {}, "emitted": [], "v": 0,
+                                           "alerts": [], "sensors": {}, "off": -1}
+
+    def applied(self, offset: int | None) -> bool:
+        return offset is not None and offset <= self.idx.get("off", -1)
+
+    def __getitem__(self, key: str) -> bytes:
+        if key in self.writes:
+            value = self.writes[key]
+            if value is None:
+                raise KeyError(key)
+            return value
+        return self.store[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.writes[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.writes[key] = None
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        value = self.get(key, default)
+        self.writes[key] = None
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        raise NotImplementedError("a transaction is not iterable")
+
+    def __len__(self) -> int:
+        raise NotImplementedError("a transaction has no length")
+
+    def commit(self, offset: int | None) -> None:
+        if offset is not None:
+            self.idx["off"] = offset
+        ikey = _ikey(self.entity)
+        changes = {k: v for k, v in self.writes.items() if k != ikey}
+        if changes:
+            pre = {}
+            for key in changes:
+                before = self.store.get(key)
+                pre[key] = None if before is None else bytes(before).decode()
+            self.store[f"j|{self.entity}"] = orjson.dumps({"off": self.idx.get("off", -1),
+                                                           "pre": pre})
+            for key, value in changes.items():
+                if value is None:
+                    self.store.pop(key, None)
+                else:
+                    self.store[key] = value
+        self.store[ikey] = orjson.dumps(self.idx)
 
 
 class _Units:

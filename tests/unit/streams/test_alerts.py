@@ -59,7 +59,6 @@ def test_congestion_and_battery() -> None:
 def test_engine_raises_silent_sensor_and_clears_it() -> None:
     engine = WaterEngine(parse_city(CITY_TOML),
                          rules=AlertRules(AlertSettings(silent_intervals=3)))
-    index: dict[str, bytes] = {}
     state: dict[str, bytes] = {}
 
     def read(sensor: str, minute: int) -> Reading:
@@ -69,11 +68,11 @@ def test_engine_raises_silent_sensor_and_clears_it() -> None:
 
     alerts: list[Alert] = []
     for minute in range(0, 10):
-        alerts += engine.process([read("m1", minute), read("m2", minute)], index, state).alerts
+        alerts += engine.process([read("m1", minute), read("m2", minute)], state).alerts
     for minute in range(10, 20):                                      # m2 goes quiet
-        alerts += engine.process([read("m1", minute)], index, state).alerts
+        alerts += engine.process([read("m1", minute)], state).alerts
     silent = [a for a in alerts if a.rule == "silent"]
     assert [(a.entity, a.active) for a in silent] == [("m2", True)]
     assert silent[0].ts_ms == MONDAY + 13 * MIN                       # gap 4 min > 3 x 1 min
-    alerts = engine.process([read("m2", 20)], index, state).alerts
+    alerts = engine.process([read("m2", 20)], state).alerts
     assert [(a.entity, a.active) for a in alerts if a.rule == "silent"] == [("m2", False)]
