@@ -187,24 +187,26 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         alert_publisher.start()
         log.info("worker %s running; Ctrl-C or SIGTERM stops it", options.instance)
 
+    sinks: list[Any] = []
     if with_sink:
 
         @app.task
         async def sink() -> None:
-            await run_sink(settings)
+            await run_sink(settings, sinks)
 
     @app.timer(interval=options.counters_interval_s)
     async def publish_counters() -> None:
         record = PipelineCounters(component="worker", instance=options.instance,
                                   ts_ms=int(time.time() * 1000), received=counters.received,
                                   accepted=counters.accepted, rejected=counters.rejected,
-                                  late=counters.late, duplicates=counters.duplicates)
+                                  late=counters.late, duplicates=counters.duplicates,
+                                  written=sum(s.counters()["written"] for s in sinks))
         await counters_topic.send(key=f"worker/{options.instance}".encode(),
                                   value=record_to_json(record), force=True)
         log.info("worker %s: %d readings received, %d accepted, %d duplicates, %d late, "
-                 "%d rejected, %d KPI records emitted", options.instance, counters.received,
-                 counters.accepted, counters.duplicates, counters.late, counters.rejected,
-                 counters.emitted)
+                 "%d rejected, %d KPI records emitted, %d points written", options.instance,
+                 counters.received, counters.accepted, counters.duplicates, counters.late,
+                 counters.rejected, counters.emitted, record.written)
 
     return app
 
@@ -242,11 +244,12 @@ def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.Top
     app.agent(source, name=f"citystream.{kind}_kpis", concurrency=1)(agent)
 
 
-async def run_sink(settings: Settings) -> None:
+async def run_sink(settings: Settings, running: list[Any]) -> None:
     """The InfluxDB sink inside the worker process, until the worker stops."""
     from streams.sink import InfluxSink
 
     sink = InfluxSink.from_settings(settings)
+    running.append(sink)
     await sink.start()
     try:
         await sink.run(asyncio.Event())

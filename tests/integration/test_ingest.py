@@ -231,3 +231,72 @@ def test_a_sensor_cannot_publish_as_another(stack: Stack, ingest0: IngestProcess
     assert (other, now - 2000) not in seen, "a sensor published on another sensor's topic"
     assert (other, now - 3000) not in seen
     print("ACL refusal:", as_other.returncode, as_other.stderr.strip())
+
+
+def test_seeded_simulation_lands_exactly_as_recorded(stack: Stack, tmp_path: Path) -> None:
+    """Kafka holds exactly the recording's valid readings, and the dead-letter topic exactly
+    its invalid ones, each with the reason the recording predicts."""
+    import os
+    import sys
+
+    from tests.integration.helpers import ROOT, read_kafka
+    from tests.oracle import parse_ts
+
+    tag = uuid.uuid4().hex[:8]
+    env = {"CITYSTREAM_KAFKA__TOPIC_PREFIX": f"s{tag}.", "CITYSTREAM_MQTT__SHARED_GROUP": f"s{tag}"}
+    ingest = IngestProcess(stack, "0", log_dir=tmp_path, extra_env=env).start()
+    record = tmp_path / "sim.jsonl"
+    try:
+        gateway = stack.client_info()["mqtt"]
+        start_ms = (int(time.time()) // 3600 - 20) * 3_600_000
+        done = subprocess.run(
+            [sys.executable, "-m", "citystream", "sim", "--no-progress", "--seed", "11",
+             "--speed", "0", "--start", str(start_ms), "--count", "6000", "--batch", "3",
+             "--faults", "0.01", "--fault", "duplicate=0.02", "--record", str(record)],
+            env={**os.environ, **stack.service_env(), **env,
+                 "CITYSTREAM_MQTT__USERNAME": gateway["username"],
+                 "CITYSTREAM_MQTT__PASSWORD": gateway["password"]},
+            cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        valid: Counter[tuple[str, str, int]] = Counter()
+        invalid: Counter[tuple[str, str]] = Counter()
+        for row in map(json.loads, record.read_text().splitlines()):
+            for i, expected in enumerate(row["expected"]):
+                if expected["valid"]:
+                    payload = json.loads(base64.b64decode(row["payload_b64"]))
+                    item = payload[i] if isinstance(payload, list) else payload
+                    valid[(row["topic"], item["sensor_id"], parse_ts(item["ts"]))] += 1
+                else:
+                    invalid[(row["topic"], expected["reason"])] += 1
+        topics = [f"s{tag}.telemetry.{k}" for k in ("water", "energy", "traffic", "shuttle")]
+        bootstrap = stack.client_info()["kafka"]["bootstrap"]
+
+        def landed() -> tuple[Counter[tuple[str, str, int]], Counter[tuple[str, str]]]:
+            raw = read_kafka(bootstrap, [*topics, f"s{tag}.telemetry.deadletter"])
+            got_valid: Counter[tuple[str, str, int]] = Counter()
+            got_dead: Counter[tuple[str, str]] = Counter()
+            for topic, records in raw.items():
+                for _key, value in records:
+                    if topic.endswith("deadletter"):
+                        dead = json.loads(value)
+                        got_dead[(dead["topic"], dead["reason"])] += 1
+                    else:
+                        for r in json.loads(value):
+                            topic_of = f"city/{r['district']}/{r['kind']}/{r['sensor_id']}"
+                            got_valid[(topic_of, r["sensor_id"], r["ts_ms"])] += 1
+            return got_valid, got_dead
+
+        def complete() -> bool:
+            got_valid, got_dead = landed()
+            return set(got_valid) >= set(valid) and sum(got_dead.values()) >= sum(
+                invalid.values())
+
+        wait_for(complete, 120, interval=2, what="every recorded message in Kafka")
+        got_valid, got_dead = landed()
+    finally:
+        ingest.stop()
+    assert set(got_valid) == set(valid)
+    assert got_dead == invalid
+    assert sum(invalid.values()) > 20, "the run injected too few faults to prove anything"
+    print(f"{sum(valid.values())} valid readings and {sum(invalid.values())} rejections "
+          f"({len(set(r for _, r in invalid))} reasons) as recorded")
