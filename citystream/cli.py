@@ -75,8 +75,10 @@ def install(home: Path | None) -> None:
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True,
               help="Also start ingest, worker and the city simulator.")
 @click.option("--sim/--no-sim", default=True, show_default=True,
-              help="Start the simulator with the pipeline (CITYSTREAM_STACK__SIM_SPEED, "
-                   "__SIM_RATE set its pace).")
+              envvar="CITYSTREAM_STACK__SIM", show_envvar=True,
+              help="Start the simulated city with the pipeline (CITYSTREAM_STACK__SIM_SPEED, "
+                   "__SIM_RATE set its pace). Turn it off when real gateways or your own "
+                   "test data publish into the same districts.")
 def up(home: Path | None, pipeline: bool, sim: bool) -> None:
     """Start Mosquitto, Kafka and InfluxDB on 127.0.0.1 and return once all are ready.
 

@@ -130,6 +130,15 @@ def test_kpis_in_influxdb_equal_the_oracle(lane: Lane, tmp_path: Path) -> None:
     assert len(want) > 100
     lane.wait_equal(want)
     print(f"{len(want)} KPI points equal the oracle")
+    counters = influx_points(lane.stack, lane.kpi_bucket, ("pipeline",))
+    latest: dict[str, dict[str, Any]] = {}
+    for (_m, tags, _ts), fields in sorted(counters.items(), key=lambda kv: kv[0][2]):
+        latest[dict(tags)["component"]] = fields
+    assert {"ingest", "worker"} <= set(latest), latest
+    ingest = latest["ingest"]
+    assert ingest["received"] == ingest["accepted"] + ingest["rejected"] > 0
+    assert all(isinstance(v, int) for f in latest.values() for v in f.values())
+    assert latest["worker"]["written"] > 0
 
 
 def test_worker_killed_and_two_workers_still_equal_the_oracle(lane: Lane,
