@@ -177,14 +177,15 @@ def _register_components() -> None:
         "report": (6, "Answer 'are we on track?' for a period, from InfluxDB."),
         "baseline": (6, "Learn hour-of-week baselines from a past period in InfluxDB."),
         "bench": (7, "Benchmark citystream against its peers."),
-        "check": (4, "Check configuration and connectivity."),
     }
     from sensors_sim.cli import sim
 
     main.add_command(sim, "sim")
+    from citystream.check import check
     from ingest.cli import ingest
     from streams.cli import worker
 
+    main.add_command(check, "check")
     main.add_command(ingest, "ingest")
     main.add_command(worker, "worker")
     for name, (issue, summary) in planned.items():

@@ -94,5 +94,7 @@ def describe_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         name = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"])
-        lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        secret = any(word in name for word in ("PASSWORD", "TOKEN"))
+        got = "***" if secret else repr(err.get("input"))
+        lines.append(f"{name}: {err['msg']} (got {got})")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -151,3 +151,21 @@ def test_tls_listener_with_the_dev_ca(stack: Stack) -> None:
     untrusted = subprocess.run([*base, "--cafile", "/etc/ssl/certs/ca-certificates.crt"],
                                capture_output=True, text=True, timeout=10)
     assert untrusted.returncode != 0
+
+
+@pytest.mark.e2e
+def test_check_reaches_every_service_and_names_what_is_wrong(stack: Stack) -> None:
+    from click.testing import CliRunner
+
+    from citystream.cli import main
+
+    env = stack.service_env()
+    ok = CliRunner().invoke(main, ["check"], env=env)
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.count(" ok ") == 5
+    wrong = CliRunner().invoke(main, ["check"], env={**env, "CITYSTREAM_MQTT__PASSWORD": "x"})
+    assert wrong.exit_code == 1
+    assert "mqtt      FAIL" in wrong.output and "CITYSTREAM_MQTT__USERNAME/PASSWORD" in wrong.output
+    bad = CliRunner().invoke(main, ["check"], env={**env, "CITYSTREAM_KAFKA__BOOTSTRAP": "nope"})
+    assert bad.exit_code == 1
+    assert "CITYSTREAM_KAFKA__BOOTSTRAP" in bad.output

@@ -1,0 +1,120 @@
+"""`citystream check`: validate the configuration and reach every service, naming what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import click
+
+from citystream.settings import ConfigError, Settings
+
+
+def _mqtt(settings: Settings) -> str:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    s = settings.mqtt
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                         client_id=f"citystream-check-{int(time.time())}")
+    if s.username:
+        client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+    if s.tls_ca:
+        client.tls_set(ca_certs=str(s.tls_ca))
+    refused: list[str] = []
+
+    def on_connect(_c: object, _u: object, _f: object, rc: object, _p: object) -> None:
+        if getattr(rc, "is_failure", False):
+            refused.append(str(rc))
+
+    client.on_connect = on_connect
+    client.connect(s.host, s.port, keepalive=10)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not client.is_connected() and not refused:
+        client.loop(0.1)
+    connected = client.is_connected()
+    client.disconnect()
+    if refused:
+        raise RuntimeError(f"refused ({refused[0]}): check CITYSTREAM_MQTT__USERNAME/PASSWORD")
+    if not connected:
+        raise RuntimeError(f"no CONNACK from {s.host}:{s.port} within 5 s")
+    return f"mqtt://{s.host}:{s.port} as {s.username or 'anonymous'}"
+
+
+def _kafka(settings: Settings) -> str:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def probe() -> str:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap,
+                                    request_timeout_ms=5000)
+        await admin.start()
+        try:
+            cluster = await admin.describe_cluster()
+            topics = set(await admin.list_topics())
+        finally:
+            await admin.close()
+        have = sum(t in topics for t in settings.kafka.topics.ingest)
+        return (f"{settings.kafka.bootstrap}: {len(cluster['brokers'])} broker(s), "
+                f"{have}/{len(settings.kafka.topics.ingest)} citystream topics exist")
+
+    return asyncio.run(asyncio.wait_for(probe(), 10))
+
+
+def _influx(settings: Settings) -> str:
+    s = settings.influx
+    with urllib.request.urlopen(f"{s.url}/health", timeout=5) as resp:
+        health = json.loads(resp.read())
+    if not s.token:
+        raise RuntimeError("no token: set CITYSTREAM_INFLUX__TOKEN")
+    req = urllib.request.Request(f"{s.url}/api/v2/buckets?org={s.org}&limit=100")
+    req.add_header("Authorization", f"Token {s.token.get_secret_value()}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            names = {b["name"] for b in json.loads(resp.read())["buckets"]}
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"HTTP {exc.code} listing buckets of org {s.org!r}: check "
+                           "CITYSTREAM_INFLUX__TOKEN and __ORG") from None
+    missing = {s.bucket_telemetry, s.bucket_kpi} - names
+    if missing:
+        raise RuntimeError(f"bucket(s) {sorted(missing)} missing in org {s.org!r}: create them "
+                           "or set CITYSTREAM_INFLUX__BUCKET_TELEMETRY/__BUCKET_KPI")
+    return f"{s.url} {health.get('version', '?')}, buckets {s.bucket_telemetry}, {s.bucket_kpi}"
+
+
+def _city(settings: Settings) -> str:
+    from models.city import load_city
+
+    city = load_city(settings.city.file)
+    return (f"{city.name}: {len(city.districts)} districts, {len(city.junctions)} junctions, "
+            f"{len(city.routes)} routes")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
+                                 "max_content_width": 100})
+def check() -> None:
+    """Check configuration and connectivity: settings, city file, MQTT, Kafka, InfluxDB.
+
+    Reads the same CITYSTREAM_* environment as ingest and worker and prints one line per check;
+    exits 1 if any fails. Against the local stack: eval "$(citystream env)" && citystream check
+    """
+    try:
+        settings = Settings.load()
+    except ConfigError as exc:
+        click.echo(f"config    FAIL {exc}")
+        sys.exit(1)
+    click.echo("config    ok   CITYSTREAM_* settings are valid")
+    checks: list[tuple[str, Callable[[Settings], str]]] = [
+        ("city", _city), ("mqtt", _mqtt), ("kafka", _kafka), ("influxdb", _influx)]
+    failed = False
+    for name, probe in checks:
+        try:
+            click.echo(f"{name:<9} ok   {probe(settings)}")
+        except Exception as exc:  # report every failure, whatever it is
+            failed = True
+            click.echo(f"{name:<9} FAIL {type(exc).__name__}: {exc}")
+    sys.exit(1 if failed else 0)
