@@ -193,3 +193,51 @@ def test_replaying_the_same_input_writes_the_same_points(lane: Lane, tmp_path: P
         publisher.close()
     time.sleep(15)
     lane.wait_equal(want, timeout=60)
+
+
+def test_alerts_reach_mqtt_and_influxdb(lane: Lane, tmp_path: Path) -> None:
+    """Sensors that fall silent raise `silent` alerts: retained on city/alerts/<kind>/<entity>
+    and written to the `alert` measurement, with the contract's field types."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    lane.ingest()
+    lane.worker()
+    record = tmp_path / "run.jsonl"
+    lane.simulate(*SIM, "--fault", "silent=0.05", "--start", start_of_run(), "--count", "15000",
+                  record=record)
+    deadline = time.monotonic() + 120
+    alerts: dict[Any, Any] = {}
+    while time.monotonic() < deadline and not alerts:
+        alerts = influx_points(lane.stack, lane.kpi_bucket, ("alert",))
+        time.sleep(3)
+    assert alerts, "no alert reached InfluxDB"
+    silent = [(dict(tags), fields) for (_m, tags, _t), fields in alerts.items()
+              if dict(tags)["rule"] == "silent"]
+    assert silent, f"no silent-sensor alert among {sorted({dict(k[1])['rule'] for k in alerts})}"
+    tags, fields = silent[0]
+    assert isinstance(fields["active"], bool) and isinstance(fields["message"], str)
+    assert isinstance(fields["value"], float) and isinstance(fields["threshold"], float)
+
+    env = lane.stack.service_env()
+    got: list[mqtt.MQTTMessage] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(env["CITYSTREAM_MQTT__USERNAME"], env["CITYSTREAM_MQTT__PASSWORD"])
+    client.on_connect = lambda c, *_: c.subscribe(
+        f"city/alerts/{tags['kind']}/{tags['entity']}", qos=1)
+    client.on_message = lambda _c, _u, msg: got.append(msg)
+    client.connect(lane.stack.client_info()["mqtt"]["host"],
+                   lane.stack.client_info()["mqtt"]["port"])
+    client.loop_start()
+    try:
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not got:
+            time.sleep(0.2)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert got, "the retained alert is not on MQTT"
+    body = json.loads(got[0].payload)
+    assert got[0].retain
+    assert {"kind", "entity", "rule", "value", "threshold", "message", "active"} <= set(body)
+    assert body["entity"] == tags["entity"]
