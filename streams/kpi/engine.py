@@ -134,6 +134,7 @@ class KindEngine:
         wins: dict[int, dict[str, Any]] = {}
         units = _Units(state)
         touched: set[int] = set()
+        gaps: list[tuple[str, int, int, int]] = []
         newest = idx["max"]
         for r in items:
             ts = r.ts_ms
@@ -153,7 +154,7 @@ class KindEngine:
             if newest is not None and newest > start + self.window_ms + self.grace_ms:
                 out.late += 1
             self.add(acc, r, units)
-            self._heard(idx["sensors"], r.sensor_id, ts)
+            self._heard(idx["sensors"], r.sensor_id, ts, gaps)
             out.accepted += 1
             touched.add(start)
             newest = ts if newest is None else max(newest, ts)
@@ -166,23 +167,34 @@ class KindEngine:
         units.save()
         records = self._emissions(entity, idx, state, touched, wins)
         out.records.extend(records)
-        out.alerts.extend(self._alerts(entity, idx, records))
+        out.alerts.extend(self._alerts(entity, idx, records, gaps))
         self._prune(entity, idx, state)
         idx["v"] += 1
 
-    @staticmethod
-    def _heard(sensors: dict[str, list[int]], sensor_id: str, ts: int) -> None:
-        """Track each sensor's newest reading and its usual interval (smallest gap seen)."""
+    def _heard(self, sensors: dict[str, list[int]], sensor_id: str, ts: int,
+               gaps: list[tuple[str, int, int, int]]) -> None:
+        """Track each sensor's newest reading and its usual interval (smallest gap seen), and
+        note silences that a reading just ended (whatever the batching)."""
         last = sensors.get(sensor_id)
         if last is None:
             sensors[sensor_id] = [ts, 0]
         elif ts > last[0]:
             gap = ts - last[0]
+            if last[1] > 0 and gap > self.rules.s.silent_intervals * last[1]:
+                gaps.append((sensor_id, last[0], ts, last[1]))
             sensors[sensor_id] = [ts, gap if last[1] == 0 else min(last[1], gap)]
 
-    def _alerts(self, entity: str, idx: dict[str, Any], records: list[Kpi]) -> list[Alert]:
+    def _alerts(self, entity: str, idx: dict[str, Any], records: list[Kpi],
+                gaps: list[tuple[str, int, int, int]]) -> list[Alert]:
         active = {tuple(k) for k in idx["alerts"]}
         alerts: list[Alert] = []
+        for sensor_id, last, resumed, interval in gaps:
+            limit = self.rules.s.silent_intervals * interval
+            for at, silent in ((last + limit, True), (resumed, False)):
+                alert = self.rules.silent(self.kind, sensor_id, at, silent,
+                                          (at - last) / 1000, limit / 1000, active)
+                if alert is not None:
+                    alerts.append(alert)
         for record in records:
             night = None
             if self.kind == "water" and self.rules.is_night_end(record.time_ms):

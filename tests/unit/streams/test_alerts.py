@@ -76,3 +76,16 @@ def test_engine_raises_silent_sensor_and_clears_it() -> None:
     assert silent[0].ts_ms == MONDAY + 13 * MIN                       # gap 4 min > 3 x 1 min
     alerts = engine.process([read("m2", 20)], state).alerts
     assert [(a.entity, a.active) for a in alerts if a.rule == "silent"] == [("m2", False)]
+
+
+def test_a_silence_inside_one_batch_is_still_reported() -> None:
+    engine = WaterEngine(parse_city(CITY_TOML),
+                         rules=AlertRules(AlertSettings(silent_intervals=3)))
+    state: dict[str, bytes] = {}
+    model: Any = READING_TYPES["water"]
+    batch = [model.model_validate({"district": "north", "kind": "water", "sensor_id": "m1",
+                                   "ts_ms": MONDAY + minute * MIN, "volume_m3": 1.0 + minute})
+             for minute in (0, 1, 2, 12, 13)]
+    alerts = engine.process(batch, state).alerts
+    assert [(a.rule, a.active, a.ts_ms) for a in alerts] == [
+        ("silent", True, MONDAY + 5 * MIN), ("silent", False, MONDAY + 12 * MIN)]
