@@ -43,4 +43,3 @@ DEADLETTER = DEFAULT.deadletter
 PIPELINE_COUNTERS = DEFAULT.pipeline_counters
 KPI_RECORDS = DEFAULT.kpi_records
 SINK_DEADLETTER = DEFAULT.sink_deadletter
-INGEST_TOPICS = DEFAULT.ingest

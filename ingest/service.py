@@ -31,11 +31,14 @@ class IngestCounters:
     """Cumulative counts for this process; received = accepted + rejected (readings)."""
 
     messages: int = 0
-    received: int = 0
     accepted: int = 0
     rejected: int = 0
     redelivered: int = 0
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def received(self) -> int:
+        return self.accepted + self.rejected
 
     def as_record(self, instance: str) -> dict[str, object]:
         return {"component": "ingest", "instance": instance, "ts_ms": int(time.time() * 1000),
@@ -88,7 +91,6 @@ class Ingest:
                 c.rejected_by_reason[str(dead.reason)] += 1
             c.accepted += len(result.readings)
             c.rejected += len(result.dead_letters)
-        c.received = c.accepted + c.rejected
         n = opts.readings_per_record
         for (topic, key), items in groups.items():
             for i in range(0, len(items), n):

@@ -192,7 +192,10 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
 
         @app.task
         async def sink() -> None:
-            await run_sink(settings, sinks)
+            from streams.sink import InfluxSink, serve
+
+            sinks.append(InfluxSink.from_settings(settings))
+            await serve(sinks[-1], asyncio.Event())
 
     @app.timer(interval=options.counters_interval_s)
     async def publish_counters() -> None:
@@ -243,15 +246,3 @@ def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.Top
     agent.__name__ = agent.__qualname__ = f"{kind}_kpis"
     app.agent(source, name=f"citystream.{kind}_kpis", concurrency=1)(agent)
 
-
-async def run_sink(settings: Settings, running: list[Any]) -> None:
-    """The InfluxDB sink inside the worker process, until the worker stops."""
-    from streams.sink import InfluxSink
-
-    sink = InfluxSink.from_settings(settings)
-    running.append(sink)
-    await sink.start()
-    try:
-        await sink.run(asyncio.Event())
-    finally:
-        await sink.close()

@@ -555,14 +555,11 @@ class InfluxSink:
             return None
 
 
-async def run_sink(settings: Settings, stop: asyncio.Event,
-                   options: SinkOptions | None = None) -> InfluxSink:
-    """Start a sink from settings, run it until `stop`, close it; returns it for its counters."""
-    sink = InfluxSink.from_settings(settings, options)
+async def serve(sink: InfluxSink, stop: asyncio.Event) -> None:
+    """Start `sink`, run it until `stop` (or cancellation), close it."""
     await sink.start()
     try:
         await sink.run(stop)
     finally:
         await sink.close()
-    return sink
 

@@ -22,20 +22,19 @@ offline oracle (tests/oracle) and are listed in docs/contract.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from models.city import City, District, Junction, Route, hour_of_week
+from models.city import City, District, Junction, Route
 from models.readings import Reading
 from models.records import Alert, EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterKpi
 from streams.kpi.alerts import AlertRules
 
 Store = MutableMapping[str, bytes]
 DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 DEFAULT_FREE_FLOW_KMH = 48.0
 
 
@@ -47,10 +46,6 @@ def window_start(ts_ms: int, window_ms: int) -> int:
 def saving_pct(actual: float, baseline: float) -> float:
     """100 × (1 − actual / baseline); 0.0 when there is no positive baseline."""
     return 100.0 * (1.0 - actual / baseline) if baseline > 0 else 0.0
-
-
-def _hour_value(week: Sequence[float] | None, start_ms: int) -> float:
-    return float(week[hour_of_week(start_ms)]) if week else 0.0
 
 
 @dataclass
@@ -455,7 +450,7 @@ class WaterEngine(_RegisterEngine):
 
     def baseline(self, entity: str, start: int) -> float:
         d = self._district(entity)
-        return _hour_value(d.water_baseline_l_h if d else None, start) * self.window_ms / HOUR_MS
+        return d.water_baseline_l(start, self.window_s) if d else 0.0
 
     def record(self, entity: str, start: int, acc: dict[str, Any],
                rolling: list[float]) -> Kpi:
@@ -484,8 +479,7 @@ class EnergyEngine(_RegisterEngine):
 
     def baseline(self, entity: str, start: int) -> float:
         d = self._district(entity)
-        return (_hour_value(d.energy_baseline_kwh_h if d else None, start)
-                * self.window_ms / HOUR_MS)
+        return d.energy_baseline_kwh(start, self.window_s) if d else 0.0
 
     def record(self, entity: str, start: int, acc: dict[str, Any],
                rolling: list[float]) -> Kpi:
@@ -539,7 +533,7 @@ class TrafficEngine(KindEngine):
 
     def _baseline(self, entity: str, start: int) -> float:
         j = self._junction(entity)
-        return _hour_value(j.congestion_baseline if j else None, start)
+        return j.baseline_congestion_index(start) if j else 0.0
 
     def summary(self, entity: str, start: int, acc: dict[str, Any]) -> list[float]:
         return [self._speed_and_index(entity, acc)[1], self._baseline(entity, start)]
