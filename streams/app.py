@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import orjson
 from faust.types import TableT
+from pydantic import TypeAdapter
 
 from citystream.settings import Settings
 from models.city import City
@@ -109,9 +109,14 @@ def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
     return out
 
 
+_RECORD_ADAPTERS: dict[str, TypeAdapter[list[Any]]] = {
+    kind: TypeAdapter(list[model]) for kind, model in READING_TYPES.items()}  # type: ignore[valid-type]
+
+
 def decode_record(kind: str, value: bytes) -> list[Reading]:
-    model = READING_TYPES[kind]  # type: ignore[index]
-    return [model.model_validate(item) for item in orjson.loads(value)]
+    """The readings of a `telemetry.<kind>` record (a JSON array), validated again: the topic
+    may hold records that did not come from our ingest."""
+    return _RECORD_ADAPTERS[kind].validate_json(value)
 
 
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,
