@@ -129,6 +129,7 @@ class KindEngine:
             if offset is not None and offset <= ent.off:
                 out.duplicates += len(items)
                 out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
+                out.alerts.extend(_alerts_of_batch(store, entity, offset))
                 continue
             try:
                 self._process_entity(entity, items, ent, store, out, offset)
@@ -208,13 +209,14 @@ class KindEngine:
             wins[start]["s"] = self.summary(entity, start, wins[start])
         records = self._emissions(entity, ent, touched)
         out.records.extend(records)
-        out.alerts.extend(self._alerts(entity, ent, records, gaps, changed))
+        alerts = self._alerts(entity, ent, records, gaps, changed)
+        out.alerts.extend(alerts)
         pruned = self._prune(ent)
-        self._commit(store, entity, ent, offset, pending, touched, changed, pruned)
+        self._commit(store, entity, ent, offset, pending, touched, changed, pruned, alerts)
 
     def _commit(self, store: Store, entity: str, ent: _Entity, offset: int | None,
                 pending: dict[int, list[list[Any]]], touched: set[int], changed: set[str],
-                pruned: dict[int, int]) -> None:
+                pruned: dict[int, int], alerts: list[Alert]) -> None:
         """Write the batch: its dedupe chunks, then the delta (the commit point), then maybe a
         snapshot, then the deletes of pruned windows' chunks."""
         key = id(store)
@@ -234,7 +236,9 @@ class KindEngine:
             "seq": ent.seq, "off": ent.off, "max": ent.max, "emitted": ent.emitted,
             "alerts": ent.alerts,
             "wins": {str(s): ent.wins.get(s) for s in touched | set(pruned)},
-            "sensors": {sid: ent.sensors[sid] for sid in changed}})
+            "sensors": {sid: ent.sensors[sid] for sid in changed},
+            # the batch's alert transitions, sent again if the batch is redelivered
+            "raised": [a.model_dump() for a in alerts]})
         store[_dkey(entity, ent.seq % DELTA_SLOTS)] = delta
         ent.delta_bytes += len(delta)
         if ent.seq - ent.snap_seq >= DELTA_SLOTS - 1 or ent.delta_bytes >= ent.snap_bytes:
@@ -481,6 +485,18 @@ class _Seen:
     def add(self, sensor_id: str, ts: int) -> None:
         self.pairs.add((sensor_id, ts))
         self.sensors.add(sensor_id)
+
+
+def _alerts_of_batch(store: Store, entity: str, offset: int) -> list[Alert]:
+    """The alert transitions of the applied batch at `offset`, if its delta is still in the
+    ring (a redelivery after a crash comes within the last few batches)."""
+    for slot in range(DELTA_SLOTS):
+        raw = store.get(_dkey(entity, slot))
+        if raw is not None:
+            delta = orjson.loads(raw)
+            if delta["off"] == offset:
+                return [Alert.model_validate(a) for a in delta.get("raised", ())]
+    return []
 
 
 def _delta_seq(raw: bytes | None) -> int | None:
