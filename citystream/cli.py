@@ -183,11 +183,12 @@ def _register_components() -> None:
     main.add_command(sim, "sim")
     from citystream.check import check
     from ingest.cli import ingest
-    from streams.cli import worker
+    from streams.cli import sink, worker
 
     main.add_command(check, "check")
     main.add_command(ingest, "ingest")
     main.add_command(worker, "worker")
+    main.add_command(sink, "sink")
     for name, (issue, summary) in planned.items():
         main.add_command(_planned(name, issue, summary))
 
