@@ -16,6 +16,7 @@ import base64
 import cProfile
 import json
 import pstats
+import resource
 import subprocess
 import sys
 import tempfile
@@ -109,7 +110,8 @@ def run(recs: list[tuple[str, bytes]]) -> dict[str, float]:
             "readings_per_s": round(readings / seconds), "emitted": emitted,
             "state_writes_per_reading": round(writes / readings, 3),
             "state_bytes_per_reading": round(written / readings, 1),
-            "state_mb_held": round(held / 1e6, 2)}
+            "state_mb_held": round(held / 1e6, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def main() -> None:
