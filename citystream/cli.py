@@ -182,10 +182,12 @@ def _register_components() -> None:
 
     main.add_command(sim, "sim")
     from citystream.check import check
+    from dashboard.cli import dashboard
     from ingest.cli import ingest
     from streams.cli import worker
 
     main.add_command(check, "check")
+    main.add_command(dashboard, "dashboard")
     main.add_command(ingest, "ingest")
     main.add_command(worker, "worker")
     for name, (issue, summary) in planned.items():
