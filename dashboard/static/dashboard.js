@@ -237,11 +237,13 @@
     }));
   }
 
+  // Halving congestion is the target: green at or below half the baseline, red above twice it
+  // (the `congestion` alert); a little slack keeps near-zero night values from flickering.
   function congestionClass(index, base) {
-    if (index === null || base === null || base <= 0) return "";
-    if (index <= base / 2) return "good";
-    if (index <= base) return "";
-    return index > 2 * base ? "bad" : "warn";
+    if (index === null || base === null) return "";
+    if (index <= base / 2 + 0.01) return "good";
+    if (index <= base + 0.01) return "";
+    return index > 2 * base + 0.02 ? "bad" : "warn";
   }
 
   function renderJunctions(snap) {

@@ -778,34 +778,44 @@ class Stack:
         """The dashboard's InfluxDB token: READ on the two buckets and nothing else.
 
         InfluxDB generates it; it is kept in secrets.json and checked at every start (made
-        again if InfluxDB lost it or the buckets were re-created). Stale ones are deleted.
+        again if InfluxDB lost it or the buckets were re-created).
         """
         base = f"http://{LOOPBACK}:{self.s.influxdb_port}"
         org_id, buckets = self._buckets(base, creds)
-        want = sorted(("read", "buckets", bucket_id) for bucket_id in buckets.values())
-        auths = _http("GET", f"{base}/api/v2/authorizations?orgID={org_id}",
-                      token=creds.influxdb_token)["authorizations"]
-        current = False
-        for auth in auths:
-            if auth.get("description") != DASHBOARD_TOKEN_DESCRIPTION:
-                continue
-            perms = sorted((p["action"], p["resource"].get("type"), p["resource"].get("id"))
-                           for p in auth["permissions"])
-            if (auth.get("token") == creds.influxdb_read_token and perms == want
-                    and auth.get("status") == "active" and not current):
-                current = True
-            else:
-                _http("DELETE", f"{base}/api/v2/authorizations/{auth['id']}",
-                      token=creds.influxdb_token)
-        if not current:
-            made = _http("POST", f"{base}/api/v2/authorizations", {
-                "orgID": org_id, "description": DASHBOARD_TOKEN_DESCRIPTION,
-                "permissions": [{"action": "read", "resource": {"type": "buckets", "id": b,
-                                                                "orgID": org_id}}
-                                for _, _, b in want]}, token=creds.influxdb_token)
-            creds.influxdb_read_token = made["token"]
+        token = read_authorization(base, creds.influxdb_token, org_id, list(buckets.values()),
+                                   DASHBOARD_TOKEN_DESCRIPTION, creds.influxdb_read_token)
+        if token != creds.influxdb_read_token:
+            creds.influxdb_read_token = token
             creds.save(self.home)
-        return creds.influxdb_read_token
+        return token
+
+
+def read_authorization(base: str, admin_token: str, org_id: str, bucket_ids: list[str],
+                       description: str, current: str = "") -> str:
+    """A token that may only READ `bucket_ids`: `current` if InfluxDB still has it with exactly
+    those permissions, else a new one. Other authorizations with `description` are deleted."""
+    want = sorted(("read", "buckets", bucket_id) for bucket_id in bucket_ids)
+    auths = _http("GET", f"{base}/api/v2/authorizations?orgID={org_id}",
+                  token=admin_token)["authorizations"]
+    found = ""
+    for auth in auths:
+        if auth.get("description") != description:
+            continue
+        perms = sorted((p["action"], p["resource"].get("type"), p["resource"].get("id"))
+                       for p in auth["permissions"])
+        if (current and auth.get("token") == current and perms == want
+                and auth.get("status") == "active" and not found):
+            found = current
+        else:
+            _http("DELETE", f"{base}/api/v2/authorizations/{auth['id']}", token=admin_token)
+    if found:
+        return found
+    made = _http("POST", f"{base}/api/v2/authorizations", {
+        "orgID": org_id, "description": description,
+        "permissions": [{"action": "read", "resource": {"type": "buckets", "id": bucket_id,
+                                                        "orgID": org_id}}
+                        for _, _, bucket_id in want]}, token=admin_token)
+    return str(made["token"])
 
 
 KAFKA_LOG4J = """log4j.rootLogger=INFO, stdout
