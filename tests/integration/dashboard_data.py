@@ -163,3 +163,9 @@ def shown(value: float, digits: int) -> str:
     if Decimal(text) == 0:
         text = text.lstrip("-")
     return text.replace("-", "\u2212")
+
+
+def shown_count(value: float) -> str:
+    """A non-negative number as the page shows a count or rate: rounded (halves up), with
+    thousands separators."""
+    return f"{int(Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP)):,}"

@@ -72,8 +72,8 @@ def test_the_read_token_is_kept_and_made_again_when_influxdb_lost_it(stack: Stac
     creds = Credentials.load_or_create(stack.home)
     first = creds.influxdb_read_token
     assert stack.ensure_read_token(creds) == first                     # idempotent
-    status, body = call(stack, "GET", "/api/v2/authorizations?org=citystream",
-                        creds.influxdb_token)
+    _status, body = call(stack, "GET", "/api/v2/authorizations?org=citystream",
+                         creds.influxdb_token)
     mine = [a for a in json.loads(body)["authorizations"] if a["token"] == first]
     assert len(mine) == 1
     assert call(stack, "DELETE", f"/api/v2/authorizations/{mine[0]['id']}",
