@@ -4,7 +4,8 @@ Routes:
 
     GET /                 the page (dashboard/static/index.html)
     GET /static/<file>    dashboard.css, dashboard.js, favicon.svg (nothing else is served)
-    GET /events           Server-Sent Events: snapshot, history, tick (see dashboard.live)
+    GET /events           Server-Sent Events: snapshot, history, tick (see dashboard.live),
+                          and ping when nothing else was sent for `heartbeat_s`
     GET /api/snapshot     the latest snapshot as JSON (scripts, checks)
     GET /api/history      the latest history as JSON
     GET /healthz          {"ok": bool, "influx_ok": bool, "pages": n}
@@ -108,7 +109,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
         while not hub.closed:
             events = await sub.next(request.app[HEARTBEAT_S])
             if not events:
-                await response.write(b": ping\n\n")
+                await response.write(b"event: ping\ndata: {}\n\n")
             for name, data in events:
                 await response.write(b"event: " + name.encode() + b"\ndata: " + data + b"\n\n")
     except ConnectionError:

@@ -454,6 +454,7 @@
       renderAll();
     }));
     es.addEventListener("tick", onEvent("tick", () => renderStatus()));
+    es.addEventListener("ping", onEvent("ping", () => renderStatus()));
     es.onopen = () => { S.lastEvent = Date.now(); };
     es.onerror = () => {
       if (S.conn !== "reconnecting") { S.conn = "reconnecting"; S.lostSince = Date.now(); }

@@ -139,3 +139,10 @@ def test_help_shows_the_settings_and_a_missing_token_names_the_fix() -> None:
     result = runner.invoke(main, ["dashboard"], env=env)
     assert result.exit_code == 2
     assert "set CITYSTREAM_DASHBOARD__TOKEN" in result.output
+
+
+def test_a_quiet_stream_sends_pings_so_the_page_knows_it_is_alive() -> None:
+    async def check(client: TestClient[Any, Any]) -> None:
+        assert await read_events(client, 2) == [("ping", {}), ("ping", {})]
+
+    with_client(Hub(), check)
