@@ -138,15 +138,20 @@
     const cls = opts.cls;
     if (!S.hist || !series || !series.t.length) return el("div", { class: "spark-empty" }, S.hist ? "no history yet" : "loading history…");
     const W = 300, H = 40, start = S.hist.start_ms, end = S.hist.end_ms;
-    const values = [...series.v, ...(opts.extra ? opts.extra.v : []), ...(opts.refs || []).map((r) => r.v).filter((v) => num(v) !== null)];
-    let lo = Math.min(...values), hi = Math.max(...values);
+    // The scale follows the bulk of the data (3rd to 97th percentile): a wild first window after
+    // a restart must not flatten the rest of the day. Outliers are drawn at the edge.
+    const data = [...series.v, ...(opts.extra ? opts.extra.v : [])].sort((a, b) => a - b);
+    const q = (p) => data[Math.round(p * (data.length - 1))];
+    const refs = (opts.refs || []).map((r) => r.v).filter((v) => num(v) !== null);
+    let lo = Math.min(data.length >= 20 ? q(0.03) : data[0], ...refs);
+    let hi = Math.max(data.length >= 20 ? q(0.97) : data[data.length - 1], ...refs);
     if (opts.floor !== undefined) lo = Math.min(lo, opts.floor);
     if (opts.ceil !== undefined) hi = Math.max(hi, opts.ceil);
     if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
     const pad = (hi - lo) * 0.08;
     lo -= pad; hi += pad;
     const x = (t) => ((Math.max(start, Math.min(end, t)) - start) / (end - start)) * W;
-    const y = (v) => H - ((v - lo) / (hi - lo)) * H;
+    const y = (v) => H - ((Math.max(lo, Math.min(hi, v)) - lo) / (hi - lo)) * H;
     const s = sv("svg", { class: `spark ${cls}`, viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img", "aria-label": opts.label || "last 24 hours" });
     for (const r of opts.refs || []) {
       if (num(r.v) === null) continue;

@@ -159,3 +159,16 @@ def test_the_hub_limits_pages_and_wakes_them_on_close() -> None:
         assert hub.closed
 
     asyncio.run(main())
+
+
+def test_one_poll_serves_every_page() -> None:
+    async def main() -> None:
+        source = FakeSource(rows={"latest": water(21.0, T0 - 60_000)})
+        poller, hub, _clock = setup(source)
+        pages = [hub.subscribe() for _ in range(25)]
+        await poller.poll_once()
+        assert source.asked == ["latest", "alerts", "history"]     # not once per page
+        for page in pages:
+            assert [name for name, _ in await page.next(1)] == ["snapshot", "history", "tick"]
+
+    asyncio.run(main())
