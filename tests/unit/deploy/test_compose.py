@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,44 @@ def test_buckets_match_contract(compose: dict[str, Any]) -> None:
     assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == "telemetry"
     init = (ROOT / "deploy" / "influxdb" / "init" / "10-kpi-bucket.sh").read_text()
     assert "--name kpi" in init
+
+
+def _mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """container path -> host path (relative to deploy/compose)."""
+    return {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", [])}
+
+
+def test_grafana_provisions_the_dashboards(compose: dict[str, Any]) -> None:
+    mounts = _mounts(compose["services"]["grafana"])
+    provider = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" /
+                               "citystream.yml").read_text())["providers"][0]
+    folder = provider["options"]["path"]
+    assert mounts[folder] == "../grafana/dashboards"
+    assert list((COMPOSE.parent / mounts[folder]).glob("*.json"))
+    assert mounts["/etc/grafana/provisioning"] == "../grafana/provisioning"
+    datasource = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "datasources" /
+                                 "influxdb.yml").read_text())["datasources"][0]
+    assert datasource["jsonData"]["organization"] == StackSettings().influxdb_org
+    env = compose["services"]["grafana"]["environment"]
+    assert datasource["secureJsonData"]["token"].lstrip("$") in env
+
+
+def test_influxdb_init_sets_retention_mappings_and_task(compose: dict[str, Any]) -> None:
+    svc = compose["services"]["influxdb"]
+    mounts = _mounts(svc)
+    init = (ROOT / "deploy" / "influxdb" / "init" / "10-kpi-bucket.sh").read_text()
+    task_file = re.search(r"--file (\S+)", init)
+    assert task_file
+    folder, name = task_file.group(1).rsplit("/", 1)
+    assert (COMPOSE.parent / mounts[folder] / name).exists()
+    local = StackSettings()
+    env = svc["environment"]
+    assert env["DOCKER_INFLUXDB_INIT_RETENTION"].endswith(f":-{local.retention_telemetry}}}")
+    assert env["KPI_RETENTION"].endswith(f":-{local.retention_kpi}}}")
+    assert env["KPI_1H_RETENTION"].endswith(f":-{local.retention_kpi_1h}}}")
+    assert f"--name {local.bucket_kpi_1h} " in init
+    for bucket in (local.bucket_telemetry, local.bucket_kpi, local.bucket_kpi_1h):
+        assert f'"{bucket} $' in init, f"no InfluxQL mapping for {bucket}"
 
 
 def test_mounted_files_exist(compose: dict[str, Any]) -> None:
