@@ -129,3 +129,14 @@ def test_acl_lets_sensors_write_only_their_own_topics() -> None:
     acl = MOSQUITTO_ACL_FILE.read_text()
     assert "pattern write city/+/+/%u" in acl
     assert "allow_anonymous false" in (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+
+
+def test_image_copies_every_package() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"][
+        "include"]}
+    dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    assert packages <= copied, f"Dockerfile misses {packages - copied}"
