@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
@@ -14,6 +16,7 @@ import click
 from analysis.influx import KpiReader, ReadError
 from analysis.report import KINDS, Kind, Period, Selection
 from citystream.settings import ConfigError, Settings
+from models.city import ID_PATTERN, SLUG_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,18 @@ def resolve_period(start: str | None, stop: str | None, last: str | None,
     return Period(stop_ms - parse_span(last or default_last), stop_ms)
 
 
+def _ids(kind: str, pattern: str) -> Callable[[click.Context, click.Parameter,
+                                               tuple[str, ...]], tuple[str, ...]]:
+    """A click callback refusing ids that break `pattern` (they go into a Flux query)."""
+    def check(_ctx: click.Context, _param: click.Parameter,
+              values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if not re.fullmatch(pattern, value):
+                raise click.BadParameter(f"{value!r} is not a {kind} ({pattern})")
+        return values
+    return check
+
+
 def _period(start: str | None, stop: str | None, last: str | None) -> Period:
     try:
         return resolve_period(start, stop, last, int(time.time() * 1000))
@@ -96,10 +111,13 @@ def _with_period(fn: click.decorators.FC) -> click.decorators.FC:
 @click.command(context_settings=CONTEXT)
 @_with_period
 @click.option("--district", "districts", multiple=True, metavar="SLUG",
+              callback=_ids("district slug", SLUG_PATTERN),
               help="Only this district (its water, energy and junctions); repeatable.")
 @click.option("--junction", "junctions", multiple=True, metavar="ID",
+              callback=_ids("junction id", ID_PATTERN),
               help="Only this junction; repeatable.")
 @click.option("--route", "routes", multiple=True, metavar="ID",
+              callback=_ids("route id", ID_PATTERN),
               help="Only this shuttle route; repeatable.")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
               help="Only these KPIs; repeatable [default: all].")
@@ -143,7 +161,8 @@ def report(start: str | None, stop: str | None, last: str | None, districts: tup
     records: list[Kpi] = []
     try:
         for kind in selection.kinds:
-            records += reader.records(classes[kind], period.start_ms, period.stop_ms)
+            records += reader.records(classes[kind], period.start_ms, period.stop_ms,
+                                      selection.tag_filter(kind))
     except ReadError as exc:
         _fail(str(exc))
     rows = summarise(records, period, selection)

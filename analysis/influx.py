@@ -30,9 +30,10 @@ def _list(values: frozenset[str]) -> str:
 def kpi_query(bucket: str, measurement: str, start_ms: int, stop_ms: int,
               where: dict[str, frozenset[str]] | None = None) -> str:
     """Flux for the points of `measurement` whose window ends in (start_ms, stop_ms], one row
-    per point with its fields as columns; `where` keeps only these tag values."""
+    per point with its fields as columns; `where` keeps only these tag values (an empty set
+    keeps none)."""
     filters = "".join(f"\n  |> filter(fn: (r) => contains(value: r.{tag}, set: {_list(values)}))"
-                      for tag, values in sorted((where or {}).items()) if values)
+                      for tag, values in sorted((where or {}).items()))
     return (f'from(bucket: "{bucket}")\n'
             f"  |> range(start: {_flux_time(start_ms + 1)}, stop: {_flux_time(stop_ms + 1)})\n"
             f'  |> filter(fn: (r) => r._measurement == "{measurement}"){filters}\n'
@@ -64,12 +65,22 @@ class KpiReader:
         from influxdb_client.rest import ApiException
         from urllib3.exceptions import HTTPError
 
+        if where and not all(where.values()):
+            return []
         query = kpi_query(self.s.bucket_kpi, cls.measurement, start_ms, stop_ms, where)
         token = self.s.token.get_secret_value() if self.s.token else ""
+        out: list[K] = []
+        skipped = 0
         try:
             with InfluxDBClient(url=self.s.url, token=token, org=self.s.org,
                                 timeout=self.timeout_ms) as client:
-                tables = client.query_api().query(query)
+                for rec in client.query_api().query_stream(query):
+                    try:
+                        out.append(to_record(cls, rec.values))
+                    except ValueError as exc:
+                        skipped += 1
+                        log.debug("skipping %s point at %s: %s", cls.measurement,
+                                  rec.get_time(), exc)
         except ApiException as exc:
             raise ReadError(f"InfluxDB {self.s.url} refused the query (HTTP {exc.status}: "
                             f"{exc.body or exc.reason}); check CITYSTREAM_INFLUX__TOKEN, __ORG "
@@ -77,15 +88,6 @@ class KpiReader:
         except (HTTPError, OSError) as exc:
             raise ReadError(f"cannot reach InfluxDB at {self.s.url} ({exc}); check "
                             "CITYSTREAM_INFLUX__URL") from None
-        out: list[K] = []
-        skipped = 0
-        for table in tables:
-            for rec in table.records:
-                try:
-                    out.append(to_record(cls, rec.values))
-                except ValueError as exc:
-                    skipped += 1
-                    log.debug("skipping %s point at %s: %s", cls.measurement, rec.get_time(), exc)
         if skipped:
             log.warning("skipped %d %s points that do not match the contract (debug log has "
                         "why)", skipped, cls.measurement)

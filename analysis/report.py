@@ -74,6 +74,20 @@ class Selection:
     def narrowed(self) -> bool:
         return bool(self.districts or self.junctions or self.routes)
 
+    def tag_filter(self, kind: Kind) -> dict[str, frozenset[str]]:
+        """Tag values a query for `kind` can be narrowed to (a superset of `wants`)."""
+        if not self.narrowed:
+            return {}
+        if kind in ("water", "energy"):
+            return {"district": self.districts}
+        if kind == "shuttle":
+            return {"route": self.routes}
+        if self.junctions and not self.districts:
+            return {"junction": self.junctions}
+        if self.districts and not self.junctions:
+            return {"district": self.districts}
+        return {}
+
     def wants(self, record: Kpi) -> bool:
         kind = kind_of(record)
         if kind not in self.kinds:

@@ -180,3 +180,16 @@ def test_spans_and_periods() -> None:
     assert resolve_period("now-5h", None, None, NOW) == Period(NOW - 5 * H, NOW)
     with pytest.raises(ValueError, match="either --last or --from"):
         resolve_period("now-5h", None, "2h", NOW)
+
+
+def test_selection_narrows_queries_to_a_superset() -> None:
+    from analysis.influx import kpi_query
+
+    assert Selection().tag_filter("traffic") == {}
+    both = Selection(districts=frozenset({"a"}), junctions=frozenset({"j"}))
+    assert both.tag_filter("traffic") == {}  # junction OR district: filtered in Python
+    assert both.tag_filter("water") == {"district": frozenset({"a"})}
+    assert both.tag_filter("shuttle") == {"route": frozenset()}
+    query = kpi_query("kpi", "water_kpi", 0, 1000, {"district": frozenset({"b", "a"})})
+    assert 'contains(value: r.district, set: ["a", "b"])' in query
+    assert "range(start: time(v: 1000000), stop: time(v: 1001000000))" in query
