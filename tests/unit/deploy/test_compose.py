@@ -74,7 +74,7 @@ def test_citystream_env_names_real_settings(compose: dict[str, Any]) -> None:
 def test_buckets_match_contract(compose: dict[str, Any]) -> None:
     env = compose["services"]["influxdb"]["environment"]
     assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == "telemetry"
-    init = (ROOT / "deploy" / "influxdb" / "init" / "10-kpi-bucket.sh").read_text()
+    init = (ROOT / "deploy" / "influxdb" / "init" / "10-citystream.sh").read_text()
     assert "--name kpi" in init
 
 
@@ -101,7 +101,7 @@ def test_grafana_provisions_the_dashboards(compose: dict[str, Any]) -> None:
 def test_influxdb_init_sets_retention_mappings_and_task(compose: dict[str, Any]) -> None:
     svc = compose["services"]["influxdb"]
     mounts = _mounts(svc)
-    init = (ROOT / "deploy" / "influxdb" / "init" / "10-kpi-bucket.sh").read_text()
+    init = (ROOT / "deploy" / "influxdb" / "init" / "10-citystream.sh").read_text()
     task_file = re.search(r"--file (\S+)", init)
     assert task_file
     folder, name = task_file.group(1).rsplit("/", 1)
