@@ -23,8 +23,10 @@ def _flux_time(ms: int) -> str:
     return f"time(v: {ms * 1_000_000})"
 
 
-def _list(values: frozenset[str]) -> str:
-    return "[" + ", ".join(f'"{v}"' for v in sorted(values)) + "]"
+def _any_of(tag: str, values: frozenset[str]) -> str:
+    """`r.tag == "a" or r.tag == "b"`: InfluxDB pushes this down to storage (contains() would
+    run per row, 40 times slower)."""
+    return " or ".join(f'r.{tag} == "{v}"' for v in sorted(values))
 
 
 def kpi_query(bucket: str, measurement: str, start_ms: int, stop_ms: int,
@@ -32,7 +34,7 @@ def kpi_query(bucket: str, measurement: str, start_ms: int, stop_ms: int,
     """Flux for the points of `measurement` whose window ends in (start_ms, stop_ms], one row
     per point with its fields as columns; `where` keeps only these tag values (an empty set
     keeps none)."""
-    filters = "".join(f"\n  |> filter(fn: (r) => contains(value: r.{tag}, set: {_list(values)}))"
+    filters = "".join(f"\n  |> filter(fn: (r) => {_any_of(tag, values)})"
                       for tag, values in sorted((where or {}).items()))
     return (f'from(bucket: "{bucket}")\n'
             f"  |> range(start: {_flux_time(start_ms + 1)}, stop: {_flux_time(stop_ms + 1)})\n"

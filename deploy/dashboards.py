@@ -8,7 +8,9 @@ deploy/grafana/provisioning/dashboards/citystream.yml) and
 deploy/influxdb/templates/citystream.json (an `influx apply` template). Every query is Flux over
 the `kpi` bucket with the macros both UIs define (`v.timeRangeStart`, `v.timeRangeStop`,
 `v.windowPeriod`). A `{select:<tag>}` line becomes a filter on Grafana's multi-value variable of
-that tag (`${district:json}`) and is dropped for InfluxDB, whose dashboards show every entity.
+that tag (`r.district =~ /^${district:regex}$/`, a predicate InfluxDB pushes down to storage,
+unlike `contains()`, which runs per row) and is dropped for InfluxDB, whose dashboards show
+every entity. For the same reason fields are picked with `==` chains, not `contains()`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from streams.lineproto import PIPELINE_COUNTERS
 
 DEPLOY = Path(__file__).resolve().parent
 GRAFANA_DIR = DEPLOY / "grafana" / "dashboards"
@@ -166,11 +170,14 @@ ALERTS_RAISED = f"""from(bucket: "{BUCKET}")
   |> aggregateWindow(every: 1h, fn: count, createEmpty: false)"""
 
 
+def _any_field(fields: tuple[str, ...] | list[str]) -> str:
+    return "(" + " or ".join(f'r._field == "{f}"' for f in fields) + ")"
+
+
 def _pipeline_rate(fields: tuple[str, ...], unit: str) -> str:
-    names = ", ".join(f'"{f}"' for f in fields)
     return f"""from(bucket: "{BUCKET}")
   |> range(start: v.timeRangeStart, stop: v.timeRangeStop)
-  |> filter(fn: (r) => r._measurement == "pipeline" and contains(value: r._field, set: [{names}]))
+  |> filter(fn: (r) => r._measurement == "pipeline" and {_any_field(fields)})
   |> derivative(unit: {unit}, nonNegative: true)
   |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)
   |> keep(columns: ["_time", "_value", "_field", "_measurement", "component", "instance"])"""
@@ -178,8 +185,8 @@ def _pipeline_rate(fields: tuple[str, ...], unit: str) -> str:
 
 PIPELINE_TOTALS = f"""from(bucket: "{BUCKET}")
   |> range(start: v.timeRangeStart, stop: v.timeRangeStop)
-  |> filter(fn: (r) => r._measurement == "pipeline" and contains(value: r._field,
-      set: ["received", "accepted", "rejected", "late", "duplicates", "written"]))
+  |> filter(fn: (r) => r._measurement == "pipeline"
+      and {_any_field(PIPELINE_COUNTERS)})
   |> last()
   |> group(columns: ["component", "_field"])
   |> sum()
@@ -265,7 +272,7 @@ def render_query(query: str, grafana: bool) -> str:
     """The query for Grafana (variable filters) or InfluxDB (no filters)."""
     def repl(match: re.Match[str]) -> str:
         tag = match.group(1)
-        return (f"  |> filter(fn: (r) => contains(value: r.{tag}, set: ${{{tag}:json}}))\n"
+        return (f"  |> filter(fn: (r) => r.{tag} =~ /^${{{tag}:regex}}$/)\n"
                 if grafana else "")
     return SELECT.sub(repl, query)
 

@@ -6,7 +6,8 @@ docs/contract.md's table says the same) and `streams.lineproto.RAW_SCHEMAS` for 
 
 `check(query)` extracts what a query names, by the conventions our queries follow:
 measurements in `_measurement == "..."`; fields in `_field == "..."`,
-`contains(value: r._field, set: [...])` and `fields: [...]` arguments; columns in `r.name`,
+`contains(value: r._field, set: [...])`, `_field =~ /^(a|b)$/` and `fields: [...]` or
+`fields: /^(a|b)$/` arguments; columns in `r.name`,
 `r["name"]`, `columns: [...]`, `rowKey: [...]`, `column: "..."` and `tag: "..."`. Every
 measurement must exist, every field must belong to a named measurement, every column must be a
 tag or field of one, a Flux built-in column, or a column the query itself makes (`map` record
@@ -71,6 +72,8 @@ def names(query: str) -> Names:
         n.fields.update(_strings(body))
     for body in re.findall(r"\bfields:\s*" + _LIST, q):
         n.fields.update(_strings(body))
+    for body in re.findall(r"(?:\bfields:|_field\s*=~)\s*/\^\(([A-Za-z0-9_|]+)\)\$/", q):
+        n.fields.update(body.split("|"))
     n.columns.update(re.findall(r"\br\.([A-Za-z_][A-Za-z0-9_]*)", q))
     n.columns.update(re.findall(r'\br\["([^"]+)"\]', q))
     for body in re.findall(r"\b(?:columns|rowKey|columnKey):\s*" + _LIST, q):

@@ -14,7 +14,7 @@ from typing import Any
 
 from influxdb_client import InfluxDBClient
 
-from deploy.influxdb.provision import Bucket, InfluxAdmin, Plan, provision
+from deploy.influxdb.provision import Bucket, InfluxAdmin, Plan, ProvisionError, provision
 from deploy.local.stack import Stack
 from models.records import Record, to_line_protocol
 
@@ -80,10 +80,15 @@ class Influx:
                               {"scheduledFor": when})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state: dict[str, Any] = self.admin.call(
-                "GET", f"/api/v2/tasks/{self.task_id}/runs/{run['id']}")
-            if state["status"] not in ("scheduled", "started"):
-                return state
+            try:
+                state: dict[str, Any] = self.admin.call(
+                    "GET", f"/api/v2/tasks/{self.task_id}/runs/{run['id']}")
+            except ProvisionError as exc:  # between "running" and the run log: briefly 404
+                if "HTTP 404" not in str(exc):
+                    raise
+            else:
+                if state["status"] not in ("scheduled", "started"):
+                    return state
             time.sleep(0.3)
         raise AssertionError(f"task run {run['id']} did not finish in {timeout:.0f}s")
 

@@ -57,7 +57,9 @@ VARIABLE_VALUES = {"district": list(kpi_seed.DISTRICTS), "junction": list(kpi_se
 def runnable(query: str, bucket: str) -> str:
     """A dashboard query as Grafana or InfluxDB would send it: macros defined, variables set,
     and the test's bucket instead of `kpi`."""
-    query = re.sub(r"\$\{(\w+):json\}", lambda m: json.dumps(VARIABLE_VALUES[m.group(1)]), query)
+    query = re.sub(r"\$\{(\w+):regex\}",
+                   lambda m: "(" + "|".join(map(re.escape, VARIABLE_VALUES[m.group(1)])) + ")",
+                   query)
     query = query.replace(f'bucket: "{dashboards.BUCKET}"', f'bucket: "{bucket}"')
     start = datetime.fromtimestamp((SEED_START - HOUR_MS) / 1000, UTC).isoformat()
     option = (f"option v = {{timeRangeStart: {start.replace('+00:00', 'Z')}, "

@@ -14,7 +14,7 @@ import yaml
 from deploy import dashboards
 from deploy.influxdb.provision import downsampling_flux
 from models.records import RECORD_TYPES
-from tests.flux_vocabulary import check, contract_schema
+from tests.flux_vocabulary import check, contract_schema, names
 
 ROOT = Path(__file__).resolve().parents[3]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -64,7 +64,7 @@ def test_downsampling_task_names_contract_schema() -> None:
     flux = downsampling_flux()
     assert check(flux) == []
     kpis = {"water_kpi", "energy_kpi", "traffic_kpi", "shuttle_kpi"}
-    rolled = set(re.findall(r'"([a-z_0-9]+)"', flux))
+    rolled = names(flux).fields
     for measurement in kpis:
         fields = set(RECORD_TYPES[measurement].field_names())
         # every numeric or flag field is rolled up; saving_pct / reduction_pct are recomputed
@@ -138,12 +138,21 @@ def test_grafana_variables_are_the_ones_queries_use() -> None:
         board = json.loads(path.read_text())
         declared = {v["name"] for v in board["templating"]["list"]}
         used = {m for p in board["panels"] for t in p.get("targets", [])
-                for m in re.findall(r"\$\{(\w+):json\}", t["query"])}
+                for m in re.findall(r"\$\{(\w+):regex\}", t["query"])}
         assert used == declared, path.name
 
 
 def test_select_placeholder_renders_per_target() -> None:
     query = 'from(bucket: "kpi")\n  {select:district}\n  |> last()'
     assert dashboards.render_query(query, grafana=False) == 'from(bucket: "kpi")\n  |> last()'
-    assert ("|> filter(fn: (r) => contains(value: r.district, set: ${district:json}))"
+    assert ("|> filter(fn: (r) => r.district =~ /^${district:regex}$/)"
             in dashboards.render_query(query, grafana=True))
+
+
+def test_queries_avoid_contains() -> None:
+    """contains() is evaluated per row (measured: 6.4 s against 0.15 s for the same filter
+    as == or =~ over a month of traffic windows): shipped queries use pushed-down predicates."""
+    for where, query, _ in grafana_queries():
+        assert "contains(" not in query, where
+    for where, query in template_queries():
+        assert "contains(" not in query, where
