@@ -179,10 +179,9 @@ def _planned(name: str, issue: int, summary: str) -> click.Command:
 
 def _register_components() -> None:
     planned = {
-        "report": (6, "Answer 'are we on track?' for a period, from InfluxDB."),
-        "baseline": (6, "Learn hour-of-week baselines from a past period in InfluxDB."),
         "bench": (7, "Benchmark citystream against its peers."),
     }
+    from analysis.cli import baseline, report
     from sensors_sim.cli import sim
 
     main.add_command(sim, "sim")
@@ -193,6 +192,8 @@ def _register_components() -> None:
 
     main.add_command(check, "check")
     main.add_command(dashboard, "dashboard")
+    main.add_command(report, "report")
+    main.add_command(baseline, "baseline")
     main.add_command(ingest, "ingest")
     main.add_command(worker, "worker")
     main.add_command(sink, "sink")

@@ -248,3 +248,46 @@ def load_city(path: Path | None = None) -> City:
     except (OSError, UnicodeDecodeError) as exc:
         raise CityModelError(f"{path}: cannot read city model: {exc}") from None
     return parse_city(text, str(path))
+
+
+def _toml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + "".join(c if c >= " " else f"\\u{ord(c):04x}" for c in escaped) + '"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_scalar(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def _toml_value(value: Any, per_line: int = 8) -> str:
+    if not isinstance(value, list):
+        return _toml_scalar(value)
+    if not value:
+        return "[]"
+    if all(isinstance(v, dict) for v in value):
+        return "[\n" + "".join(f"  {_toml_scalar(v)},\n" for v in value) + "]"
+    lines = ["  " + ", ".join(_toml_scalar(v) for v in value[i:i + per_line]) + ","
+             for i in range(0, len(value), per_line)]
+    return "[\n" + "\n".join(lines) + "\n]"
+
+
+def _toml_table(data: dict[str, Any]) -> list[str]:
+    return [f"{key} = {_toml_value(value)}" for key, value in data.items()]
+
+
+def dump_city(city: City, header: tuple[str, ...] = ()) -> str:
+    """The city as TOML text in the city file format; `parse_city` reads it back equal.
+    `header` lines become leading comments. Optional values that are unset are left out."""
+    data = city.model_dump(exclude_none=True)
+    out = [f"# {line}" if line else "#" for line in header]
+    out += _toml_table({k: v for k, v in data.items() if not isinstance(v, dict | list)})
+    for section in ("targets", "windows"):
+        out += ["", f"[{section}]", *_toml_table(data[section])]
+    for section in ("districts", "junctions", "routes"):
+        for item in data[section]:
+            out += ["", f"[[{section}]]", *_toml_table(item)]
+    return "\n".join(out) + "\n"

@@ -31,8 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deploy.influxdb.provision import (
+    Bucket,
+    InfluxAdmin,
+    Plan,
+    ProvisionError,
+    parse_retention,
+    provision,
+)
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
@@ -70,11 +79,28 @@ class StackSettings(BaseSettings):
     influxdb_org: str = "citystream"
     bucket_telemetry: str = "telemetry"
     bucket_kpi: str = "kpi"
+    bucket_kpi_1h: str = Field("kpi_1h", description="hourly roll-up of the kpi bucket")
+    retention_telemetry: str = Field("7d", description="raw readings: short (0 = forever)")
+    retention_kpi: str = Field("400d", description="KPI windows, alerts, counters")
+    retention_kpi_1h: str = Field("0", description="the hourly roll-up (0 = forever)")
     ready_timeout_s: float = 90.0
     sim_speed: float = Field(120.0, description="simulated seconds per wall second for `up`'s "
                              "simulator: it starts 6 h back and then runs in real time")
     sim_rate: float = Field(0.0, description="most messages per second for `up`'s simulator "
                             "(0 = no limit)")
+
+    @field_validator("retention_telemetry", "retention_kpi", "retention_kpi_1h")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        parse_retention(value)
+        return value
+
+    def influx_plan(self) -> Plan:
+        """The buckets (with retention) that onboarding provisions."""
+        return Plan(self.influxdb_org,
+                    Bucket(self.bucket_telemetry, parse_retention(self.retention_telemetry)),
+                    Bucket(self.bucket_kpi, parse_retention(self.retention_kpi)),
+                    Bucket(self.bucket_kpi_1h, parse_retention(self.retention_kpi_1h)))
 
 
 Progress = Callable[[str], None]
@@ -756,7 +782,11 @@ class Stack:
                 "username": "admin", "password": creds.influxdb_password,
                 "org": self.s.influxdb_org, "bucket": self.s.bucket_telemetry,
                 "token": creds.influxdb_token})
-        self._buckets(base, creds)
+        try:
+            provision(InfluxAdmin(base, creds.influxdb_token), self.s.influx_plan())
+        except ProvisionError as exc:
+            raise StackError(f"influxdb: setting up buckets, InfluxQL mappings and the roll-up "
+                             f"task failed: {exc}") from exc
         self.ensure_read_token(creds)
 
     def _buckets(self, base: str, creds: Credentials) -> tuple[str, dict[str, str]]:

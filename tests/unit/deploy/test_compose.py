@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def test_ports_match_local_defaults(compose: dict[str, Any]) -> None:
     assert local.mqtt_port in _host_ports(services["mosquitto"])
     assert local.kafka_port in _host_ports(services["kafka"])
     assert local.influxdb_port in _host_ports(services["influxdb"])
-    assert local.dashboard_port in _host_ports(services["worker"])
+    assert local.dashboard_port in _host_ports(services["dashboard"])
     kafka_env = services["kafka"]["environment"]
     assert f"127.0.0.1:{local.kafka_port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
 
@@ -73,8 +74,46 @@ def test_citystream_env_names_real_settings(compose: dict[str, Any]) -> None:
 def test_buckets_match_contract(compose: dict[str, Any]) -> None:
     env = compose["services"]["influxdb"]["environment"]
     assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == "telemetry"
-    init = (ROOT / "deploy" / "influxdb" / "init" / "10-kpi-bucket.sh").read_text()
+    init = (ROOT / "deploy" / "influxdb" / "init" / "10-citystream.sh").read_text()
     assert "--name kpi" in init
+
+
+def _mounts(svc: dict[str, Any]) -> dict[str, str]:
+    """container path -> host path (relative to deploy/compose)."""
+    return {v.split(":")[1]: v.split(":")[0] for v in svc.get("volumes", [])}
+
+
+def test_grafana_provisions_the_dashboards(compose: dict[str, Any]) -> None:
+    mounts = _mounts(compose["services"]["grafana"])
+    provider = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" /
+                               "citystream.yml").read_text())["providers"][0]
+    folder = provider["options"]["path"]
+    assert mounts[folder] == "../grafana/dashboards"
+    assert list((COMPOSE.parent / mounts[folder]).glob("*.json"))
+    assert mounts["/etc/grafana/provisioning"] == "../grafana/provisioning"
+    datasource = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "datasources" /
+                                 "influxdb.yml").read_text())["datasources"][0]
+    assert datasource["jsonData"]["organization"] == StackSettings().influxdb_org
+    env = compose["services"]["grafana"]["environment"]
+    assert datasource["secureJsonData"]["token"].lstrip("$") in env
+
+
+def test_influxdb_init_sets_retention_mappings_and_task(compose: dict[str, Any]) -> None:
+    svc = compose["services"]["influxdb"]
+    mounts = _mounts(svc)
+    init = (ROOT / "deploy" / "influxdb" / "init" / "10-citystream.sh").read_text()
+    task_file = re.search(r"--file (\S+)", init)
+    assert task_file
+    folder, name = task_file.group(1).rsplit("/", 1)
+    assert (COMPOSE.parent / mounts[folder] / name).exists()
+    local = StackSettings()
+    env = svc["environment"]
+    assert env["DOCKER_INFLUXDB_INIT_RETENTION"].endswith(f":-{local.retention_telemetry}}}")
+    assert env["KPI_RETENTION"].endswith(f":-{local.retention_kpi}}}")
+    assert env["KPI_1H_RETENTION"].endswith(f":-{local.retention_kpi_1h}}}")
+    assert f"--name {local.bucket_kpi_1h} " in init
+    for bucket in (local.bucket_telemetry, local.bucket_kpi, local.bucket_kpi_1h):
+        assert f'"{bucket} $' in init, f"no InfluxQL mapping for {bucket}"
 
 
 def test_mounted_files_exist(compose: dict[str, Any]) -> None:
@@ -90,3 +129,14 @@ def test_acl_lets_sensors_write_only_their_own_topics() -> None:
     acl = MOSQUITTO_ACL_FILE.read_text()
     assert "pattern write city/+/+/%u" in acl
     assert "allow_anonymous false" in (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+
+
+def test_image_copies_every_package() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"][
+        "include"]}
+    dockerfile = (COMPOSE.parent / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    assert packages <= copied, f"Dockerfile misses {packages - copied}"

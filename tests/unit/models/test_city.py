@@ -9,6 +9,7 @@ from models.city import (
     DEFAULT_CITY_FILE,
     HOURS_PER_WEEK,
     City,
+    dump_city,
     hour_of_week,
     load_city,
     parse_city,
@@ -285,3 +286,22 @@ class TestLoadCity:
                                       for d in city.districts)
         for junction in city.junctions:
             assert city.district(junction.district).slug == junction.district
+
+
+def test_dump_city_round_trips_the_shipped_file() -> None:
+    city = load_city()
+    assert parse_city(dump_city(city)) == city
+
+
+def test_dump_city_keeps_overrides_and_escapes_text() -> None:
+    data = load_city().model_dump(exclude_none=True)
+    data["name"] = 'Milton "MK" Keynes \\ Bucks\t'
+    data["districts"][0]["water_saving_pct"] = 25.0
+    data["junctions"][0]["congestion_reduction_pct"] = 40.0
+    city = City.model_validate(data)
+    text = dump_city(city, ("learned by a test",))
+    assert text.startswith("# learned by a test\n")
+    again = parse_city(text)
+    assert again == city
+    assert again.water_target_pct(city.districts[0].slug) == 25.0
+    assert again.name == 'Milton "MK" Keynes \\ Bucks\t'
