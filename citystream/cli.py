@@ -73,7 +73,7 @@ def install(home: Path | None) -> None:
 @main.command(context_settings=CONTEXT)
 @home_option
 @click.option("--pipeline/--no-pipeline", default=True, show_default=True,
-              help="Also start ingest, worker and the city simulator.")
+              help="Also start ingest, worker, the dashboard and the city simulator.")
 @click.option("--sim/--no-sim", default=True, show_default=True,
               envvar="CITYSTREAM_STACK__SIM", show_envvar=True,
               help="Start the simulated city with the pipeline (CITYSTREAM_STACK__SIM_SPEED, "
@@ -86,17 +86,19 @@ def up(home: Path | None, pipeline: bool, sim: bool) -> None:
     background until `citystream down`. Settings (env): CITYSTREAM_STACK__MQTT_PORT (1883),
     __KAFKA_PORT (9092), __KAFKA_CONTROLLER_PORT (9093), __INFLUXDB_PORT (8086), __HOME, __CACHE,
     __KAFKA_VERSION (3.9.1), __INFLUXDB_VERSION (2.7.12), __INFLUXDB_ORG, __BUCKET_TELEMETRY,
-    __BUCKET_KPI.
+    __BUCKET_KPI, __DASHBOARD_PORT (8080).
 
-    Then the pipeline: `citystream ingest`, `citystream worker` and a simulated Milton Keynes
-    (`citystream sim`) publishing readings, each logging to <home>/logs/.
+    Then the pipeline: `citystream ingest`, `citystream worker`, the live dashboard
+    (`citystream dashboard` on http://127.0.0.1:<dashboard port>/, reading InfluxDB with a
+    read-only token) and a simulated Milton Keynes (`citystream sim`) publishing readings, each
+    logging to <home>/logs/.
     """
     t0 = time.monotonic()
     try:
         stack = _stack(home)
         stack.up()
         if pipeline:
-            stack.start_pipeline(("ingest", "worker", "sim") if sim else ("ingest", "worker"))
+            stack.start_pipeline(Stack.PIPELINE if sim else ("ingest", "worker", "dashboard"))
     except StackError as exc:
         _fail(exc)
     info = stack.client_info()
@@ -107,6 +109,7 @@ def up(home: Path | None, pipeline: bool, sim: bool) -> None:
                    f"{info['influxdb']['org']}, buckets {info['influxdb']['buckets']['kpi']} "
                    f"and {info['influxdb']['buckets']['telemetry']}); "
                    f"`citystream status --json` has the token")
+        click.echo(f"live dashboard: {info['dashboard']['url']}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -139,6 +142,7 @@ def status(home: Path | None, as_json: bool) -> None:
     click.echo(f"kafka      {info['kafka']['bootstrap']}")
     click.echo(f"influxdb   {info['influxdb']['url']} org {info['influxdb']['org']} "
                f"buckets {', '.join(info['influxdb']['buckets'].values())}")
+    click.echo(f"dashboard  {info['dashboard']['url']}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -148,7 +152,8 @@ def env(home: Path | None) -> None:
 
     \b
     Use:  eval "$(citystream env)"   then run `citystream ingest`, `citystream sim`, ...
-    The lines carry the service credentials (MQTT user `citystream`, the InfluxDB token).
+    The lines carry the service credentials (MQTT user `citystream`, the InfluxDB token) and
+    the dashboard's read-only InfluxDB token (CITYSTREAM_DASHBOARD__TOKEN).
     """
     import shlex
 
@@ -181,14 +186,17 @@ def _register_components() -> None:
 
     main.add_command(sim, "sim")
     from citystream.check import check
+    from dashboard.cli import dashboard
     from ingest.cli import ingest
-    from streams.cli import worker
+    from streams.cli import sink, worker
 
     main.add_command(check, "check")
     main.add_command(report, "report")
     main.add_command(baseline, "baseline")
+    main.add_command(dashboard, "dashboard")
     main.add_command(ingest, "ingest")
     main.add_command(worker, "worker")
+    main.add_command(sink, "sink")
     for name, (issue, summary) in planned.items():
         main.add_command(_planned(name, issue, summary))
 

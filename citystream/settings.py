@@ -67,6 +67,20 @@ class CitySettings(BaseModel):
                                                 "when unset")
 
 
+class DashboardSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="address the web server binds to")
+    port: int = Field(8080, ge=1, le=65535)
+    token: SecretStr | None = Field(None, description="read-only InfluxDB token; "
+                                    "CITYSTREAM_INFLUX__TOKEN when unset")
+    poll_s: float = Field(5.0, gt=0, le=3600, description="seconds between InfluxDB polls")
+    history_h: int = Field(24, ge=1, le=168, description="hours of history in the small charts")
+    history_refresh_s: float = Field(60.0, gt=0, description="re-read the history at least "
+                                     "this often, and whenever a new KPI point arrived")
+    lookback_d: int = Field(7, ge=1, le=3650, description="how far back the latest KPI point "
+                            "and active alerts are looked for")
+    query_timeout_s: float = Field(10.0, gt=0, le=300)
+
+
 class Settings(BaseSettings):
     """All of citystream's service settings."""
 
@@ -77,6 +91,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     influx: InfluxSettings = InfluxSettings()
     city: CitySettings = CitySettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

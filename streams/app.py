@@ -1,8 +1,9 @@
 """The Faust worker: thin agents that move readings through the pure KPI engine.
 
 Per reading kind, one agent consumes `telemetry.<kind>` (records = JSON arrays of readings that
-share a key) and two changelog-backed tables hold the engine's state (`<kind>-index`,
-`<kind>-state`; RocksDB via rocksdict in production). Tables are written only while an event is
+share a key) and two changelog-backed tables hold the engine's state (`<kind>-state`, laid out
+as docs/streams.md describes, and `<kind>-entities`, the names the timer visits; RocksDB via
+rocksdict in production). Tables are written only while an event is
 being processed, so their changelog partitions follow the source partitions and a partition's
 state moves with it on rebalance. KPI records go to `kpi.records`, attached to the source
 offset: Faust publishes them and flushes the changelog before it commits that offset.
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
-import orjson
 from faust.types import TableT
+from pydantic import TypeAdapter
 
 from citystream.settings import Settings
 from models.city import City
@@ -109,9 +110,14 @@ def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
     return out
 
 
+_RECORD_ADAPTERS: dict[str, TypeAdapter[list[Any]]] = {
+    kind: TypeAdapter(list[model]) for kind, model in READING_TYPES.items()}  # type: ignore[valid-type]
+
+
 def decode_record(kind: str, value: bytes) -> list[Reading]:
-    model = READING_TYPES[kind]  # type: ignore[index]
-    return [model.model_validate(item) for item in orjson.loads(value)]
+    """The readings of a `telemetry.<kind>` record (a JSON array), validated again: the topic
+    may hold records that did not come from our ingest."""
+    return _RECORD_ADAPTERS[kind].validate_json(value)
 
 
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,

@@ -99,3 +99,71 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
     finally:
         if state_dir.exists():
             clean_mark.touch()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
+                                 "max_content_width": 100})
+@click.option("--instance", default="0", show_default=True, envvar="CITYSTREAM_SINK_INSTANCE",
+              show_envvar=True, help="Name of this sink in the `pipeline` measurement.")
+@click.option("--counters-interval", "counters_s", default=5.0, show_default=True,
+              type=click.FloatRange(0.5), envvar="CITYSTREAM_SINK_COUNTERS_S", show_envvar=True,
+              help="Seconds between `pipeline` counter records (component `sink`).")
+def sink(instance: str, counters_s: float) -> None:
+    """Write KPIs, alerts, raw readings and counters from Kafka to InfluxDB, on its own.
+
+    The same sink that `citystream worker` runs inside its process, as a process of its own:
+    run `citystream worker --no-sink` plus one or more `citystream sink` to put the InfluxDB
+    writes on another core. Sinks share the consumer group `citystream-sink`; offsets are
+    committed only after InfluxDB accepted the points, so a sink killed at any moment loses
+    nothing (the points are written again, which is idempotent).
+
+    \b
+    Settings (env): CITYSTREAM_KAFKA__BOOTSTRAP, __TOPIC_PREFIX; CITYSTREAM_INFLUX__URL, __ORG,
+    __TOKEN, __BUCKET_TELEMETRY, __BUCKET_KPI.
+
+    \b
+    Example, against the local stack:
+      eval "$(citystream env)" && citystream sink --instance 0
+    """
+    import asyncio
+    import signal
+    import time
+
+    from ingest.kafka_sink import OutRecord
+    from models.records import PipelineCounters, record_to_json
+    from streams.sink import InfluxSink, serve
+
+    try:
+        settings = Settings.load()
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        influx_sink = InfluxSink.from_settings(settings)
+
+        async def publish_counters() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(counters_s)
+                c = influx_sink.counters()
+                record = PipelineCounters(component="sink", instance=instance,
+                                          ts_ms=int(time.time() * 1000), **c)
+                try:
+                    await influx_sink.deadletters.send([OutRecord(
+                        settings.kafka.topics.pipeline_counters, f"sink/{instance}".encode(),
+                        record_to_json(record))])
+                except Exception as exc:  # counters are best effort; points are not
+                    log.debug("could not publish sink counters: %s", exc)
+
+        log.info("sink %s running; Ctrl-C or SIGTERM stops it", instance)
+        counters = asyncio.create_task(publish_counters())
+        try:
+            await serve(influx_sink, stop)
+        finally:
+            counters.cancel()
+
+    asyncio.run(run())

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-apt_packages=(mosquitto mosquitto-clients pkg-config)
+# chromium and fonts-inter: the dashboard's browser tests (headless, driven by playwright).
+apt_packages=(mosquitto mosquitto-clients pkg-config chromium fonts-inter)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -39,6 +39,7 @@ from deploy.influxdb.provision import (
     InfluxAdmin,
     Plan,
     ProvisionError,
+    ensure_buckets,
     parse_retention,
     provision,
 )
@@ -355,33 +356,47 @@ def install_all(s: StackSettings, say: Progress = _say) -> None:
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
 
 
 @dataclass
 class Credentials:
-    """Secrets generated once per stack home and kept in ``<home>/secrets.json`` (mode 600)."""
+    """Secrets generated once per stack home and kept in ``<home>/secrets.json`` (mode 600).
+
+    `influxdb_read_token` is made by InfluxDB during onboarding (READ on the two buckets, for
+    the dashboard); it is empty until then.
+    """
 
     mqtt_gateway_password: str
     mqtt_service_password: str
     influxdb_password: str
     influxdb_token: str
+    influxdb_read_token: str = ""
 
     @classmethod
     def load_or_create(cls, home: Path) -> Credentials:
         path = home / "secrets.json"
         if path.exists():
-            return cls(**json.loads(path.read_text()))
+            saved = json.loads(path.read_text())
+            return cls(**{k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
         creds = cls(mqtt_gateway_password=secrets.token_urlsafe(18),
                     mqtt_service_password=secrets.token_urlsafe(18),
                     influxdb_password=secrets.token_urlsafe(18),
                     influxdb_token=secrets.token_urlsafe(48))
-        _write_private(path, json.dumps(creds.__dict__, indent=2))
+        creds.save(home)
         return creds
+
+    def save(self, home: Path) -> None:
+        """Write ``<home>/secrets.json`` (mode 600), keeping keys this version does not know."""
+        path = home / "secrets.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        _write_private(path, json.dumps({**saved, **self.__dict__}, indent=2))
 
 
 MQTT_GATEWAY_USER = "gateway"
+DASHBOARD_TOKEN_DESCRIPTION = "citystream dashboard: read the kpi and telemetry buckets"
 MQTT_SERVICE_USER = "citystream"
 
 
@@ -492,7 +507,20 @@ class Stack:
             "CITYSTREAM_INFLUX__TOKEN": creds.influxdb_token,
             "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": self.s.bucket_telemetry,
             "CITYSTREAM_INFLUX__BUCKET_KPI": self.s.bucket_kpi,
+            "CITYSTREAM_DASHBOARD__TOKEN": creds.influxdb_read_token,
         }
+
+    def dashboard_env(self) -> dict[str, str]:
+        """Env for `citystream dashboard`: the read-only token and the stack's dashboard port;
+        the service credentials (InfluxDB all-access token, MQTT password) are blanked."""
+        creds = Credentials.load_or_create(self.home)
+        if not creds.influxdb_read_token:
+            self.ensure_read_token(creds)
+        return {**self.service_env(),
+                "CITYSTREAM_INFLUX__TOKEN": "", "CITYSTREAM_MQTT__PASSWORD": "",
+                "CITYSTREAM_DASHBOARD__TOKEN": creds.influxdb_read_token,
+                "CITYSTREAM_DASHBOARD__HOST": LOOPBACK,
+                "CITYSTREAM_DASHBOARD__PORT": str(self.s.dashboard_port)}
 
     def status(self) -> dict[str, Any]:
         info = self.client_info()
@@ -564,7 +592,7 @@ class Stack:
 
     # The pipeline -------------------------------------------------------------------------
 
-    PIPELINE = ("ingest", "worker", "sim")
+    PIPELINE = ("ingest", "worker", "dashboard", "sim")
 
     def pipeline_argv(self, name: str) -> list[str]:
         """The citystream command each pipeline process runs."""
@@ -574,22 +602,26 @@ class Stack:
                        "--data-dir", str(self.home / "worker")],
             "sim": ["sim", "--start", "now-6h", "--speed", str(self.s.sim_speed),
                     "--rate", str(self.s.sim_rate), "--no-progress"],
+            "dashboard": ["dashboard"],
         }[name]
 
     def start_pipeline(self, names: tuple[str, ...] = PIPELINE) -> None:
-        """Start ingest, worker and the simulator against this stack (each once)."""
-        env = self.service_env()
+        """Start ingest, worker, the dashboard and the simulator against this stack (each
+        once)."""
         for name in names:
             svc = self.services.setdefault(name, Service(name, self.home))
             if svc.running():
                 self.say(f"{name}: already running (pid {svc.pid})")
                 continue
+            if name == "dashboard":
+                self._check_port(self.s.dashboard_port, "DASHBOARD_PORT")
+            env = self.dashboard_env() if name == "dashboard" else self.service_env()
             t0 = time.monotonic()
             offset = svc.log.stat().st_size if svc.log.exists() else 0
             svc.spawn([sys.executable, "-m", "citystream", "-v", *self.pipeline_argv(name)],
                       env=env)
             self._save()
-            marker = f"{name} 0 running" if name != "sim" else ""
+            marker = {"sim": "", "dashboard": "dashboard running"}.get(name, f"{name} 0 running")
 
             def started(svc: Service = svc, marker: str = marker, offset: int = offset) -> bool:
                 with svc.log.open("rb") as f:
@@ -756,6 +788,57 @@ class Stack:
         except ProvisionError as exc:
             raise StackError(f"influxdb: setting up buckets, InfluxQL mappings and the roll-up "
                              f"task failed: {exc}") from exc
+        self.ensure_read_token(creds)
+
+    def _buckets(self, base: str, creds: Credentials) -> tuple[str, dict[str, str]]:
+        """The org id and the ids of the two buckets, creating missing buckets."""
+        admin = InfluxAdmin(base, creds.influxdb_token)
+        org_id = admin.org_id(self.s.influxdb_org)
+        ids = ensure_buckets(admin, org_id, self.s.influx_plan().buckets)
+        return org_id, {b: ids[b] for b in (self.s.bucket_telemetry, self.s.bucket_kpi)}
+
+    def ensure_read_token(self, creds: Credentials) -> str:
+        """The dashboard's InfluxDB token: READ on the two buckets and nothing else.
+
+        InfluxDB generates it; it is kept in secrets.json and checked at every start (made
+        again if InfluxDB lost it or the buckets were re-created).
+        """
+        base = f"http://{LOOPBACK}:{self.s.influxdb_port}"
+        org_id, buckets = self._buckets(base, creds)
+        token = read_authorization(base, creds.influxdb_token, org_id, list(buckets.values()),
+                                   DASHBOARD_TOKEN_DESCRIPTION, creds.influxdb_read_token)
+        if token != creds.influxdb_read_token:
+            creds.influxdb_read_token = token
+            creds.save(self.home)
+        return token
+
+
+def read_authorization(base: str, admin_token: str, org_id: str, bucket_ids: list[str],
+                       description: str, current: str = "") -> str:
+    """A token that may only READ `bucket_ids`: `current` if InfluxDB still has it with exactly
+    those permissions, else a new one. Other authorizations with `description` are deleted."""
+    want = sorted(("read", "buckets", bucket_id) for bucket_id in bucket_ids)
+    auths = _http("GET", f"{base}/api/v2/authorizations?orgID={org_id}",
+                  token=admin_token)["authorizations"]
+    found = ""
+    for auth in auths:
+        if auth.get("description") != description:
+            continue
+        perms = sorted((p["action"], p["resource"].get("type"), p["resource"].get("id"))
+                       for p in auth["permissions"])
+        if (current and auth.get("token") == current and perms == want
+                and auth.get("status") == "active" and not found):
+            found = current
+        else:
+            _http("DELETE", f"{base}/api/v2/authorizations/{auth['id']}", token=admin_token)
+    if found:
+        return found
+    made = _http("POST", f"{base}/api/v2/authorizations", {
+        "orgID": org_id, "description": description,
+        "permissions": [{"action": "read", "resource": {"type": "buckets", "id": bucket_id,
+                                                        "orgID": org_id}}
+                        for _, _, bucket_id in want]}, token=admin_token)
+    return str(made["token"])
 
 
 KAFKA_LOG4J = """log4j.rootLogger=INFO, stdout

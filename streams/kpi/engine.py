@@ -22,7 +22,8 @@ offline oracle (tests/oracle) and are listed in docs/contract.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections import OrderedDict
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ import orjson
 from models.city import City, District, Junction, Route
 from models.readings import Reading
 from models.records import Alert, EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterKpi
-from streams.kpi.alerts import AlertRules
+from streams.kpi.alerts import AlertKey, AlertRules
 
 Store = MutableMapping[str, bytes]
 DAY_MS = 86_400_000
@@ -60,13 +61,22 @@ class Outcome:
     beyond_horizon: int = 0
 
 
+DELTA_SLOTS = 64
+SEEN_CACHE_WINDOWS = 256
+
+
 class KindEngine:
-    """Shared window, dedupe, lateness and emission logic; subclasses hold the KPI maths."""
+    """Shared window, dedupe, lateness, emission and state logic; subclasses hold the KPI maths.
+
+    The engine keeps each entity's state in memory and writes, per applied batch, only what the
+    batch changed; see `_Entity` for the layout in the store.
+    """
 
     kind: str = ""
     window_s: int = 0
     window_tag: str = ""
     has_rolling: bool = False
+    unit_field: str | None = None  # the per-sensor value whose increases count (registers ...)
 
     def __init__(self, city: City, *, grace_s: int | None = None,
                  horizon_s: int | None = None, rules: AlertRules | None = None) -> None:
@@ -75,6 +85,8 @@ class KindEngine:
         self.window_ms = self.window_s * 1000
         self.grace_ms = 1000 * (city.windows.grace_s if grace_s is None else grace_s)
         self.horizon_ms = 1000 * (city.windows.horizon_s if horizon_s is None else horizon_s)
+        self._entities: dict[tuple[int, str], _Entity] = {}
+        self._seen: OrderedDict[tuple[int, str, int], _Seen] = OrderedDict()
 
     # -- per kind ----------------------------------------------------------------------------
 
@@ -84,7 +96,9 @@ class KindEngine:
     def new_acc(self, entity: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def add(self, acc: dict[str, Any], reading: Any, units: _Units) -> None:
+    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
+        """Add a reading to its window; `delta` is the increase of `unit_field` since the
+        sensor's latest earlier reading (None for a first or an out-of-order reading)."""
         raise NotImplementedError
 
     def summary(self, entity: str, start: int, acc: dict[str, Any]) -> list[float]:
@@ -103,88 +117,189 @@ class KindEngine:
 
         `offset` is the source position of this batch (increasing per entity, e.g. the Kafka
         offset). A batch at or below an entity's last applied offset was applied already: it
-        changes nothing and its entity's final windows are emitted again. Each entity's
-        changes are written journal first and index last, so a crash part-way leaves a state
-        that the batch's redelivery rolls back and re-applies.
+        changes nothing and its entity's final windows are emitted again (its records may not
+        have reached Kafka before a crash).
         """
         out = Outcome()
         by_entity: dict[str, list[Any]] = {}
         for r in readings:
             by_entity.setdefault(self.entity(r), []).append(r)
         for entity, items in by_entity.items():
-            txn = _Txn(store, entity)
-            if txn.applied(offset):
-                # Redelivered after a crash: the state has it, but the records it emitted may
-                # not have reached Kafka. Write every final window again (same points).
+            ent = self._state(store, entity)
+            if offset is not None and offset <= ent.off:
                 out.duplicates += len(items)
-                out.records.extend(self._record_at(entity, s, txn.idx, txn)
-                                   for s in txn.idx["emitted"])
+                out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
+                out.alerts.extend(_alerts_of_batch(store, entity, offset))
                 continue
-            self._process_entity(entity, items, txn, out)
-            txn.commit(offset)
+            try:
+                self._process_entity(entity, items, ent, store, out, offset)
+            except BaseException:
+                self._forget(store)  # memory may be ahead of what reached the store
+                raise
         return out
 
-    def _process_entity(self, entity: str, items: list[Any], state: _Txn, out: Outcome) -> None:
-        idx = state.idx
-        wins: dict[int, dict[str, Any]] = {}
-        units = _Units(state)
+    def _process_entity(self, entity: str, items: list[Any], ent: _Entity, store: Store,
+                        out: Outcome, offset: int | None) -> None:
+        wins, sensors = ent.wins, ent.sensors
+        wms, late_after = self.window_ms, self.window_ms + self.grace_ms
+        unit_field = self.unit_field
+        silent_factor = self.rules.s.silent_intervals
+        pending: dict[int, list[list[Any]]] = {}
         touched: set[int] = set()
+        changed: set[str] = set()
         gaps: list[tuple[str, int, int, int]] = []
-        newest = idx["max"]
+        newest = ent.max
+        accepted = 0
+        store_id = id(store)
         for r in items:
             ts = r.ts_ms
             if newest is not None and ts < newest - self.horizon_ms:
                 out.beyond_horizon += 1
                 continue
-            start = window_start(ts, self.window_ms)
-            acc = wins.get(start)
-            if acc is None:
-                acc = _load(state, _wkey(entity, start)) or self.new_acc(entity)
-                wins[start] = acc
-            seen = acc["seen"].setdefault(r.sensor_id, [])
-            if ts in seen:
+            start = ts - ts % wms
+            sid = r.sensor_id
+            rec = sensors.get(sid)
+            if rec is None or ts > rec[0]:
+                # in order for this sensor: new, and first in its window unless the sensor's
+                # newest reading already lies in this window
+                first_in_window = rec is None or rec[0] < start
+            elif ts == rec[0]:
                 out.duplicates += 1
                 continue
-            seen.append(ts)
-            if newest is not None and newest > start + self.window_ms + self.grace_ms:
+            else:
+                seen = self._seen_in(store, entity, start, wins.get(start), pending)
+                if (sid, ts) in seen.pairs:
+                    out.duplicates += 1
+                    continue
+                first_in_window = sid not in seen.sensors
+            acc = wins.get(start)
+            if acc is None:
+                acc = wins[start] = {**self.new_acc(entity), "n": 0, "c": 0}
+            if first_in_window:
+                acc["n"] += 1
+            pending.setdefault(start, []).append([sid, ts])
+            cached = self._seen.get((store_id, entity, start)) if self._seen else None
+            if cached is not None:
+                cached.add(sid, ts)
+            if newest is not None and newest > start + late_after:
                 out.late += 1
-            self.add(acc, r, units)
-            self._heard(idx["sensors"], r.sensor_id, ts, gaps)
-            out.accepted += 1
+            value = getattr(r, unit_field) if unit_field else None
+            if rec is None:
+                self.add(acc, r, None)
+                sensors[sid] = [ts, 0, value]
+                changed.add(sid)
+            elif ts > rec[0]:
+                self.add(acc, r, None if value is None else float(value - rec[2]))
+                gap = ts - rec[0]
+                if rec[1] > 0 and gap > silent_factor * rec[1]:
+                    gaps.append((sid, rec[0], ts, rec[1]))
+                rec[0], rec[1], rec[2] = ts, gap if rec[1] == 0 else min(rec[1], gap), value
+                changed.add(sid)
+            else:
+                self.add(acc, r, None)
+            accepted += 1
             touched.add(start)
-            newest = ts if newest is None else max(newest, ts)
+            if newest is None or ts > newest:
+                newest = ts
+        out.accepted += accepted
         if not touched:
             return
-        idx["max"] = newest
+        ent.max = newest
         for start in touched:
-            state[_wkey(entity, start)] = orjson.dumps(wins[start])
-            idx["win"][str(start)] = self.summary(entity, start, wins[start])
-        units.save()
-        records = self._emissions(entity, idx, state, touched, wins)
+            wins[start]["s"] = self.summary(entity, start, wins[start])
+        records = self._emissions(entity, ent, touched)
         out.records.extend(records)
-        out.alerts.extend(self._alerts(entity, idx, records, gaps))
-        self._prune(entity, idx, state)
-        idx["v"] += 1
+        alerts = self._alerts(entity, ent, records, gaps, changed)
+        out.alerts.extend(alerts)
+        pruned = self._prune(ent)
+        self._commit(store, entity, ent, offset, pending, touched, changed, pruned, alerts)
 
-    def _heard(self, sensors: dict[str, list[int]], sensor_id: str, ts: int,
-               gaps: list[tuple[str, int, int, int]]) -> None:
-        """Track each sensor's newest reading and its usual interval (smallest gap seen), and
-        note silences that a reading just ended (whatever the batching)."""
-        last = sensors.get(sensor_id)
-        if last is None:
-            sensors[sensor_id] = [ts, 0]
-        elif ts > last[0]:
-            gap = ts - last[0]
-            if last[1] > 0 and gap > self.rules.s.silent_intervals * last[1]:
-                gaps.append((sensor_id, last[0], ts, last[1]))
-            sensors[sensor_id] = [ts, gap if last[1] == 0 else min(last[1], gap)]
+    def _commit(self, store: Store, entity: str, ent: _Entity, offset: int | None,
+                pending: dict[int, list[list[Any]]], touched: set[int], changed: set[str],
+                pruned: dict[int, int], alerts: list[Alert]) -> None:
+        """Write the batch: its dedupe chunks, then the delta (the commit point), then maybe a
+        snapshot, then the deletes of pruned windows' chunks."""
+        key = id(store)
+        for start, pairs in pending.items():
+            acc = ent.wins.get(start)
+            if acc is None:  # accepted, then pruned in the same batch
+                continue
+            store[_ckey(entity, start, acc["c"])] = orjson.dumps(pairs)
+            acc["c"] += 1
+            cached = self._seen.get((key, entity, start))
+            if cached is not None:
+                cached.count = acc["c"]
+        ent.seq += 1
+        if offset is not None:
+            ent.off = offset
+        delta = orjson.dumps({
+            "seq": ent.seq, "off": ent.off, "max": ent.max, "emitted": ent.emitted,
+            "alerts": ent.alerts,
+            "wins": {str(s): ent.wins.get(s) for s in touched | set(pruned)},
+            "sensors": {sid: ent.sensors[sid] for sid in changed},
+            # the batch's alert transitions, sent again if the batch is redelivered
+            "raised": [a.model_dump() for a in alerts]})
+        store[_dkey(entity, ent.seq % DELTA_SLOTS)] = delta
+        ent.delta_bytes += len(delta)
+        if ent.seq - ent.snap_seq >= DELTA_SLOTS - 1 or ent.delta_bytes >= ent.snap_bytes:
+            snapshot = orjson.dumps(ent.to_json())
+            store[_skey(entity)] = snapshot
+            ent.snap_seq, ent.snap_bytes, ent.delta_bytes = ent.seq, len(snapshot), 0
+        for start, chunks in pruned.items():
+            self._seen.pop((key, entity, start), None)
+            for n in range(chunks):
+                store.pop(_ckey(entity, start, n), None)
 
-    def _alerts(self, entity: str, idx: dict[str, Any], records: list[Kpi],
-                gaps: list[tuple[str, int, int, int]]) -> list[Alert]:
-        active = {tuple(k) for k in idx["alerts"]}
+    def _seen_in(self, store: Store, entity: str, start: int, acc: dict[str, Any] | None,
+                 pending: dict[int, list[list[Any]]]) -> _Seen:
+        """The (sensor, ts) pairs and sensors of a window, for readings that arrive out of
+        order: loaded from the window's chunks once, then kept current."""
+        key = (id(store), entity, start)
+        seen = self._seen.get(key)
+        chunks = 0 if acc is None else acc["c"]
+        if seen is None:
+            seen = _Seen()
+            for sid, ts in pending.get(start, ()):
+                seen.add(sid, ts)
+            self._seen[key] = seen
+            while len(self._seen) > SEEN_CACHE_WINDOWS:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(key)
+        while seen.count < chunks:  # chunks written since (by this worker or another one)
+            for sid, ts in orjson.loads(store.get(_ckey(entity, start, seen.count)) or b"[]"):
+                seen.add(sid, ts)
+            seen.count += 1
+        return seen
+
+    def _state(self, store: Store, entity: str) -> _Entity:
+        """The entity's state: from memory while it matches the store, else read back."""
+        key = (id(store), entity)
+        ent = self._entities.get(key)
+        if ent is not None and ent.seq > 0:
+            now = _delta_seq(store.get(_dkey(entity, ent.seq % DELTA_SLOTS)))
+            after = _delta_seq(store.get(_dkey(entity, (ent.seq + 1) % DELTA_SLOTS)))
+            if now == ent.seq and (after is None or after < ent.seq):
+                return ent
+            self._forget(store)
+        ent = _Entity.read(store, entity)
+        self._entities[key] = ent
+        return ent
+
+    def _forget(self, store: Store) -> None:
+        key = id(store)
+        for k in [k for k in self._entities if k[0] == key]:
+            del self._entities[k]
+        for k2 in [k for k in self._seen if k[0] == key]:
+            del self._seen[k2]
+
+    def _alerts(self, entity: str, ent: _Entity, records: list[Kpi],
+                gaps: list[tuple[str, int, int, int]], changed: set[str]) -> list[Alert]:
+        active: set[AlertKey] = {(k[0], k[1], k[2]) for k in ent.alerts}
         alerts: list[Alert] = []
+        factor = self.rules.s.silent_intervals
         for sensor_id, last, resumed, interval in gaps:
-            limit = self.rules.s.silent_intervals * interval
+            limit = factor * interval
             for at, silent in ((last + limit, True), (resumed, False)):
                 alert = self.rules.silent(self.kind, sensor_id, at, silent,
                                           (at - last) / 1000, limit / 1000, active)
@@ -194,211 +309,214 @@ class KindEngine:
             night = None
             if self.kind == "water" and self.rules.is_night_end(record.time_ms):
                 starts = self.rules.night_starts(record.time_ms, self.window_ms)
-                night = [tuple(idx["win"][str(s)]) for s in starts if str(s) in idx["win"]]
+                night = [tuple(ent.wins[s]["s"]) for s in starts if s in ent.wins]
                 night = night if len(night) == len(starts) else None
             alerts.extend(self.rules.evaluate(record, active, night))
-        newest = idx["max"]
-        for sensor_id, (last, interval) in idx["sensors"].items():
+        alerts.extend(self._silences(ent, changed, active))
+        ent.alerts = sorted(list(k) for k in active)
+        return alerts
+
+    def _silences(self, ent: _Entity, changed: set[str], active: set[AlertKey]) -> list[Alert]:
+        """Silent-sensor transitions at the entity's newest event time. Until event time passes
+        the earliest deadline (newest reading + limit) of a sensor not yet silent, only the
+        sensors this batch heard from can change, so the full sweep is rarely needed."""
+        newest = ent.max
+        assert newest is not None
+        factor, kind = self.rules.s.silent_intervals, self.kind
+        sweep = newest > ent.next_silence
+        if sweep:
+            ent.next_silence = 2**62
+        alerts = []
+        for sensor_id in ent.sensors if sweep else changed:
+            last, interval, _ = ent.sensors[sensor_id]
             if interval <= 0:
                 continue
-            limit = self.rules.s.silent_intervals * interval
-            alert = self.rules.silent(self.kind, sensor_id, newest, newest - last > limit,
+            limit = factor * interval
+            silent = newest - last > limit
+            if not silent:
+                ent.next_silence = min(ent.next_silence, last + limit)
+            if silent == ((kind, sensor_id, "silent") in active):
+                continue  # no transition: skip building the message
+            alert = self.rules.silent(kind, sensor_id, newest, silent,
                                       (newest - last) / 1000, limit / 1000, active)
             if alert is not None:
                 alerts.append(alert)
-        idx["alerts"] = sorted(list(k) for k in active)
         return alerts
 
-    def _final(self, idx: dict[str, Any], start: int) -> bool:
-        newest = idx["max"]
+    def _final(self, newest: int | None, start: int) -> bool:
         return newest is not None and newest > start + self.window_ms + self.grace_ms
 
-    def _emissions(self, entity: str, idx: dict[str, Any], state: Store, touched: set[int],
-                   wins: dict[int, dict[str, Any]]) -> list[Kpi]:
-        emitted = set(idx["emitted"])
-        starts = sorted(int(s) for s in idx["win"])
-        emit: set[int] = {s for s in starts if s not in emitted and self._final(idx, s)}
+    def _emissions(self, entity: str, ent: _Entity, touched: set[int]) -> list[Kpi]:
+        emitted = set(ent.emitted)
+        emit: set[int] = {s for s in ent.wins if s not in emitted and self._final(ent.max, s)}
         emit |= touched & emitted
         if self.has_rolling:
             for changed in touched:
                 emit |= {s for s in emitted if changed < s < changed + DAY_MS}
-        idx["emitted"] = sorted(emitted | emit)
-        return [self._record_at(entity, s, idx, state, wins) for s in sorted(emit)]
+        ent.emitted = sorted(emitted | emit)
+        return [self._record_at(entity, s, ent) for s in sorted(emit)]
 
-    def _record_at(self, entity: str, start: int, idx: dict[str, Any], state: Store,
-                   wins: dict[int, dict[str, Any]] | None = None) -> Kpi:
-        acc = (wins or {}).get(start) or _load(state, _wkey(entity, start))
+    def _record_at(self, entity: str, start: int, ent: _Entity) -> Kpi:
+        acc = ent.wins.get(start)
         assert acc is not None, f"window {start} of {entity} has no state"
-        return self.record(entity, start, acc, self._rolling(idx, start))
+        return self.record(entity, start, acc, self._rolling(ent, start))
 
-    def _rolling(self, idx: dict[str, Any], start: int) -> list[float]:
+    def _rolling(self, ent: _Entity, start: int) -> list[float]:
         end = start + self.window_ms
         total: list[float] = []
-        for s, summary in idx["win"].items():
-            if end - DAY_MS <= int(s) < end and summary:
+        for s, acc in ent.wins.items():
+            summary = acc["s"]
+            if end - DAY_MS <= s < end and summary:
                 if not total:
                     total = [0.0] * len(summary)
                 for i, v in enumerate(summary):
                     total[i] += v
         return total
 
-    def _prune(self, entity: str, idx: dict[str, Any], state: Store) -> None:
-        keep_from = idx["max"] - self.horizon_ms - DAY_MS - self.window_ms
-        for s in [s for s in idx["win"] if int(s) < keep_from]:
-            del idx["win"][s]
-            state.pop(_wkey(entity, int(s)), None)
-        idx["emitted"] = [s for s in idx["emitted"] if s >= keep_from]
+    def _prune(self, ent: _Entity) -> dict[int, int]:
+        """Drop windows beyond the horizon plus the 24 h they feed; {start: chunks} dropped."""
+        assert ent.max is not None
+        keep_from = ent.max - self.horizon_ms - DAY_MS - self.window_ms
+        pruned = {s: ent.wins.pop(s)["c"] for s in [s for s in ent.wins if s < keep_from]}
+        if pruned:
+            ent.emitted = [s for s in ent.emitted if s >= keep_from]
+        return pruned
 
-    def due(self, entity: str, state: Store) -> list[Kpi]:
+    def due(self, entity: str, store: Store) -> list[Kpi]:
         """Records for the windows of `entity` not yet emitted as final: for the timer that
         closes windows on wall-clock time when the entity goes quiet. Changes no state."""
-        idx = _load(state, _ikey(entity))
-        if idx is None:
-            return []
-        emitted = set(idx["emitted"])
-        return [self._record_at(entity, int(s), idx, state)
-                for s in sorted(int(s) for s in idx["win"]) if int(s) not in emitted]
+        ent = self._state(store, entity)
+        emitted = set(ent.emitted)
+        return [self._record_at(entity, s, ent) for s in sorted(ent.wins) if s not in emitted]
 
     def entities(self, store: Store) -> list[str]:
         """Every entity with state (scans all keys: for tests and tools, not hot paths)."""
-        return [k[2:] for k in store if k.startswith("i|")]
+        names = {k[2:] if k[0] == "s" else k[2:].rsplit("|", 1)[0]
+                 for k in store if k.startswith(("s|", "d|"))}
+        return sorted(names)
 
     def version(self, entity: str, store: Store) -> int | None:
         """Changes with every applied batch of `entity`; None if it has no state."""
-        idx = _load(store, _ikey(entity))
-        return None if idx is None else int(idx["v"])
+        seq = self._state(store, entity).seq
+        return seq or None
 
 
-class _Txn(MutableMapping[str, bytes]):
-    """One entity's changes for one batch, buffered, then written in a crash-safe order.
+class _Entity:
+    """One entity's state (district, junction or route).
 
-    Reads see the buffered writes. `commit` writes a journal (`j|<entity>`: the batch's offset
-    and the previous value of every key it changes), then the changes, then the index entry
-    with the offset. Writes of one Faust table reach its changelog in order, so after a crash
-    the changelog holds a prefix of them: without the index, a journal newer than the index
-    offset means a partial batch, and `_Txn` restores the previous values before the batch is
-    applied again.
+    In memory: the newest event time, the last applied source offset, the windows (sums, a
+    distinct-sensor count, a summary for the 24 h figures, how many dedupe chunks they have),
+    which were emitted, the active alerts, and per sensor [newest ts, usual interval, value].
+
+    In the store, per entity, only what batches change:
+    - `d|<entity>|<slot>`: one delta per applied batch (changed windows and sensors, and the
+      small fields) in a ring of DELTA_SLOTS: the batch's commit point, one write;
+    - `s|<entity>`: a snapshot of the whole state, rewritten after at most DELTA_SLOTS - 1
+      deltas and once the deltas since the last outweigh it, so writes stay in proportion to
+      the readings;
+    - `c|<entity>|<window start>|<n>`: the (sensor, ts) pairs a batch added to a window,
+      written once: read back only for readings that arrive out of order (dedupe).
+    Writes of one table reach its changelog in order, so after a crash the store holds a prefix
+    of them: a batch whose delta is missing never happened, and its redelivery writes the same
+    chunks again.
     """
 
-    def __init__(self, store: Store, entity: str) -> None:
-        self.store = store
-        self.entity = entity
-        self.writes: dict[str, bytes | None] = {}
-        journal = _load(store, f"j|{entity}")
-        raw = store.get(_ikey(entity))
-        idx = None if raw is None else orjson.loads(raw)
-        if journal is not None and journal["off"] > (idx or {}).get("off", -1):
-            for key, before in journal["pre"].items():
-                if before is None:
-                    store.pop(key, None)
-                else:
-                    store[key] = before.encode()
-            raw = store.get(_ikey(entity))
-            idx = None if raw is None else orjson.loads(raw)
-        self.idx: dict[str, Any] = idx or {"max": None, "win": {}, "emitted": [], "v": 0,
-                                           "alerts": [], "sensors": {}, "off": -1}
+    __slots__ = ("alerts", "delta_bytes", "emitted", "max", "next_silence", "off", "sensors",
+                 "seq", "snap_bytes", "snap_seq", "wins")
 
-    def applied(self, offset: int | None) -> bool:
-        return offset is not None and offset <= self.idx.get("off", -1)
+    def __init__(self) -> None:
+        self.seq = 0
+        self.off = -1
+        self.max: int | None = None
+        self.emitted: list[int] = []
+        self.alerts: list[list[str]] = []
+        self.wins: dict[int, dict[str, Any]] = {}
+        self.sensors: dict[str, list[Any]] = {}
+        self.snap_seq = 0
+        self.snap_bytes = 0
+        self.delta_bytes = 0
+        self.next_silence = -1  # event time after which a sensor may fall silent; -1: sweep
 
-    def __getitem__(self, key: str) -> bytes:
-        if key in self.writes:
-            value = self.writes[key]
-            if value is None:
-                raise KeyError(key)
-            return value
-        return self.store[key]
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "off": self.off, "max": self.max, "emitted": self.emitted,
+                "alerts": self.alerts, "wins": {str(s): a for s, a in self.wins.items()},
+                "sensors": self.sensors}
 
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
+    def apply(self, data: dict[str, Any]) -> None:
+        """Apply a snapshot or a delta read back from the store."""
+        self.seq, self.off, self.max = data["seq"], data["off"], data["max"]
+        self.emitted, self.alerts = data["emitted"], data["alerts"]
+        for s, acc in data["wins"].items():
+            if acc is None:
+                self.wins.pop(int(s), None)
+            else:
+                self.wins[int(s)] = acc
+        self.sensors.update(data["sensors"])
 
-    def __setitem__(self, key: str, value: bytes) -> None:
-        self.writes[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        self.writes[key] = None
-
-    def pop(self, key: str, default: Any = None) -> Any:
-        value = self.get(key, default)
-        self.writes[key] = None
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        raise NotImplementedError("a transaction is not iterable")
-
-    def __len__(self) -> int:
-        raise NotImplementedError("a transaction has no length")
-
-    def commit(self, offset: int | None) -> None:
-        if offset is not None:
-            self.idx["off"] = offset
-        ikey = _ikey(self.entity)
-        changes = {k: v for k, v in self.writes.items() if k != ikey}
-        if changes:
-            pre = {}
-            for key in changes:
-                before = self.store.get(key)
-                pre[key] = None if before is None else bytes(before).decode()
-            self.store[f"j|{self.entity}"] = orjson.dumps({"off": self.idx.get("off", -1),
-                                                           "pre": pre})
-            for key, value in changes.items():
-                if value is None:
-                    self.store.pop(key, None)
-                else:
-                    self.store[key] = value
-        self.store[ikey] = orjson.dumps(self.idx)
+    @classmethod
+    def read(cls, store: Store, entity: str) -> _Entity:
+        ent = cls()
+        raw = store.get(_skey(entity))
+        if raw is not None:
+            ent.apply(orjson.loads(raw))
+            ent.snap_seq, ent.snap_bytes = ent.seq, len(raw)
+        deltas = []
+        for slot in range(DELTA_SLOTS):
+            raw = store.get(_dkey(entity, slot))
+            if raw is not None and (_delta_seq(raw) or 0) > ent.seq:
+                deltas.append(orjson.loads(raw))
+        for delta in sorted(deltas, key=lambda d: int(d["seq"])):
+            if delta["seq"] != ent.seq + 1:
+                break
+            ent.apply(delta)
+        return ent
 
 
-class _Units:
-    """Latest reading per meter or vehicle, loaded on demand and saved once per batch."""
+class _Seen:
+    """The (sensor, ts) pairs and the sensors of one window, and how many chunks they hold."""
 
-    def __init__(self, state: Store) -> None:
-        self.state = state
-        self.cache: dict[str, list[Any]] = {}
+    __slots__ = ("count", "pairs", "sensors")
 
-    def get(self, sensor_id: str) -> list[Any] | None:
-        if sensor_id not in self.cache:
-            value = _load(self.state, f"u|{sensor_id}")
-            if value is None:
-                return None
-            self.cache[sensor_id] = value
-        return self.cache[sensor_id]
+    def __init__(self) -> None:
+        self.count = 0
+        self.pairs: set[tuple[str, int]] = set()
+        self.sensors: set[str] = set()
 
-    def set(self, sensor_id: str, value: list[Any]) -> None:
-        self.cache[sensor_id] = value
-
-    def save(self) -> None:
-        for sensor_id, value in self.cache.items():
-            self.state[f"u|{sensor_id}"] = orjson.dumps(value)
+    def add(self, sensor_id: str, ts: int) -> None:
+        self.pairs.add((sensor_id, ts))
+        self.sensors.add(sensor_id)
 
 
-def _advance(units: _Units, sensor_id: str, ts: int, value: float) -> float | None:
-    """Move a unit's latest reading forward. Returns value − latest (None for a first or an
-    out-of-order reading, which changes nothing)."""
-    latest = units.get(sensor_id)
-    if latest is None:
-        units.set(sensor_id, [ts, value])
+def _alerts_of_batch(store: Store, entity: str, offset: int) -> list[Alert]:
+    """The alert transitions of the applied batch at `offset`, if its delta is still in the
+    ring (a redelivery after a crash comes within the last few batches)."""
+    for slot in range(DELTA_SLOTS):
+        raw = store.get(_dkey(entity, slot))
+        if raw is not None:
+            delta = orjson.loads(raw)
+            if delta["off"] == offset:
+                return [Alert.model_validate(a) for a in delta.get("raised", ())]
+    return []
+
+
+def _delta_seq(raw: bytes | None) -> int | None:
+    """The seq of a delta without parsing it all (deltas start with {"seq":N,)."""
+    if raw is None:
         return None
-    if ts <= latest[0]:
-        return None
-    units.set(sensor_id, [ts, value])
-    return float(value - latest[1])
+    head = bytes(raw[7:27]).split(b",", 1)[0]
+    return int(head)
 
 
-def _ikey(entity: str) -> str:
-    return f"i|{entity}"
+def _skey(entity: str) -> str:
+    return f"s|{entity}"
 
 
-def _wkey(entity: str, start: int) -> str:
-    return f"w|{entity}|{start}"
+def _dkey(entity: str, slot: int) -> str:
+    return f"d|{entity}|{slot}"
 
 
-def _load(store: Store, key: str) -> Any:
-    raw = store.get(key)
-    return None if raw is None else orjson.loads(raw)
+def _ckey(entity: str, start: int, n: int) -> str:
+    return f"c|{entity}|{start}|{n}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +526,6 @@ def _load(store: Store, key: str) -> Any:
 class _RegisterEngine(KindEngine):
     """Water and energy: register deltas per meter, saving against hour-of-week baselines."""
 
-    register_field = ""
     has_rolling = True
 
     def entity(self, reading: Any) -> str:
@@ -421,13 +538,11 @@ class _RegisterEngine(KindEngine):
             return None
 
     def new_acc(self, entity: str) -> dict[str, Any]:
-        return {"seen": {}, "use": 0.0, "peak": None}
+        return {"use": 0.0, "peak": None}
 
-    def add(self, acc: dict[str, Any], reading: Any, units: _Units) -> None:
-        delta = _advance(units, reading.sensor_id, reading.ts_ms,
-                         getattr(reading, self.register_field))
+    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
         if delta is not None:
-            acc["use"] += delta if delta >= 0 else getattr(reading, self.register_field)
+            acc["use"] += delta if delta >= 0 else getattr(reading, self.unit_field or "")
 
     def baseline(self, entity: str, start: int) -> float:
         raise NotImplementedError
@@ -443,7 +558,7 @@ class WaterEngine(_RegisterEngine):
     kind = "water"
     window_s = 900
     window_tag = "15m"
-    register_field = "volume_m3"
+    unit_field = "volume_m3"
 
     def actual(self, acc: dict[str, Any]) -> float:
         return 1000.0 * float(acc["use"])
@@ -462,17 +577,17 @@ class WaterEngine(_RegisterEngine):
                         window_end_ms=start + self.window_ms, consumption_l=actual,
                         baseline_l=baseline, saving_pct=saving_pct(actual, baseline),
                         saving_pct_24h=rolling_pct, target_pct=float(target),
-                        on_track=rolling_pct >= target, meters_reporting=len(acc["seen"]))
+                        on_track=rolling_pct >= target, meters_reporting=acc["n"])
 
 
 class EnergyEngine(_RegisterEngine):
     kind = "energy"
     window_s = 1800
     window_tag = "30m"
-    register_field = "energy_kwh"
+    unit_field = "energy_kwh"
 
-    def add(self, acc: dict[str, Any], reading: Any, units: _Units) -> None:
-        super().add(acc, reading, units)
+    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
+        super().add(acc, reading, delta)
         power = reading.power_kw
         if power is not None and (acc["peak"] is None or power > acc["peak"]):
             acc["peak"] = power
@@ -492,7 +607,7 @@ class EnergyEngine(_RegisterEngine):
                          baseline_kwh=baseline, saving_pct=saving_pct(actual, baseline),
                          saving_pct_24h=rolling_pct, target_pct=float(target),
                          on_track=rolling_pct >= target,
-                         peak_kw=float(acc["peak"] or 0.0), meters_reporting=len(acc["seen"]))
+                         peak_kw=float(acc["peak"] or 0.0), meters_reporting=acc["n"])
 
 
 class TrafficEngine(KindEngine):
@@ -513,9 +628,9 @@ class TrafficEngine(KindEngine):
             return None
 
     def new_acc(self, entity: str) -> dict[str, Any]:
-        return {"seen": {}, "vehicles": 0, "weights": 0, "inverse": 0.0}
+        return {"vehicles": 0, "weights": 0, "inverse": 0.0}
 
-    def add(self, acc: dict[str, Any], reading: Any, units: _Units) -> None:
+    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
         count, speed = reading.vehicle_count, reading.mean_speed_kmh
         acc["vehicles"] += count
         if count > 0 and speed > 0:
@@ -566,6 +681,7 @@ class ShuttleEngine(KindEngine):
     kind = "shuttle"
     window_s = 900
     window_tag = "15m"
+    unit_field = "passengers"
 
     def entity(self, reading: Any) -> str:
         return str(reading.route_id)
@@ -577,14 +693,13 @@ class ShuttleEngine(KindEngine):
             return None
 
     def new_acc(self, entity: str) -> dict[str, Any]:
-        return {"seen": {}, "boardings": 0, "passengers": 0, "capacity": 0, "battery": 0.0,
+        return {"boardings": 0, "passengers": 0, "capacity": 0, "battery": 0.0,
                 "readings": 0, "disengagements": 0, "arrivals": 0, "on_time": 0,
                 "in_service": []}
 
-    def add(self, acc: dict[str, Any], reading: Any, units: _Units) -> None:
-        increase = _advance(units, reading.sensor_id, reading.ts_ms, reading.passengers)
-        if increase is not None and increase > 0:
-            acc["boardings"] += int(increase)
+    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
+        if delta is not None and delta > 0:
+            acc["boardings"] += int(delta)
         if reading.status == "in_service":
             acc["passengers"] += reading.passengers
             acc["capacity"] += reading.capacity
@@ -610,7 +725,7 @@ class ShuttleEngine(KindEngine):
             on_time_pct=100.0 * acc["on_time"] / acc["arrivals"] if acc["arrivals"] else 100.0,
             availability_pct=100.0 * available / fleet if fleet > 0 else 0.0,
             mean_battery_pct=acc["battery"] / acc["readings"] if acc["readings"] else 0.0,
-            disengagements=acc["disengagements"], vehicles_reporting=len(acc["seen"]))
+            disengagements=acc["disengagements"], vehicles_reporting=acc["n"])
 
 
 ENGINES: dict[str, type[KindEngine]] = {

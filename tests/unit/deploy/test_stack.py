@@ -50,3 +50,36 @@ def test_status_object_has_the_contract_shape(tmp_path: Path) -> None:
     assert info["kafka"]["bootstrap"] == "127.0.0.1:9092"
     assert info["influxdb"]["url"] == "http://127.0.0.1:8086"
     assert info["influxdb"]["buckets"] == {"telemetry": "telemetry", "kpi": "kpi"}
+
+
+def test_credentials_of_an_older_home_load_and_keep_unknown_keys(tmp_path: Path) -> None:
+    import json
+
+    old = {"mqtt_gateway_password": "a", "mqtt_service_password": "b",
+           "influxdb_password": "c", "influxdb_token": "d", "added_later": "e"}
+    (tmp_path / "secrets.json").write_text(json.dumps(old))
+    creds = Credentials.load_or_create(tmp_path)
+    assert creds.influxdb_read_token == ""
+    creds.influxdb_read_token = "r"
+    creds.save(tmp_path)
+    saved = json.loads((tmp_path / "secrets.json").read_text())
+    assert saved == {**old, "influxdb_read_token": "r"}
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o077 == 0
+
+
+def test_the_dashboard_gets_the_read_token_and_none_of_the_service_secrets(
+        tmp_path: Path) -> None:
+    st = Stack(StackSettings(home=tmp_path, dashboard_port=18123), say=lambda _m: None)
+    creds = Credentials.load_or_create(tmp_path)
+    creds.influxdb_read_token = "read-only"
+    creds.save(tmp_path)
+    env = st.dashboard_env()
+    assert env["CITYSTREAM_DASHBOARD__TOKEN"] == "read-only"
+    assert env["CITYSTREAM_DASHBOARD__PORT"] == "18123"
+    assert env["CITYSTREAM_DASHBOARD__HOST"] == "127.0.0.1"
+    for secret in (creds.influxdb_token, creds.mqtt_service_password,
+                   creds.mqtt_gateway_password, creds.influxdb_password):
+        assert secret not in env.values()
+    assert st.pipeline_argv("dashboard") == ["dashboard"]
+    assert "dashboard" in Stack.PIPELINE
+    assert st.client_info()["dashboard"] == {"url": "http://127.0.0.1:18123/"}

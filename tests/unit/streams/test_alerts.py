@@ -89,3 +89,21 @@ def test_a_silence_inside_one_batch_is_still_reported() -> None:
     alerts = engine.process(batch, state).alerts
     assert [(a.rule, a.active, a.ts_ms) for a in alerts] == [
         ("silent", True, MONDAY + 5 * MIN), ("silent", False, MONDAY + 12 * MIN)]
+
+
+def test_a_redelivered_batch_sends_its_alert_transitions_again() -> None:
+    engine = WaterEngine(parse_city(CITY_TOML),
+                         rules=AlertRules(AlertSettings(silent_intervals=3)))
+    state: dict[str, bytes] = {}
+    model: Any = READING_TYPES["water"]
+    batches = [[model.model_validate({"district": "north", "kind": "water", "sensor_id": "m1",
+                                      "ts_ms": MONDAY + minute * MIN, "volume_m3": 1.0 + minute})
+                for minute in minutes] for minutes in ((0, 1, 2), (12, 13), (14,))]
+    sent = [engine.process(batch, state, offset=i).alerts for i, batch in enumerate(batches)]
+    assert [a.active for a in sent[1]] == [True, False] and sent[2] == []
+    # a crash before the sends reached Kafka: the batches come again and say the same
+    again = [engine.process(batch, state, offset=i).alerts for i, batch in enumerate(batches)]
+    assert again == sent
+    # and so does a new worker that restores the state
+    fresh = WaterEngine(parse_city(CITY_TOML), rules=AlertRules(AlertSettings(silent_intervals=3)))
+    assert fresh.process(batches[1], dict(state), offset=1).alerts == sent[1]

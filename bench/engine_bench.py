@@ -1,0 +1,137 @@
+"""KPI engine benchmark: readings/s through the pure engines, no Kafka, no Faust.
+
+    .venv/bin/python bench/engine_bench.py --size 32 --count 20000 [--profile out.txt]
+
+A seeded simulation (`citystream sim --dry-run`; --size 32 is about 10,000 sensors) is decoded
+and grouped into records exactly as ingest does, then each record goes through its kind's engine
+with an in-memory store that counts what a changelog would carry (writes and bytes). This is the
+ceiling of the worker's Kafka-to-KPI stage: the worker adds Kafka, Faust and the changelog.
+Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import json
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from citystream.topics import Topics  # noqa: E402
+from ingest.kafka_sink import MemorySink  # noqa: E402
+from ingest.mqtt_source import Delivery  # noqa: E402
+from ingest.service import Ingest, IngestOptions  # noqa: E402
+from models.city import load_city  # noqa: E402
+from streams.app import decode_record  # noqa: E402
+from streams.kpi.engine import engines_for  # noqa: E402
+
+
+class CountingStore(MutableMapping[str, bytes]):
+    """A dict that counts writes and bytes written, as a changelog would carry them."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.writes = 0
+        self.bytes = 0
+
+    def __getitem__(self, key: str) -> bytes:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.writes += 1
+        self.bytes += len(key) + len(value)
+        self.data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.writes += 1
+        self.bytes += len(key)
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def records(size: float, count: int, seed: int) -> list[tuple[str, bytes]]:
+    """(kind, record value) pairs as ingest would produce them, in arrival order."""
+    start = (int(time.time()) // 3600 - 20) * 3_600_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rec.jsonl"
+        subprocess.run([sys.executable, "-m", "citystream", "sim", "--dry-run", "--speed", "0",
+                        "--size", str(size), "--count", str(count), "--seed", str(seed),
+                        "--start", str(start), "--batch", "1", "--no-progress",
+                        "--record", str(path)], check=True, cwd=ROOT, capture_output=True)
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    now = int(time.time() * 1000)
+    deliveries = [Delivery(r["topic"], base64.b64decode(r["payload_b64"]), now, i, False)
+                  for i, r in enumerate(rows)]
+    topics = Topics("")
+    kinds = {topic: kind for kind, topic in topics.telemetry.items()}
+    pump = Ingest(None, MemorySink(), "bench", IngestOptions(), topics)  # type: ignore[arg-type]
+    out: list[tuple[str, bytes]] = []
+    for i in range(0, len(deliveries), 2000):
+        out.extend((kinds[r.topic], r.value) for r in pump.encode(deliveries[i:i + 2000])
+                   if r.topic in kinds)
+    return out
+
+
+def run(recs: list[tuple[str, bytes]]) -> dict[str, float]:
+    city = load_city(None)
+    engines = engines_for(city)
+    stores = {kind: CountingStore() for kind in engines}
+    readings = emitted = 0
+    t0 = time.perf_counter()
+    for offset, (kind, value) in enumerate(recs):
+        batch = decode_record(kind, value)
+        readings += len(batch)
+        out = engines[kind].process(batch, stores[kind], offset=offset)
+        emitted += len(out.records) + len(out.alerts)
+        for record in out.records:
+            orjson.dumps(record.model_dump())
+    seconds = time.perf_counter() - t0
+    writes = sum(s.writes for s in stores.values())
+    written = sum(s.bytes for s in stores.values())
+    held = sum(len(k) + len(v) for s in stores.values() for k, v in s.data.items())
+    return {"records": len(recs), "readings": readings, "seconds": round(seconds, 3),
+            "readings_per_s": round(readings / seconds), "emitted": emitted,
+            "state_writes_per_reading": round(writes / readings, 3),
+            "state_bytes_per_reading": round(written / readings, 1),
+            "state_mb_held": round(held / 1e6, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=float, default=32.0, help="city size (32 ≈ 10k sensors)")
+    parser.add_argument("--count", type=int, default=20_000, help="messages to simulate")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--profile", type=Path, help="write a cProfile summary here")
+    args = parser.parse_args()
+    recs = records(args.size, args.count, args.seed)
+    if args.profile:
+        prof = cProfile.Profile()
+        result = prof.runcall(run, recs)
+        with args.profile.open("w") as fh:
+            pstats.Stats(prof, stream=fh).sort_stats("cumulative").print_stats(40)
+    else:
+        result = run(recs)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The live operator dashboard: `citystream dashboard` (see docs/dashboard.md)."""

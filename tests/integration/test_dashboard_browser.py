@@ -1,0 +1,332 @@
+"""The dashboard in a real browser (headless Chromium) against the real InfluxDB: the values shown
+are the ones InfluxDB holds, a new window appears without a reload, hostile names render as text
+and run nothing, no secret reaches the browser, and InfluxDB going down is shown as such.
+
+KPI points are written through the sink's path (records -> `to_line_protocol` ->
+`InfluxWriter`) into a bucket of this module, read by `citystream dashboard` with a token that
+may only read that bucket. Screenshots go to artifacts/ (paths printed)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page
+
+from deploy.local.stack import Credentials, Stack, free_port
+from models.city import DEFAULT_CITY_FILE, City, load_city
+from models.records import Alert, WaterKpi
+from tests.integration.browser import (
+    DashboardProcess,
+    chromium,
+    new_page,
+    screenshot,
+    wait_rendered,
+)
+from tests.integration.dashboard_data import (
+    MIN,
+    Bucket,
+    city_kpis,
+    new_bucket,
+    shown,
+    shown_count,
+)
+from tests.integration.helpers import ROOT, influx_points
+
+pytestmark = [pytest.mark.browser, pytest.mark.influxdb]
+
+HOSTILE_DISTRICT = "Bletchley <script>window.__xss = 1</script>"
+HOSTILE_ROUTE = '<img src=x onerror="window.__xss = 2"> Station & centre:mk'
+HOSTILE_JUNCTION = "<svg onload=window.__xss=3>Elder Gate</svg>"
+HOSTILE_TAG = "<img/src=x/onerror=window.__xss=4>"
+HOSTILE_MESSAGE = "<script>window.__xss = 5</script><b>bold?</b>"
+EMPTY = "stony-stratford"
+
+
+@dataclass
+class Env:
+    stack: Stack
+    bucket: Bucket
+    city: City
+    dashboard: DashboardProcess
+    page: Page
+    errors: list[str]
+    end_ms: int
+
+
+def hostile_city(path: Path) -> Path:
+    text = DEFAULT_CITY_FILE.read_text()
+    for old, new in (('name = "Bletchley and Fenny Stratford"', f"name = '{HOSTILE_DISTRICT}'"),
+                     ('name = "Milton Keynes Central station - centre:mk"',
+                      f"name = '{HOSTILE_ROUTE}'"),
+                     ('name = "Elder Gate / Portway (H5) roundabout, Milton Keynes Central"',
+                      f"name = '{HOSTILE_JUNCTION}'")):
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    stack.ensure("influxdb")
+    tmp = tmp_path_factory.mktemp("dashboard")
+    city_file = hostile_city(tmp / "city.toml")
+    city = load_city(city_file)
+    bucket = new_bucket(stack)
+    end = int(time.time() * 1000) - 20 * MIN
+    bucket.write(city_kpis(city, end, skip_districts=(EMPTY,)))
+    bucket.write([Alert(kind="water", entity="bletchley", rule="silent", ts_ms=end - 5 * MIN,
+                        value=900.0, threshold=300.0, message=HOSTILE_MESSAGE, active=True)])
+    tag = HOSTILE_TAG.replace("=", "\\=")
+    bucket.write_lines([f"traffic_kpi,district=bletchley,junction={tag},window=5m "
+                        f"congestion_index=0.25,baseline_congestion_index=0.5,vehicles=10i,"
+                        f"flow_veh_h=120.0,reduction_pct_24h=55.0,target_pct=50.0,"
+                        f"on_track=true {end - 5 * MIN}"])
+    dashboard = DashboardProcess({
+        **stack.dashboard_env(),
+        "CITYSTREAM_INFLUX__BUCKET_KPI": bucket.name,
+        "CITYSTREAM_DASHBOARD__TOKEN": bucket.read_token,
+        "CITYSTREAM_DASHBOARD__POLL_S": "0.5",
+        "CITYSTREAM_DASHBOARD__HISTORY_REFRESH_S": "5",
+        "CITYSTREAM_CITY__FILE": str(city_file),
+    }, free_port(), tmp / "dashboard.log").start()
+    try:
+        with chromium() as browser:
+            page, errors = new_page(browser)
+            page.goto(dashboard.url)
+            wait_rendered(page)
+            page.evaluate("window.__loadedOnce = 'yes'")
+            yield Env(stack, bucket, city, dashboard, page, errors, end)
+    finally:
+        dashboard.stop()
+        if not stack.services["influxdb"].running():
+            stack.start_service("influxdb")
+
+
+def text(page: Page, selector: str) -> str:
+    found = page.locator(selector)
+    assert found.count() == 1, f"{found.count()} elements match {selector}"
+    return (found.text_content() or "").strip()
+
+
+def field(page: Page, scope: str, name: str) -> str:
+    return text(page, f"{scope} [data-field='{name}']")
+
+
+def test_values_shown_equal_influxdb(env: Env) -> None:
+    page = env.page
+    water = env.bucket.latest("water_kpi", "district")
+    energy = env.bucket.latest("energy_kpi", "district")
+    for d in env.city.districts:
+        scope = f"[data-district='{d.slug}']"
+        if d.slug == EMPTY:
+            assert f"No data yet for {d.name}" in text(page, scope)
+            continue
+        assert field(page, scope, "water.saving_pct_24h") == shown(
+            water[d.slug][1]["saving_pct_24h"], 1)
+        assert field(page, scope, "water.saving_pct") == shown(
+            water[d.slug][1]["saving_pct"], 1) + " %"
+        assert field(page, scope, "energy.saving_pct_24h") == shown(
+            energy[d.slug][1]["saving_pct_24h"], 1)
+        badges = text(page, f"{scope} [data-kpi='water'] .badge")
+        assert badges.lower() == ("on track" if water[d.slug][1]["on_track"] else "off track")
+    traffic = env.bucket.latest("traffic_kpi", "junction")
+    for j in env.city.junctions:
+        scope = f"[data-junction='{j.id}']"
+        fields = traffic[j.id][1]
+        assert field(page, scope, "traffic.congestion_index") == shown(
+            fields["congestion_index"], 2)
+        assert field(page, scope, "traffic.reduction_pct_24h") == shown(
+            fields["reduction_pct_24h"], 1)
+        assert field(page, scope, "traffic.flow_veh_h") == shown_count(
+            fields["flow_veh_h"])
+    shuttle = env.bucket.latest("shuttle_kpi", "route")
+    for r in env.city.routes:
+        for name in ("occupancy_pct", "on_time_pct", "mean_battery_pct"):
+            assert field(page, f"[data-route='{r.id}']", f"shuttle.{name}") == shown(
+                shuttle[r.id][1][name], 0)
+    shown_alerts = {a.get_attribute("data-alert") for a in page.locator("[data-alert]").all()}
+    assert shown_alerts == {"water/central-mk/leak", "energy/bletchley/off_track",
+                            "water/bletchley/silent"}
+    assert text(page, "#alert-count") == "3"
+    assert env.errors == []
+
+
+def test_hostile_names_render_as_text_and_run_nothing(env: Env) -> None:
+    page = env.page
+    assert text(page, "[data-district='bletchley'] h3") == HOSTILE_DISTRICT
+    assert text(page, "[data-route='station-centre'] h3") == HOSTILE_ROUTE
+    assert text(page, "[data-junction='j-elder-gate'] .name") == HOSTILE_JUNCTION
+    assert page.locator(f"[data-junction='{HOSTILE_TAG}'] .name").text_content() == HOSTILE_TAG
+    assert HOSTILE_MESSAGE in text(page, "[data-alert='water/bletchley/silent'] .msg")
+    assert page.evaluate("window.__xss") is None
+    assert page.evaluate("document.scripts.length") == 1
+    assert page.evaluate("document.images.length") == 1              # the logo
+    assert page.evaluate("document.querySelectorAll('[onerror], [onload], #alerts b').length") == 0
+    assert env.errors == []
+
+
+def test_a_new_window_appears_without_reload(env: Env) -> None:
+    page = env.page
+    before = int(page.evaluate("document.body.dataset.snapshotEvents"))
+    new_end = (env.end_ms // (15 * MIN) + 1) * 15 * MIN
+    env.bucket.write([WaterKpi(district="central-mk", window_end_ms=new_end, consumption_l=700.0,
+                               baseline_l=1000.0, saving_pct=30.0, saving_pct_24h=33.3,
+                               target_pct=20.0, on_track=True, meters_reporting=40)])
+    page.wait_for_function(
+        "document.querySelector(\"[data-district='central-mk'] "
+        "[data-field='water.saving_pct_24h']\").textContent === '33.3'", timeout=20_000)
+    assert page.evaluate("window.__loadedOnce") == "yes"                # the same page
+    assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+    assert int(page.evaluate("document.body.dataset.snapshotEvents")) > before
+    assert field(page, "[data-district='central-mk']", "water.saving_pct") == "30.0 %"
+    assert re.fullmatch(r"\d\d:\d\d", text(page, "#latest"))
+    screenshot(page, "dashboard-test.png")
+
+
+def secrets_of(stack: Stack, env: Env) -> list[str]:
+    creds = Credentials.load_or_create(stack.home)
+    return [env.bucket.read_token, creds.influxdb_read_token, creds.influxdb_token,
+            creds.influxdb_password, creds.mqtt_gateway_password, creds.mqtt_service_password]
+
+
+def served(env: Env) -> dict[str, bytes]:
+    paths = ("/", "/static/dashboard.js", "/static/dashboard.css", "/static/favicon.svg",
+             "/api/snapshot", "/api/history", "/healthz")
+    out = {path: env.dashboard.get(path) for path in paths}
+    out["/events"] = env.dashboard.events(3)
+    out["page"] = env.page.content().encode()
+    return out
+
+
+def test_no_secret_reaches_the_browser(env: Env) -> None:
+    for path, body in served(env).items():
+        for secret in secrets_of(env.stack, env):
+            assert secret.encode() not in body, f"a credential is in {path}"
+
+
+def test_influxdb_down_is_shown_and_recovers(env: Env) -> None:
+    page = env.page
+    env.stack.stop_service("influxdb")
+    try:
+        page.wait_for_function("!document.getElementById('banner').hidden", timeout=30_000)
+        banner = text(page, "#banner")
+        assert re.search(r"InfluxDB unreachable since \d\d:\d\d", banner), banner
+        assert "connection refused" in banner
+        assert text(page, "#conn-text") == "InfluxDB down"
+        # the last data read stays on the page
+        assert field(page, "[data-district='central-mk']", "water.saving_pct_24h") == "33.3"
+        screenshot(page, "dashboard-influxdb-down.png")
+        for path, body in served(env).items():
+            for secret in secrets_of(env.stack, env):
+                assert secret.encode() not in body, f"a credential is in {path} (InfluxDB down)"
+    finally:
+        env.stack.start_service("influxdb")
+    page.wait_for_function("document.getElementById('banner').hidden", timeout=30_000)
+    assert text(page, "#conn-text") == "live"
+    assert env.errors == []
+
+
+
+def simulate(stack: Stack, start_ms: int, count: int) -> None:
+    """Publish the seeded city from `start_ms` as fast as possible: with the same seed and
+    start, a longer run repeats a shorter one message for message and then goes on."""
+    gateway = stack.client_info()["mqtt"]
+    env = {**os.environ, **stack.service_env(), "CITYSTREAM_MQTT__USERNAME": gateway["username"],
+           "CITYSTREAM_MQTT__PASSWORD": gateway["password"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "citystream", "sim", "--no-progress", "--seed", "11",
+         "--speed", "0", "--start", str(start_ms), "--count", str(count)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"sim failed:\n{done.stdout}\n{done.stderr}"
+
+
+def page_values(page: Page, city: City) -> dict[str, str]:
+    selectors = {f"{d.slug}/{kind}":
+                 f"[data-district='{d.slug}'] [data-field='{kind}.saving_pct_24h']"
+                 for d in city.districts for kind in ("water", "energy")}
+    selectors.update({f"{j.id}/traffic": f"[data-junction='{j.id}'] "
+                      "[data-field='traffic.congestion_index']" for j in city.junctions})
+    got = {}
+    for key, selector in selectors.items():
+        found = page.locator(selector)
+        got[key] = (found.text_content() or "").strip() if found.count() == 1 else "(none)"
+    return got
+
+
+def influx_values(stack: Stack, city: City) -> tuple[dict[str, str], int]:
+    """What the page should show for the city's districts and junctions, and the newest
+    window end, from InfluxDB (admin token, the stack's kpi bucket)."""
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}
+    points = influx_points(stack, "kpi", ("water_kpi", "energy_kpi", "traffic_kpi"))
+    for (measurement, tags, ts), fields in points.items():
+        tag = dict(tags)
+        key = (f"{tag['district']}/{measurement[:-4]}" if measurement != "traffic_kpi"
+               else f"{tag['junction']}/traffic")
+        if key not in latest or ts > latest[key][0]:
+            latest[key] = (ts, fields)
+    want: dict[str, str] = {}
+    for d in city.districts:
+        for kind in ("water", "energy"):
+            point = latest.get(f"{d.slug}/{kind}")
+            want[f"{d.slug}/{kind}"] = shown(point[1]["saving_pct_24h"], 1) if point else "(none)"
+    for j in city.junctions:
+        point = latest.get(f"{j.id}/traffic")
+        want[f"{j.id}/traffic"] = shown(point[1]["congestion_index"], 2) if point else "(none)"
+    return want, max((ts for ts, _ in latest.values()), default=0)
+
+
+def wait_page_equals_influxdb(page: Page, stack: Stack, city: City, newer_than: int = 0,
+                              timeout_s: float = 120) -> int:
+    deadline = time.monotonic() + timeout_s
+    want: dict[str, str] = {}
+    got: dict[str, str] = {}
+    newest = 0
+    while time.monotonic() < deadline:
+        want, newest = influx_values(stack, city)
+        got = page_values(page, city)
+        if newest > newer_than and want == got and "(none)" not in want.values():
+            return newest
+        time.sleep(2)
+    diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    raise AssertionError(f"page != InfluxDB after {timeout_s:.0f}s (newest window {newest}, "
+                         f"wanted newer than {newer_than}): {diff}")
+
+
+@pytest.mark.e2e
+@pytest.mark.mqtt
+@pytest.mark.kafka
+def test_the_running_pipeline_feeds_the_page_live(stack: Stack) -> None:
+    """`citystream up`'s pipeline (ingest, worker, dashboard with the stack's read-only token)
+    fed by the simulator: the page equals InfluxDB, and new windows arrive without reload."""
+    city = load_city()
+    names = ("ingest", "worker", "dashboard")
+    stack.start_pipeline(names)
+    start = (int(time.time() * 1000) - 90 * MIN) // (15 * MIN) * (15 * MIN)
+    try:
+        simulate(stack, start, 8000)
+        with chromium() as browser:
+            page, errors = new_page(browser)
+            page.goto(stack.client_info()["dashboard"]["url"])
+            wait_rendered(page)
+            page.evaluate("window.__loadedOnce = 'yes'")
+            first = wait_page_equals_influxdb(page, stack, city)
+            simulate(stack, start, 14000)          # the same 8000 again, then 6000 new ones
+            later = wait_page_equals_influxdb(page, stack, city, newer_than=first)
+            assert later > first
+            assert page.evaluate("window.__loadedOnce") == "yes"
+            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+            screenshot(page, "dashboard-pipeline.png")
+            assert errors == []
+    finally:
+        for name in names:
+            stack.stop_service(name)
