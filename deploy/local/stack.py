@@ -39,6 +39,7 @@ from deploy.influxdb.provision import (
     InfluxAdmin,
     Plan,
     ProvisionError,
+    ensure_buckets,
     parse_retention,
     provision,
 )
@@ -791,18 +792,10 @@ class Stack:
 
     def _buckets(self, base: str, creds: Credentials) -> tuple[str, dict[str, str]]:
         """The org id and the ids of the two buckets, creating missing buckets."""
-        orgs = _http("GET", f"{base}/api/v2/orgs?org={self.s.influxdb_org}",
-                     token=creds.influxdb_token)["orgs"]
-        org_id: str = orgs[0]["id"]
-        have = {b["name"]: b["id"]
-                for b in _http("GET", f"{base}/api/v2/buckets?orgID={org_id}&limit=100",
-                               token=creds.influxdb_token)["buckets"]}
-        for bucket in (self.s.bucket_telemetry, self.s.bucket_kpi):
-            if bucket not in have:
-                have[bucket] = _http("POST", f"{base}/api/v2/buckets",
-                                     {"orgID": org_id, "name": bucket, "retentionRules": []},
-                                     token=creds.influxdb_token)["id"]
-        return org_id, {b: have[b] for b in (self.s.bucket_telemetry, self.s.bucket_kpi)}
+        admin = InfluxAdmin(base, creds.influxdb_token)
+        org_id = admin.org_id(self.s.influxdb_org)
+        ids = ensure_buckets(admin, org_id, self.s.influx_plan().buckets)
+        return org_id, {b: ids[b] for b in (self.s.bucket_telemetry, self.s.bucket_kpi)}
 
     def ensure_read_token(self, creds: Credentials) -> str:
         """The dashboard's InfluxDB token: READ on the two buckets and nothing else.
