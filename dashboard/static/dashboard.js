@@ -217,7 +217,7 @@
     box.append(bullet(v, target, dom, cls, `${label} saving ${fixed(v, 1)} % against target ${trim(target)} %`));
     box.append(spark(seriesOf(`${kind}_kpi`, d.id, "saving_pct_24h"), { cls: kind, refs: [{ v: target, cls: "target" }], label: `${label} saving, last 24 h` }));
     box.append(el("div", { class: `kpi-foot${isStale(p) ? " stale" : ""}` },
-      `${p.window || "window"} `, el("b", { data: { field: `${kind}.saving_pct` } }, `${fixed(f.saving_pct, 1)} %`),
+      `last ${p.window || "window"}: `, el("b", { data: { field: `${kind}.saving_pct` } }, `${fixed(f.saving_pct, 1)} %`),
       ` · ${int(f.meters_reporting)} meters${isStale(p) ? ` · ${hhmm(p.time_ms)}` : ""}`));
     return box;
   }

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,11 +306,16 @@ def wait_page_equals_influxdb(page: Page, stack: Stack, city: City, newer_than: 
 @pytest.mark.e2e
 @pytest.mark.mqtt
 @pytest.mark.kafka
-def test_the_running_pipeline_feeds_the_page_live(stack: Stack) -> None:
+def test_the_running_pipeline_feeds_the_page_live(stack: Stack,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """`citystream up`'s pipeline (ingest, worker, dashboard with the stack's read-only token)
     fed by the simulator: the page equals InfluxDB, and new windows arrive without reload."""
     city = load_city()
     names = ("ingest", "worker", "dashboard")
+    # Topics and MQTT group of this test only (other tests leave readings in the default ones).
+    tag = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("CITYSTREAM_KAFKA__TOPIC_PREFIX", f"d{tag}.")
+    monkeypatch.setenv("CITYSTREAM_MQTT__SHARED_GROUP", f"d{tag}")
     stack.start_pipeline(names)
     start = (int(time.time() * 1000) - 90 * MIN) // (15 * MIN) * (15 * MIN)
     try:
