@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -335,12 +336,18 @@ def _write_private(path: Path, text: str) -> None:
 
 @dataclass
 class Credentials:
-    """Secrets generated once per stack home and kept in ``<home>/secrets.json`` (mode 600)."""
+    """Secrets generated once per stack home and kept in ``<home>/secrets.json`` (mode 600).
+
+    `influxdb_token` is the operator's (all access: setup, `status --json`);
+    `influxdb_write_token` is the pipeline's, allowed only to write the two buckets. InfluxDB
+    makes that one at onboarding, so it is empty until InfluxDB first started in this home.
+    """
 
     mqtt_gateway_password: str
     mqtt_service_password: str
     influxdb_password: str
     influxdb_token: str
+    influxdb_write_token: str = ""
 
     @classmethod
     def load_or_create(cls, home: Path) -> Credentials:
@@ -351,8 +358,15 @@ class Credentials:
                     mqtt_service_password=secrets.token_urlsafe(18),
                     influxdb_password=secrets.token_urlsafe(18),
                     influxdb_token=secrets.token_urlsafe(48))
-        _write_private(path, json.dumps(creds.__dict__, indent=2))
+        creds.save(home)
         return creds
+
+    def save(self, home: Path) -> None:
+        _write_private(home / "secrets.json", json.dumps(self.__dict__, indent=2))
+
+    def all(self) -> dict[str, str]:
+        """Every secret by name (for tests that prove none of them leaks)."""
+        return {k: v for k, v in self.__dict__.items() if v}
 
 
 MQTT_GATEWAY_USER = "gateway"
@@ -453,7 +467,10 @@ class Stack:
         }
 
     def service_env(self) -> dict[str, str]:
-        """Env vars that point citystream components (ingest, worker, sim) at this stack."""
+        """Env vars that point citystream components (ingest, worker, sim) at this stack.
+
+        The InfluxDB token is the pipeline's write-only one (see `Credentials`), present once
+        InfluxDB has been onboarded; reading takes the operator token of `client_info`."""
         creds = Credentials.load_or_create(self.home)
         return {
             "CITYSTREAM_MQTT__HOST": LOOPBACK,
@@ -463,10 +480,10 @@ class Stack:
             "CITYSTREAM_KAFKA__BOOTSTRAP": f"{LOOPBACK}:{self.s.kafka_port}",
             "CITYSTREAM_INFLUX__URL": f"http://{LOOPBACK}:{self.s.influxdb_port}",
             "CITYSTREAM_INFLUX__ORG": self.s.influxdb_org,
-            "CITYSTREAM_INFLUX__TOKEN": creds.influxdb_token,
             "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": self.s.bucket_telemetry,
             "CITYSTREAM_INFLUX__BUCKET_KPI": self.s.bucket_kpi,
-        }
+        } | ({"CITYSTREAM_INFLUX__TOKEN": creds.influxdb_write_token}
+             if creds.influxdb_write_token else {})
 
     def status(self) -> dict[str, Any]:
         info = self.client_info()
@@ -735,6 +752,46 @@ class Stack:
                 _http("POST", f"{base}/api/v2/buckets",
                       {"orgID": org_id, "name": bucket, "retentionRules": []},
                       token=creds.influxdb_token)
+        buckets = [self.s.bucket_telemetry, self.s.bucket_kpi]
+        if not (creds.influxdb_write_token
+                and self.can_write(creds.influxdb_write_token, buckets)):
+            creds.influxdb_write_token = self.create_write_token(
+                buckets, "citystream pipeline: write telemetry and kpi only")
+            creds.save(self.home)
+
+    def create_write_token(self, buckets: list[str], description: str) -> str:
+        """A new InfluxDB token that may write `buckets` and nothing else (made with the
+        operator token; the local stack's pipeline gets one at onboarding)."""
+        base = f"http://{LOOPBACK}:{self.s.influxdb_port}"
+        admin = Credentials.load_or_create(self.home).influxdb_token
+        org_id = _http("GET", f"{base}/api/v2/orgs?org={self.s.influxdb_org}",
+                       token=admin)["orgs"][0]["id"]
+        ids = {b["name"]: b["id"] for b in _http(
+            "GET", f"{base}/api/v2/buckets?orgID={org_id}&limit=100", token=admin)["buckets"]}
+        missing = [b for b in buckets if b not in ids]
+        if missing:
+            raise StackError(f"InfluxDB has no bucket(s) {missing} in org {self.s.influxdb_org}")
+        auth = _http("POST", f"{base}/api/v2/authorizations", {
+            "orgID": org_id, "description": description,
+            "permissions": [{"action": "write",
+                             "resource": {"type": "buckets", "id": ids[b], "orgID": org_id}}
+                            for b in buckets]}, token=admin)
+        return str(auth["token"])
+
+    def can_write(self, token: str, buckets: list[str]) -> bool:
+        """Whether `token` may write every one of `buckets` (an empty write: nothing stored)."""
+        base = f"http://{LOOPBACK}:{self.s.influxdb_port}"
+        for bucket in buckets:
+            url = (f"{base}/api/v2/write?org={urllib.parse.quote(self.s.influxdb_org)}"
+                   f"&bucket={urllib.parse.quote(bucket)}")
+            req = urllib.request.Request(url, data=b"", method="POST")
+            req.add_header("Authorization", f"Token {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=5):
+                    pass
+            except urllib.error.HTTPError:
+                return False
+        return True
 
 
 KAFKA_LOG4J = """log4j.rootLogger=INFO, stdout

@@ -6,28 +6,18 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.local.stack import Stack
 from models.city import load_city
 from tests.integration.helpers import (
     ROOT,
-    IngestProcess,
+    Lane,
     Message,
-    WorkerProcess,
-    compare_points,
-    create_bucket,
     gateway_publisher,
     influx_points,
 )
@@ -36,73 +26,6 @@ from tests.oracle import compute_kpis
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
 
 CITY = ROOT / "models" / "cities" / "milton-keynes.toml"
-
-
-@dataclass
-class Lane:
-    """One isolated pipeline on the shared stack: its own topics, shared group and buckets."""
-
-    stack: Stack
-    dir: Path
-    env: dict[str, str]
-    kpi_bucket: str
-    processes: list[IngestProcess] = field(default_factory=list)
-
-    def ingest(self, instance: str = "0") -> IngestProcess:
-        proc = IngestProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env).start()
-        self.processes.append(proc)
-        return proc
-
-    def worker(self, instance: str = "0") -> WorkerProcess:
-        proc = WorkerProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env).start()
-        self.processes.append(proc)
-        return proc
-
-    def simulate(self, *args: str, record: Path, timeout: float = 300) -> None:
-        """Publish a seeded simulation and record it (blocks until every PUBACK arrived)."""
-        env = {**os.environ, **self.stack.service_env(), **self.env}
-        gateway = self.stack.client_info()["mqtt"]
-        env["CITYSTREAM_MQTT__USERNAME"] = gateway["username"]
-        env["CITYSTREAM_MQTT__PASSWORD"] = gateway["password"]
-        done = subprocess.run(
-            [sys.executable, "-m", "citystream", "sim", "--no-progress", "--record", str(record),
-             *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, f"sim failed:\n{done.stdout}\n{done.stderr}"
-
-    def wait_equal(self, want: dict[Any, Any], timeout: float = 240.0) -> None:
-        deadline = time.monotonic() + timeout
-        problems: list[str] = ["nothing compared yet"]
-        while time.monotonic() < deadline:
-            problems = compare_points(influx_points(self.stack, self.kpi_bucket), want)
-            if not problems:
-                return
-            time.sleep(3)
-        logs = "\n".join(f"--- {p.log.name}\n{p.tail(15)}" for p in self.processes)
-        raise AssertionError(f"{len(problems)} differences from the oracle after "
-                             f"{timeout:.0f}s, e.g.:\n" + "\n".join(problems[:12]) + "\n" + logs)
-
-    def stop(self) -> None:
-        for proc in reversed(self.processes):
-            proc.stop()
-
-
-@pytest.fixture
-def lane(stack: Stack, tmp_path: Path) -> Iterator[Lane]:
-    tag = uuid.uuid4().hex[:8]
-    kpi, telemetry = f"kpi-{tag}", f"telemetry-{tag}"
-    create_bucket(stack, kpi)
-    create_bucket(stack, telemetry)
-    lane = Lane(stack, tmp_path, {
-        "CITYSTREAM_KAFKA__TOPIC_PREFIX": f"t{tag}.",
-        "CITYSTREAM_MQTT__SHARED_GROUP": f"g{tag}",
-        "CITYSTREAM_INFLUX__BUCKET_KPI": kpi,
-        "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": telemetry,
-        "CITYSTREAM_WORKER_SESSION_TIMEOUT_S": "10",
-    }, kpi)
-    try:
-        yield lane
-    finally:
-        lane.stop()
 
 
 def start_of_run(hours_back: float = 20.0) -> str:
