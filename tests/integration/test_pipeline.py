@@ -13,31 +13,16 @@ from typing import Any
 
 import pytest
 
-from models.city import load_city
 from tests.integration.helpers import (
-    ROOT,
     Lane,
     Message,
     gateway_publisher,
     influx_points,
+    oracle_points,
+    start_of_run,
 )
-from tests.oracle import compute_kpis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
-
-CITY = ROOT / "models" / "cities" / "milton-keynes.toml"
-
-
-def start_of_run(hours_back: float = 20.0) -> str:
-    """A fixed simulated start inside the late-data horizon, on a window boundary."""
-    start = int(time.time() // 3600 * 3600 - hours_back * 3600)
-    return str(start * 1000)
-
-
-def oracle(record: Path) -> dict[Any, Any]:
-    horizon = load_city(CITY).windows.horizon_s
-    return compute_kpis(record, CITY, horizon_s=horizon).points
-
 
 SIM = ["--seed", "7", "--speed", "0", "--gateways", "4"]
 FAULTS = ["--faults", "0.004", "--fault", "duplicate=0.02", "--fault", "reorder=0.02",
@@ -49,7 +34,7 @@ def test_kpis_in_influxdb_equal_the_oracle(lane: Lane, tmp_path: Path) -> None:
     lane.worker()
     record = tmp_path / "run.jsonl"
     lane.simulate(*SIM, *FAULTS, "--start", start_of_run(), "--count", "20000", record=record)
-    want = oracle(record)
+    want = oracle_points(record)
     assert len(want) > 100
     lane.wait_equal(want)
     print(f"{len(want)} KPI points equal the oracle")
@@ -81,7 +66,7 @@ def test_worker_killed_and_two_workers_still_equal_the_oracle(lane: Lane,
     lane.processes.remove(first)
     first = lane.worker("0")
     sim.join(300)
-    lane.wait_equal(oracle(record), timeout=300)
+    lane.wait_equal(oracle_points(record), timeout=300)
 
 
 def test_influxdb_down_for_a_minute(lane: Lane, tmp_path: Path) -> None:
@@ -97,7 +82,7 @@ def test_influxdb_down_for_a_minute(lane: Lane, tmp_path: Path) -> None:
     time.sleep(60)
     lane.stack.start_service("influxdb")
     sim.join(300)
-    lane.wait_equal(oracle(record), timeout=300)
+    lane.wait_equal(oracle_points(record), timeout=300)
 
 
 def test_replaying_the_same_input_writes_the_same_points(lane: Lane, tmp_path: Path) -> None:
@@ -105,7 +90,7 @@ def test_replaying_the_same_input_writes_the_same_points(lane: Lane, tmp_path: P
     lane.worker()
     record = tmp_path / "run.jsonl"
     lane.simulate(*SIM, "--start", start_of_run(), "--count", "8000", record=record)
-    want = oracle(record)
+    want = oracle_points(record)
     lane.wait_equal(want)
     replay = [Message(row["topic"], base64.b64decode(row["payload_b64"]))
               for row in map(json.loads, record.read_text().splitlines())]
