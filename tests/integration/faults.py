@@ -147,7 +147,10 @@ class Probe:
         t = time.monotonic()
         with self._lock:
             self.events.append(Event(t - self.t0, what))
-        print(f"[{t - self.t0:7.1f}s] {what}", flush=True)
+        line = f"[{t - self.t0:7.1f}s] {time.strftime('%H:%M:%S')} {what}"
+        print(line, flush=True)
+        with (self.lane.dir / "timeline.log").open("a") as f:
+            f.write(line + "\n")
         return t
 
     # -- the canary ----------------------------------------------------------------------------
@@ -380,7 +383,10 @@ class Expected:
                 if not e["valid"]:
                     out.rejected[e["reason"]] += 1
             if len(expected) == 1 and not expected[0]["valid"]:
-                out.dead.add((row["topic"], row["payload_b64"], expected[0]["reason"]))
+                raw = row["payload_b64"]
+                if expected[0]["reason"] == "too_large":  # ingest keeps the first 64 KiB
+                    raw = base64.b64encode(base64.b64decode(raw)[:65536]).decode()
+                out.dead.add((row["topic"], raw, expected[0]["reason"]))
             elif len(expected) > 1:
                 out.dead.update((row["topic"], f"[{i}]", e["reason"])
                                 for i, e in enumerate(expected) if not e["valid"])

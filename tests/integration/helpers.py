@@ -239,6 +239,11 @@ class WorkerProcess(IngestProcess):
         return [sys.executable, "-m", "citystream", "-v", "worker", "--instance", self.instance,
                 "--data-dir", str(self.log.parent / "worker-state"), "--quiet", "3"]
 
+    def wait_running(self, timeout: float = 300.0) -> None:
+        # After a crash a worker rebuilds its tables from the changelogs first: on a busy
+        # machine that alone has taken more than 90 s.
+        super().wait_running(timeout)
+
 
 Point = tuple[str, tuple[tuple[str, str], ...], int]
 ALL_TIME = "range(start: 0, stop: 2200-01-01T00:00:00Z)"
@@ -315,8 +320,10 @@ class Lane:
         self.influx = self.influx or self.stack
 
     @classmethod
-    def create(cls, stack: Stack, directory: Path, *, influx: Stack | None = None) -> Lane:
-        """A lane on `stack`, writing to `influx`'s InfluxDB (by default the stack's)."""
+    def create(cls, stack: Stack, directory: Path, *, influx: Stack | None = None,
+               plain_subscription: bool = False) -> Lane:
+        """A lane on `stack`, writing to `influx`'s InfluxDB (by default the stack's). With
+        `plain_subscription` its (single) ingest subscribes without a shared group."""
         influx = influx or stack
         directory.mkdir(parents=True, exist_ok=True)
         tag = uuid.uuid4().hex[:8]
@@ -324,9 +331,11 @@ class Lane:
         create_bucket(influx, kpi)
         create_bucket(influx, telemetry)
         token = influx.create_write_token([kpi, telemetry], f"test lane {tag}")
+        mqtt = ({"CITYSTREAM_MQTT__SHARED_GROUP": "", "CITYSTREAM_MQTT__CLIENT_ID": f"i{tag}"}
+                if plain_subscription else {"CITYSTREAM_MQTT__SHARED_GROUP": f"g{tag}"})
         return cls(stack, directory, {
+            **mqtt,
             "CITYSTREAM_KAFKA__TOPIC_PREFIX": f"t{tag}.",
-            "CITYSTREAM_MQTT__SHARED_GROUP": f"g{tag}",
             "CITYSTREAM_INFLUX__URL": influx.client_info()["influxdb"]["url"],
             "CITYSTREAM_INFLUX__BUCKET_KPI": kpi,
             "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": telemetry,

@@ -36,9 +36,14 @@ from tests.integration.faults import (
 from tests.integration.helpers import (
     IngestProcess,
     Lane,
+    Message,
     WorkerProcess,
+    gateway_publisher,
     oracle_points,
+    read_kafka,
+    reading_ids,
     start_of_run,
+    water_messages,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
@@ -115,11 +120,23 @@ def chaos(probe: Probe, ingest: IngestProcess, workers: list[WorkerProcess],
     kill_and_restart(probe, workers[0], "worker 0")
 
 
-def test_outages_kills_and_rebalance_lose_nothing(lane: Lane, tmp_path: Path,
+@pytest.fixture
+def plain_lane(stack: Stack, tmp_path: Path) -> Iterator[Lane]:
+    """A lane whose single ingest has a plain subscription: a broker restart loses nothing
+    (see test_broker_restart_while_ingest_is_away for the shared one)."""
+    lane = Lane.create(stack, tmp_path, plain_subscription=True)
+    try:
+        yield lane
+    finally:
+        lane.stop()
+
+
+def test_outages_kills_and_rebalance_lose_nothing(plain_lane: Lane, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     seed = int(os.environ.get("CITYSTREAM_FAULT_SEED", random.randrange(1 << 30)))
     print(f"fault schedule seed {seed} (CITYSTREAM_FAULT_SEED to repeat)")
     rng = random.Random(seed)
+    lane = plain_lane
     stack = lane.stack
     ingest = lane.ingest()
     workers = [lane.worker("0"), lane.worker("1")]
@@ -165,6 +182,64 @@ def test_outages_kills_and_rebalance_lose_nothing(lane: Lane, tmp_path: Path,
     table = settle(lane, probe, record)
     publish_report(probe, table, tmp_path / "recovery.json", capsys)
     assert len(probe.recoveries) == 11
+
+
+# -- Mosquitto restarted while ingest is away --------------------------------------------------
+
+SHARED_LOSS = ("Mosquitto 2.0 does not persist shared subscriptions ($share/...): after a "
+               "restart, messages published before ingest subscribes again are PUBACKed to "
+               "the gateway and dropped. Run one ingest with CITYSTREAM_MQTT__SHARED_GROUP= "
+               "(a plain subscription) where a broker restart must lose nothing.")
+
+
+@pytest.mark.parametrize("subscription", [
+    pytest.param("shared", marks=pytest.mark.xfail(strict=True, reason=SHARED_LOSS)), "plain"])
+def test_broker_restart_while_ingest_is_away(stack: Stack, tmp_path: Path,
+                                             subscription: str) -> None:
+    """Messages queued for ingest's session, and messages published after a broker restart
+    but before ingest reconnects, all reach Kafka."""
+    lane = Lane.create(stack, tmp_path, plain_subscription=subscription == "plain")
+    tag = lane.prefix.strip(".")
+    try:
+        ingest = lane.ingest()
+        before = water_messages(200, sensors=20, tag=f"{tag}a")
+        publish(lane, before)
+        wait_in_kafka(lane, before)
+        ingest.kill()
+        queued = water_messages(200, sensors=20, tag=f"{tag}b")
+        publish(lane, queued)
+        stack.stop_service("mosquitto")
+        stack.start_service("mosquitto")
+        after = water_messages(200, sensors=20, tag=f"{tag}c")
+        publish(lane, after)
+        ingest.start()
+        wait_in_kafka(lane, before + queued + after)
+    finally:
+        lane.stop()
+
+
+def publish(lane: Lane, messages: list[Message]) -> None:
+    publisher = gateway_publisher(lane.stack)
+    try:
+        publisher.publish_all(messages)
+    finally:
+        publisher.close()
+
+
+def wait_in_kafka(lane: Lane, messages: list[Message], timeout: float = 60.0) -> None:
+    want = set(reading_ids(messages))
+    topic = f"{lane.prefix}telemetry.water"
+    seen: set[tuple[str, int]] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        raw = read_kafka(lane.stack.client_info()["kafka"]["bootstrap"], [topic])[topic]
+        seen = {(r["sensor_id"], r["ts_ms"]) for _k, v in raw for r in json.loads(v)}
+        if want <= seen:
+            return
+        time.sleep(2)
+    missing = want - seen
+    raise AssertionError(f"{len(missing)} of {len(want)} readings never reached Kafka, e.g. "
+                         f"{sorted(missing)[:3]}")
 
 
 # -- the read-only disk ------------------------------------------------------------------------
@@ -238,7 +313,7 @@ def test_influxdb_disk_read_only_then_repaired(stack: Stack, tmp_path: Path,
                                                disk_influxdb: tuple[Stack, Ext4Disk],
                                                capsys: pytest.CaptureFixture[str]) -> None:
     influx, disk = disk_influxdb
-    lane = Lane.create(stack, tmp_path / "lane", influx=influx)
+    lane = Lane.create(stack, tmp_path / "lane", influx=influx, plain_subscription=True)
     try:
         ingest = lane.ingest()
         lane.worker()
