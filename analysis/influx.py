@@ -54,9 +54,12 @@ class KpiReader:
     """Reads KPI records from the `kpi` bucket of `settings` (token, org, URL)."""
 
     def __init__(self, settings: InfluxSettings, timeout_s: float = 120.0) -> None:
-        if settings.token is None:
-            raise ReadError("no InfluxDB token: set CITYSTREAM_INFLUX__TOKEN "
-                            '(eval "$(citystream env)" for the local stack)')
+        self.token = next((t.get_secret_value() for t in (settings.read_token, settings.token)
+                           if t is not None and t.get_secret_value()), "")
+        if not self.token:
+            raise ReadError("no InfluxDB token: set CITYSTREAM_INFLUX__READ_TOKEN (or "
+                            'CITYSTREAM_INFLUX__TOKEN); eval "$(citystream env)" for the local '
+                            "stack")
         self.s = settings
         self.timeout_ms = int(timeout_s * 1000)
 
@@ -70,7 +73,7 @@ class KpiReader:
         if where and not all(where.values()):
             return []
         query = kpi_query(self.s.bucket_kpi, cls.measurement, start_ms, stop_ms, where)
-        token = self.s.token.get_secret_value() if self.s.token else ""
+        token = self.token
         out: list[K] = []
         skipped = 0
         try:

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
@@ -66,24 +67,32 @@ def _kafka(settings: Settings) -> str:
 
 
 def _influx(settings: Settings) -> str:
+    """The pipeline needs only to write both buckets (its token may do nothing else): an empty
+    write, which stores nothing, proves it and tells a missing bucket from a weak token."""
     s = settings.influx
     with urllib.request.urlopen(f"{s.url}/health", timeout=5) as resp:
         health = json.loads(resp.read())
     if not s.token:
         raise RuntimeError("no token: set CITYSTREAM_INFLUX__TOKEN")
-    req = urllib.request.Request(f"{s.url}/api/v2/buckets?org={s.org}&limit=100")
-    req.add_header("Authorization", f"Token {s.token.get_secret_value()}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            names = {b["name"] for b in json.loads(resp.read())["buckets"]}
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"HTTP {exc.code} listing buckets of org {s.org!r}: check "
-                           "CITYSTREAM_INFLUX__TOKEN and __ORG") from None
-    missing = {s.bucket_telemetry, s.bucket_kpi} - names
+    missing = []
+    for bucket in (s.bucket_telemetry, s.bucket_kpi):
+        query = urllib.parse.urlencode({"org": s.org, "bucket": bucket, "precision": "ms"})
+        req = urllib.request.Request(f"{s.url}/api/v2/write?{query}", data=b"", method="POST")
+        req.add_header("Authorization", f"Token {s.token.get_secret_value()}")
+        try:
+            with urllib.request.urlopen(req, timeout=5):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise RuntimeError(f"HTTP {exc.code} writing to bucket {bucket!r} of org "
+                                   f"{s.org!r}: check CITYSTREAM_INFLUX__TOKEN (it must be "
+                                   "allowed to write both buckets) and __ORG") from None
+            missing.append(bucket)
     if missing:
-        raise RuntimeError(f"bucket(s) {sorted(missing)} missing in org {s.org!r}: create them "
+        raise RuntimeError(f"bucket(s) {missing} missing in org {s.org!r}: create them "
                            "or set CITYSTREAM_INFLUX__BUCKET_TELEMETRY/__BUCKET_KPI")
-    return f"{s.url} {health.get('version', '?')}, buckets {s.bucket_telemetry}, {s.bucket_kpi}"
+    return (f"{s.url} {health.get('version', '?')}, token writes buckets {s.bucket_telemetry}, "
+            f"{s.bucket_kpi}")
 
 
 def _city(settings: Settings) -> str:

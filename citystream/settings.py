@@ -30,7 +30,10 @@ class MqttSettings(BaseModel):
     tls_ca: Path | None = Field(None, description="CA file; enables TLS when set")
     keepalive_s: int = Field(30, ge=5)
     session_expiry_s: int = Field(3600, ge=0, description="persistent-session lifetime")
-    shared_group: str = "ingest"
+    shared_group: str = Field(
+        "ingest", description="MQTT shared-subscription group of the ingest processes; empty: "
+        "a plain subscription (run ONE ingest), which, unlike a shared one, survives a "
+        "Mosquitto restart (Mosquitto does not persist shared subscriptions)")
     client_id: str | None = Field(None, description="stable id for a persistent session")
 
 
@@ -58,6 +61,8 @@ class InfluxSettings(BaseModel):
     url: str = "http://127.0.0.1:8086"
     org: str = "citystream"
     token: SecretStr | None = None
+    read_token: SecretStr | None = Field(None, description="token for reading (report, "
+                                         "baseline learn); CITYSTREAM_INFLUX__TOKEN when unset")
     bucket_telemetry: str = "telemetry"
     bucket_kpi: str = "kpi"
 

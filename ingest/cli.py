@@ -50,7 +50,9 @@ def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interva
 
     Subscribes to $share/<CITYSTREAM_MQTT__SHARED_GROUP>/city/# (QoS 1, persistent MQTT 5
     session), so several ingest processes split the load; city/alerts/... (citystream's own
-    output) is skipped. Valid readings go to
+    output) is skipped. With CITYSTREAM_MQTT__SHARED_GROUP empty it subscribes to city/#
+    itself: for ONE ingest process, and nothing is lost across a Mosquitto restart (Mosquitto
+    does not persist shared subscriptions; see docs/operations.md). Valid readings go to
     telemetry.<kind> keyed by district (water, energy), junction (traffic) or route
     (shuttle); rejected ones to telemetry.deadletter. A message is acknowledged to the broker
     only after Kafka confirmed it.
@@ -78,8 +80,9 @@ def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interva
         except CityModelError as exc:
             click.echo(f"error: {exc} (set CITYSTREAM_CITY__FILE)", err=True)
             sys.exit(2)
+    group = settings.mqtt.shared_group or "plain"
     client_id = settings.mqtt.client_id or (
-        f"citystream-ingest-{settings.mqtt.shared_group}-{socket.gethostname()}-{instance}")
+        f"citystream-ingest-{group}-{socket.gethostname()}-{instance}")
     options = IngestOptions(batch_max=batch_max, horizon_s=horizon_s,
                             counters_interval_s=counters_interval)
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))

@@ -3,7 +3,8 @@
 Checks run in this order and the first failure decides the reason (docs/contract.md, 1.4):
 
 message: bad_topic -> too_large -> invalid_json (not UTF-8, not JSON, top level neither an
-object nor a non-empty array). One dead letter with `index` None and the whole payload as `raw`.
+object nor a non-empty array). One dead letter with `index` None and the whole payload as `raw`
+(for too_large: its first `max_bytes` bytes).
 
 reading (each array element, or the single object): element not an object -> schema; then
 schema -> non_finite -> out_of_range (over all fields) -> sensor_mismatch -> future_timestamp ->
@@ -67,8 +68,11 @@ def _decode(topic: str, payload: bytes, received_at_ms: int, horizon_ms: int,
         return _reject(Reason.BAD_TOPIC, "topic is not city/<district>/<kind>/<sensor_id>",
                        topic, payload, received_at_ms)
     if len(payload) > max_bytes:
-        return _reject(Reason.TOO_LARGE, f"payload is {len(payload)} bytes, limit {max_bytes}",
-                       topic, payload, received_at_ms)
+        # Only the first `max_bytes` are kept: a dead letter must stay small enough for Kafka
+        # whatever a gateway sends (a 10 MB payload once wedged ingest's produce loop).
+        return _reject(Reason.TOO_LARGE, f"payload is {len(payload)} bytes, limit {max_bytes}; "
+                       f"raw holds the first {max_bytes}", topic, payload[:max_bytes],
+                       received_at_ms)
     district, kind, sensor_id = parsed
     context = topic_context(district)
     oldest, newest = received_at_ms - horizon_ms, received_at_ms + max_future_ms

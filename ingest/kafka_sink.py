@@ -3,6 +3,12 @@
 `KafkaSink.send` returns only when Kafka acknowledged every record (acks=all, idempotent
 producer, PITFALLS.md), so the caller may then acknowledge the MQTT messages behind them.
 `MemorySink` is the fake for unit tests.
+
+Every call is bounded in time: aiokafka's producer can wait forever when the broker goes away
+(its idempotent start-up loops for a producer id without a deadline, and a send can wait for
+metadata that never comes), which once left ingest stuck after a 60 s Kafka outage even when
+Kafka was back. A start or send that takes longer than `timeout_s` fails like any other error,
+and the producer behind it is torn down (tasks cancelled, connections closed) and replaced.
 """
 
 from __future__ import annotations
@@ -43,10 +49,11 @@ class KafkaSink:
     """aiokafka producer with acks=all and idempotence."""
 
     def __init__(self, settings: KafkaSettings, *, client_id: str = "citystream-ingest",
-                 linger_ms: int = 5) -> None:
+                 linger_ms: int = 5, timeout_s: float = 30.0) -> None:
         self.settings = settings
         self.client_id = client_id
         self.linger_ms = linger_ms
+        self.timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -54,34 +61,61 @@ class KafkaSink:
 
     async def _restart(self) -> None:
         if self._producer is not None:
-            try:
-                await self._producer.stop()
-            except Exception:  # a broken producer may fail to stop; we replace it anyway
-                log.debug("stopping the old Kafka producer failed", exc_info=True)
+            old, self._producer = self._producer, None
+            await _discard(old)
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap, client_id=self.client_id,
             acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
             max_batch_size=1 << 20, max_request_size=4 << 20, request_timeout_ms=15000)
+        try:
+            await asyncio.wait_for(producer.start(), min(self.timeout_s, 10.0))
+        except BaseException:
+            await _discard(producer)
+            raise
         self._producer = producer
-        await producer.start()
 
     async def send(self, records: list[OutRecord]) -> None:
+        """Return once Kafka has every record; raise (KafkaError, OSError, TimeoutError) if
+        not within `timeout_s`, and start a new producer for the next call."""
         if self._producer is None:
             await self._restart()
         producer = self._producer
         assert producer is not None
         try:
-            futures = [await producer.send(r.topic, value=r.value, key=r.key) for r in records]
-            await asyncio.gather(*futures)
+            await asyncio.wait_for(self._send(producer, records), self.timeout_s)
         except (KafkaError, OSError, TimeoutError):
             # The idempotent producer's sequence state may now be unusable; start afresh.
             self._producer = None
+            await _discard(producer)
             raise
+
+    @staticmethod
+    async def _send(producer: AIOKafkaProducer, records: list[OutRecord]) -> None:
+        futures = [await producer.send(r.topic, value=r.value, key=r.key) for r in records]
+        await asyncio.gather(*futures)
 
     async def close(self) -> None:
         if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+            producer, self._producer = self._producer, None
+            await _discard(producer, timeout_s=self.timeout_s)
+
+
+async def _discard(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
+    """Stop a producer, by force if a clean stop (which flushes) does not finish in time: a
+    producer left running keeps retrying in the background, spinning and logging."""
+    try:
+        await asyncio.wait_for(producer.stop(), timeout_s)
+        return
+    except Exception:  # broken or unreachable: tear it down below
+        log.debug("stopping a Kafka producer cleanly failed; closing it by force", exc_info=True)
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if task is not None and not task.done():
+        task.cancel()
+    client = getattr(producer, "client", None)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 5.0)
 
 
 async def ensure_topics(settings: KafkaSettings, topics: list[str] | dict[str, dict[str, str]],

@@ -92,7 +92,12 @@ class MqttSource:
 
     @property
     def topic_filter(self) -> str:
-        return f"$share/{self.settings.shared_group}/{READINGS_FILTER}"
+        """The shared subscription of the group, or a plain one without a group. Mosquitto
+        (2.0) does not persist shared subscriptions: after a broker restart, messages
+        published before ingest subscribes again are acknowledged to the gateway and dropped.
+        A plain subscription is persisted with the session, so it loses nothing."""
+        group = self.settings.shared_group
+        return f"$share/{group}/{READINGS_FILTER}" if group else READINGS_FILTER
 
     @property
     def connected(self) -> bool:

@@ -52,10 +52,29 @@ class IngestCounters:
 class IngestOptions:
     batch_max: int = 5000
     readings_per_record: int = 500
+    record_max_bytes: int = 512 * 1024  # well under Kafka's default 1 MB message limit
     horizon_s: int = 86400
     counters_interval_s: float = 10.0
     idle_sleep_s: float = 0.002
     retry_max_s: float = 10.0
+
+
+def _chunks(items: list[bytes], most: int, max_bytes: int) -> list[list[bytes]]:
+    """Consecutive runs of at most `most` items and about `max_bytes` bytes (an item larger
+    than that alone). Kafka refuses a record over its size limit for good: retrying it would
+    stop ingest, so records stay small whatever the payloads (a reading is under 64 KiB)."""
+    out: list[list[bytes]] = []
+    chunk: list[bytes] = []
+    size = 0
+    for item in items:
+        if chunk and (len(chunk) >= most or size + len(item) + 1 > max_bytes):
+            out.append(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        out.append(chunk)
+    return out
 
 
 class Ingest:
@@ -91,11 +110,9 @@ class Ingest:
                 c.rejected_by_reason[str(dead.reason)] += 1
             c.accepted += len(result.readings)
             c.rejected += len(result.dead_letters)
-        n = opts.readings_per_record
         for (topic, key), items in groups.items():
-            for i in range(0, len(items), n):
-                records.append(OutRecord(topic, key.encode(),
-                                         b"[" + b",".join(items[i:i + n]) + b"]"))
+            for chunk in _chunks(items, opts.readings_per_record, opts.record_max_bytes):
+                records.append(OutRecord(topic, key.encode(), b"[" + b",".join(chunk) + b"]"))
         return records
 
     async def deliver(self, records: list[OutRecord], stop: asyncio.Event) -> bool:

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -367,6 +368,9 @@ class Credentials:
 
     `influxdb_read_token` is made by InfluxDB during onboarding (READ on the two buckets, for
     the dashboard); it is empty until then.
+    `influxdb_token` is the operator's (all access: setup, `status --json`);
+    `influxdb_write_token` is the pipeline's, allowed only to write the two buckets. InfluxDB
+    makes that one at onboarding, so it is empty until InfluxDB first started in this home.
     """
 
     mqtt_gateway_password: str
@@ -374,6 +378,7 @@ class Credentials:
     influxdb_password: str
     influxdb_token: str
     influxdb_read_token: str = ""
+    influxdb_write_token: str = ""
 
     @classmethod
     def load_or_create(cls, home: Path) -> Credentials:
@@ -393,6 +398,10 @@ class Credentials:
         path = home / "secrets.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
         _write_private(path, json.dumps({**saved, **self.__dict__}, indent=2))
+
+    def all(self) -> dict[str, str]:
+        """Every secret by name (for tests that prove none of them leaks)."""
+        return {k: v for k, v in self.__dict__.items() if v}
 
 
 MQTT_GATEWAY_USER = "gateway"
@@ -494,7 +503,10 @@ class Stack:
         }
 
     def service_env(self) -> dict[str, str]:
-        """Env vars that point citystream components (ingest, worker, sim) at this stack."""
+        """Env vars that point citystream components (ingest, worker, sim) at this stack.
+
+        The InfluxDB token is the pipeline's write-only one (see `Credentials`), present once
+        InfluxDB has been onboarded; reading takes the operator token of `client_info`."""
         creds = Credentials.load_or_create(self.home)
         return {
             "CITYSTREAM_MQTT__HOST": LOOPBACK,
@@ -504,11 +516,12 @@ class Stack:
             "CITYSTREAM_KAFKA__BOOTSTRAP": f"{LOOPBACK}:{self.s.kafka_port}",
             "CITYSTREAM_INFLUX__URL": f"http://{LOOPBACK}:{self.s.influxdb_port}",
             "CITYSTREAM_INFLUX__ORG": self.s.influxdb_org,
-            "CITYSTREAM_INFLUX__TOKEN": creds.influxdb_token,
             "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": self.s.bucket_telemetry,
             "CITYSTREAM_INFLUX__BUCKET_KPI": self.s.bucket_kpi,
             "CITYSTREAM_DASHBOARD__TOKEN": creds.influxdb_read_token,
-        }
+            "CITYSTREAM_INFLUX__READ_TOKEN": creds.influxdb_read_token,
+        } | ({"CITYSTREAM_INFLUX__TOKEN": creds.influxdb_write_token}
+             if creds.influxdb_write_token else {})
 
     def dashboard_env(self) -> dict[str, str]:
         """Env for `citystream dashboard`: the read-only token and the stack's dashboard port;
@@ -789,6 +802,12 @@ class Stack:
             raise StackError(f"influxdb: setting up buckets, InfluxQL mappings and the roll-up "
                              f"task failed: {exc}") from exc
         self.ensure_read_token(creds)
+        buckets = [self.s.bucket_telemetry, self.s.bucket_kpi]
+        if not (creds.influxdb_write_token
+                and self.can_write(creds.influxdb_write_token, buckets)):
+            creds.influxdb_write_token = self.create_write_token(
+                buckets, "citystream pipeline: write telemetry and kpi only")
+            creds.save(self.home)
 
     def _buckets(self, base: str, creds: Credentials) -> tuple[str, dict[str, str]]:
         """The org id and the ids of the two buckets, creating missing buckets."""
@@ -811,6 +830,40 @@ class Stack:
             creds.influxdb_read_token = token
             creds.save(self.home)
         return token
+
+    def create_write_token(self, buckets: list[str], description: str) -> str:
+        """A new InfluxDB token that may write `buckets` and nothing else (made with the
+        operator token; the local stack's pipeline gets one at onboarding)."""
+        base = f"http://{LOOPBACK}:{self.s.influxdb_port}"
+        admin = Credentials.load_or_create(self.home).influxdb_token
+        org_id = _http("GET", f"{base}/api/v2/orgs?org={self.s.influxdb_org}",
+                       token=admin)["orgs"][0]["id"]
+        ids = {b["name"]: b["id"] for b in _http(
+            "GET", f"{base}/api/v2/buckets?orgID={org_id}&limit=100", token=admin)["buckets"]}
+        missing = [b for b in buckets if b not in ids]
+        if missing:
+            raise StackError(f"InfluxDB has no bucket(s) {missing} in org {self.s.influxdb_org}")
+        auth = _http("POST", f"{base}/api/v2/authorizations", {
+            "orgID": org_id, "description": description,
+            "permissions": [{"action": "write",
+                             "resource": {"type": "buckets", "id": ids[b], "orgID": org_id}}
+                            for b in buckets]}, token=admin)
+        return str(auth["token"])
+
+    def can_write(self, token: str, buckets: list[str]) -> bool:
+        """Whether `token` may write every one of `buckets` (an empty write: nothing stored)."""
+        base = f"http://{LOOPBACK}:{self.s.influxdb_port}"
+        for bucket in buckets:
+            url = (f"{base}/api/v2/write?org={urllib.parse.quote(self.s.influxdb_org)}"
+                   f"&bucket={urllib.parse.quote(bucket)}")
+            req = urllib.request.Request(url, data=b"", method="POST")
+            req.add_header("Authorization", f"Token {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=5):
+                    pass
+            except urllib.error.HTTPError:
+                return False
+        return True
 
 
 def read_authorization(base: str, admin_token: str, org_id: str, bucket_ids: list[str],

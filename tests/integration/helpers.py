@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -176,24 +176,32 @@ class IngestProcess:
         self.env.setdefault("CITYSTREAM_INGEST_LEAVE_ON_EXIT", "1")
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> IngestProcess:
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "citystream", "-v", "ingest", "--instance", self.instance]
+
+    def start(self) -> Self:
+        """Start (or start again, after a kill or stop) and wait until it runs."""
+        self._offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "citystream", "-v", "ingest", "--instance", self.instance],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, cwd=ROOT)
         self.wait_running()
         return self
 
-    def wait_running(self, timeout: float = 60.0) -> None:
+    def wait_running(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
+        marker = f"{self.component} {self.instance} running".encode()
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"ingest exited ({self.proc.returncode}):\n{self.tail()}")
-            if f"ingest {self.instance} running" in self.log.read_text(errors="replace"):
-                return
+                raise AssertionError(f"{self.component} exited ({self.proc.returncode}):\n"
+                                     f"{self.tail()}")
+            with self.log.open("rb") as f:
+                f.seek(getattr(self, "_offset", 0))
+                if marker in f.read():
+                    return
             time.sleep(0.2)
-        raise AssertionError(f"ingest did not start:\n{self.tail()}")
+        raise AssertionError(f"{self.component} did not start:\n{self.tail()}")
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -227,28 +235,20 @@ class WorkerProcess(IngestProcess):
 
     component = "worker"
 
-    def start(self) -> WorkerProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "citystream", "-v", "worker", "--instance", self.instance,
-                 "--data-dir", str(self.log.parent / "worker-state"), "--quiet", "3"],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
-        self.wait_running()
-        return self
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "citystream", "-v", "worker", "--instance", self.instance,
+                "--data-dir", str(self.log.parent / "worker-state"), "--quiet", "3"]
 
-    def wait_running(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.tail()}")
-            if f"worker {self.instance} running" in self.log.read_text(errors="replace"):
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"worker did not start:\n{self.tail()}")
+    def wait_running(self, timeout: float = 300.0) -> None:
+        # After a crash a worker rebuilds its tables from the changelogs first: on a busy
+        # machine that alone has taken more than 90 s.
+        super().wait_running(timeout)
 
 
 Point = tuple[str, tuple[tuple[str, str], ...], int]
+ALL_TIME = "range(start: 0, stop: 2200-01-01T00:00:00Z)"
+"""Flux range of every point, also those stamped in the future (a KPI point is stamped at the
+end of its window: the current window's is a few minutes ahead)."""
 KPI_MEASUREMENTS = ("water_kpi", "energy_kpi", "traffic_kpi", "shuttle_kpi")
 
 
@@ -259,7 +259,7 @@ def influx_points(stack: Stack, bucket: str,
 
     info = stack.client_info()["influxdb"]
     names = " or ".join(f'r._measurement == "{m}"' for m in measurements)
-    query = f'from(bucket: "{bucket}") |> range(start: 0) |> filter(fn: (r) => {names})'
+    query = f'from(bucket: "{bucket}") |> {ALL_TIME} |> filter(fn: (r) => {names})'
     points: dict[Point, dict[str, Any]] = {}
     with InfluxDBClient(url=info["url"], token=info["token"], org=info["org"],
                         timeout=60_000) as client:
@@ -300,3 +300,109 @@ def compare_points(got: dict[Point, dict[str, Any]], want: dict[Point, dict[str,
             if not ok:
                 problems.append(f"{key} {name}: influx {have!r} != oracle {value!r}")
     return problems
+
+
+@dataclass
+class Lane:
+    """One isolated pipeline on the shared stack: its own topics (prefix), MQTT shared group,
+    consumer groups and buckets, written with its own token that may write those two buckets
+    only (as the stack's pipeline token does for the default buckets)."""
+
+    stack: Stack
+    dir: Path
+    env: dict[str, str]
+    kpi_bucket: str
+    telemetry_bucket: str = ""
+    influx: Stack = None  # type: ignore[assignment]  # the stack whose InfluxDB it writes to
+    processes: list[IngestProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.influx = self.influx or self.stack
+
+    @classmethod
+    def create(cls, stack: Stack, directory: Path, *, influx: Stack | None = None,
+               plain_subscription: bool = False) -> Lane:
+        """A lane on `stack`, writing to `influx`'s InfluxDB (by default the stack's). With
+        `plain_subscription` its (single) ingest subscribes without a shared group."""
+        influx = influx or stack
+        directory.mkdir(parents=True, exist_ok=True)
+        tag = uuid.uuid4().hex[:8]
+        kpi, telemetry = f"kpi-{tag}", f"telemetry-{tag}"
+        create_bucket(influx, kpi)
+        create_bucket(influx, telemetry)
+        token = influx.create_write_token([kpi, telemetry], f"test lane {tag}")
+        mqtt = ({"CITYSTREAM_MQTT__SHARED_GROUP": "", "CITYSTREAM_MQTT__CLIENT_ID": f"i{tag}"}
+                if plain_subscription else {"CITYSTREAM_MQTT__SHARED_GROUP": f"g{tag}"})
+        return cls(stack, directory, {
+            **mqtt,
+            "CITYSTREAM_KAFKA__TOPIC_PREFIX": f"t{tag}.",
+            "CITYSTREAM_INFLUX__URL": influx.client_info()["influxdb"]["url"],
+            "CITYSTREAM_INFLUX__BUCKET_KPI": kpi,
+            "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": telemetry,
+            "CITYSTREAM_INFLUX__TOKEN": token,
+            "CITYSTREAM_WORKER_SESSION_TIMEOUT_S": "10",
+        }, kpi, telemetry, influx)
+
+    @property
+    def prefix(self) -> str:
+        return self.env["CITYSTREAM_KAFKA__TOPIC_PREFIX"]
+
+    def ingest(self, instance: str = "0") -> IngestProcess:
+        proc = IngestProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env).start()
+        self.processes.append(proc)
+        return proc
+
+    def worker(self, instance: str = "0") -> WorkerProcess:
+        proc = WorkerProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env).start()
+        self.processes.append(proc)
+        return proc
+
+    def sim_env(self) -> dict[str, str]:
+        """The environment of `citystream sim` as the development gateway of this lane."""
+        env = {**os.environ, **self.stack.service_env(), **self.env}
+        gateway = self.stack.client_info()["mqtt"]
+        env["CITYSTREAM_MQTT__USERNAME"] = gateway["username"]
+        env["CITYSTREAM_MQTT__PASSWORD"] = gateway["password"]
+        return env
+
+    def simulate(self, *args: str, record: Path, timeout: float = 300) -> None:
+        """Publish a seeded simulation and record it (blocks until every PUBACK arrived)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "citystream", "sim", "--no-progress", "--record", str(record),
+             *args], env=self.sim_env(), cwd=ROOT, capture_output=True, text=True,
+            timeout=timeout)
+        assert done.returncode == 0, f"sim failed:\n{done.stdout}\n{done.stderr}"
+
+    def wait_equal(self, want: dict[Any, Any], timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        problems: list[str] = ["nothing compared yet"]
+        while time.monotonic() < deadline:
+            problems = compare_points(influx_points(self.influx, self.kpi_bucket), want)
+            if not problems:
+                return
+            time.sleep(3)
+        logs = "\n".join(f"--- {p.log.name}\n{p.tail(15)}" for p in self.processes)
+        raise AssertionError(f"{len(problems)} differences from the oracle after "
+                             f"{timeout:.0f}s, e.g.:\n" + "\n".join(problems[:12]) + "\n" + logs)
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+CITY = ROOT / "models" / "cities" / "milton-keynes.toml"
+
+
+def start_of_run(hours_back: float = 20.0) -> str:
+    """A fixed simulated start inside the late-data horizon, on a window boundary."""
+    start = int(time.time() // 3600 * 3600 - hours_back * 3600)
+    return str(start * 1000)
+
+
+def oracle_points(recording: Path | Iterable[dict[str, Any]]) -> dict[Point, dict[str, Any]]:
+    """The oracle's KPI points for a recording (a JSONL path or its rows)."""
+    from models.city import load_city
+    from tests.oracle import compute_kpis
+
+    horizon = load_city(CITY).windows.horizon_s
+    return compute_kpis(recording, CITY, horizon_s=horizon).points

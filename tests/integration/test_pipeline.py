@@ -6,115 +6,23 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from deploy.local.stack import Stack
-from models.city import load_city
 from tests.integration.helpers import (
-    ROOT,
-    IngestProcess,
+    Lane,
     Message,
-    WorkerProcess,
-    compare_points,
-    create_bucket,
     gateway_publisher,
     influx_points,
+    oracle_points,
+    start_of_run,
 )
-from tests.oracle import compute_kpis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
-
-CITY = ROOT / "models" / "cities" / "milton-keynes.toml"
-
-
-@dataclass
-class Lane:
-    """One isolated pipeline on the shared stack: its own topics, shared group and buckets."""
-
-    stack: Stack
-    dir: Path
-    env: dict[str, str]
-    kpi_bucket: str
-    processes: list[IngestProcess] = field(default_factory=list)
-
-    def ingest(self, instance: str = "0") -> IngestProcess:
-        proc = IngestProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env).start()
-        self.processes.append(proc)
-        return proc
-
-    def worker(self, instance: str = "0") -> WorkerProcess:
-        proc = WorkerProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env).start()
-        self.processes.append(proc)
-        return proc
-
-    def simulate(self, *args: str, record: Path, timeout: float = 300) -> None:
-        """Publish a seeded simulation and record it (blocks until every PUBACK arrived)."""
-        env = {**os.environ, **self.stack.service_env(), **self.env}
-        gateway = self.stack.client_info()["mqtt"]
-        env["CITYSTREAM_MQTT__USERNAME"] = gateway["username"]
-        env["CITYSTREAM_MQTT__PASSWORD"] = gateway["password"]
-        done = subprocess.run(
-            [sys.executable, "-m", "citystream", "sim", "--no-progress", "--record", str(record),
-             *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, f"sim failed:\n{done.stdout}\n{done.stderr}"
-
-    def wait_equal(self, want: dict[Any, Any], timeout: float = 240.0) -> None:
-        deadline = time.monotonic() + timeout
-        problems: list[str] = ["nothing compared yet"]
-        while time.monotonic() < deadline:
-            problems = compare_points(influx_points(self.stack, self.kpi_bucket), want)
-            if not problems:
-                return
-            time.sleep(3)
-        logs = "\n".join(f"--- {p.log.name}\n{p.tail(15)}" for p in self.processes)
-        raise AssertionError(f"{len(problems)} differences from the oracle after "
-                             f"{timeout:.0f}s, e.g.:\n" + "\n".join(problems[:12]) + "\n" + logs)
-
-    def stop(self) -> None:
-        for proc in reversed(self.processes):
-            proc.stop()
-
-
-@pytest.fixture
-def lane(stack: Stack, tmp_path: Path) -> Iterator[Lane]:
-    tag = uuid.uuid4().hex[:8]
-    kpi, telemetry = f"kpi-{tag}", f"telemetry-{tag}"
-    create_bucket(stack, kpi)
-    create_bucket(stack, telemetry)
-    lane = Lane(stack, tmp_path, {
-        "CITYSTREAM_KAFKA__TOPIC_PREFIX": f"t{tag}.",
-        "CITYSTREAM_MQTT__SHARED_GROUP": f"g{tag}",
-        "CITYSTREAM_INFLUX__BUCKET_KPI": kpi,
-        "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": telemetry,
-        "CITYSTREAM_WORKER_SESSION_TIMEOUT_S": "10",
-    }, kpi)
-    try:
-        yield lane
-    finally:
-        lane.stop()
-
-
-def start_of_run(hours_back: float = 20.0) -> str:
-    """A fixed simulated start inside the late-data horizon, on a window boundary."""
-    start = int(time.time() // 3600 * 3600 - hours_back * 3600)
-    return str(start * 1000)
-
-
-def oracle(record: Path) -> dict[Any, Any]:
-    horizon = load_city(CITY).windows.horizon_s
-    return compute_kpis(record, CITY, horizon_s=horizon).points
-
 
 SIM = ["--seed", "7", "--speed", "0", "--gateways", "4"]
 FAULTS = ["--faults", "0.004", "--fault", "duplicate=0.02", "--fault", "reorder=0.02",
@@ -126,7 +34,7 @@ def test_kpis_in_influxdb_equal_the_oracle(lane: Lane, tmp_path: Path) -> None:
     lane.worker()
     record = tmp_path / "run.jsonl"
     lane.simulate(*SIM, *FAULTS, "--start", start_of_run(), "--count", "20000", record=record)
-    want = oracle(record)
+    want = oracle_points(record)
     assert len(want) > 100
     lane.wait_equal(want)
     print(f"{len(want)} KPI points equal the oracle")
@@ -158,7 +66,7 @@ def test_worker_killed_and_two_workers_still_equal_the_oracle(lane: Lane,
     lane.processes.remove(first)
     first = lane.worker("0")
     sim.join(300)
-    lane.wait_equal(oracle(record), timeout=300)
+    lane.wait_equal(oracle_points(record), timeout=300)
 
 
 def test_influxdb_down_for_a_minute(lane: Lane, tmp_path: Path) -> None:
@@ -174,7 +82,7 @@ def test_influxdb_down_for_a_minute(lane: Lane, tmp_path: Path) -> None:
     time.sleep(60)
     lane.stack.start_service("influxdb")
     sim.join(300)
-    lane.wait_equal(oracle(record), timeout=300)
+    lane.wait_equal(oracle_points(record), timeout=300)
 
 
 def test_replaying_the_same_input_writes_the_same_points(lane: Lane, tmp_path: Path) -> None:
@@ -182,7 +90,7 @@ def test_replaying_the_same_input_writes_the_same_points(lane: Lane, tmp_path: P
     lane.worker()
     record = tmp_path / "run.jsonl"
     lane.simulate(*SIM, "--start", start_of_run(), "--count", "8000", record=record)
-    want = oracle(record)
+    want = oracle_points(record)
     lane.wait_equal(want)
     replay = [Message(row["topic"], base64.b64decode(row["payload_b64"]))
               for row in map(json.loads, record.read_text().splitlines())]

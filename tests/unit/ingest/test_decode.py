@@ -160,7 +160,14 @@ class TestTooLarge:
         payload = orjson.dumps([VALID["water"]] * 1000)
         assert len(payload) > 65536
         letter = rejected(payload)
-        assert letter.reason == Reason.TOO_LARGE and letter.raw == payload
+        assert letter.reason == Reason.TOO_LARGE and letter.raw == payload[:65536]
+        assert f"payload is {len(payload)} bytes" in letter.detail
+
+    def test_raw_is_bounded_whatever_the_size(self) -> None:
+        payload = b"A" * (10 * 1024 * 1024)
+        letter = rejected(payload)
+        assert letter.reason == Reason.TOO_LARGE and letter.raw == payload[:65536]
+        assert len(letter.to_json()) < 100_000
 
     def test_custom_limit(self) -> None:
         body = orjson.dumps(VALID["water"])

@@ -108,6 +108,31 @@ def test_batch_array_split_into_records_of_bounded_size() -> None:
     assert sizes == [10, 10, 5]
 
 
+def test_records_stay_small_whatever_the_readings() -> None:
+    """Free text (`stop_id`) makes readings up to ~64 KiB: many of them in one batch must not
+    make a record Kafka refuses for good (that would stop ingest)."""
+    route, stop = "mk-1", "S" * 60_000
+    deliveries = [delivery(i, f"city/central-mk/shuttle/v{i}", {
+        "sensor_id": f"v{i}", "ts": NOW_MS - 1000, "route_id": route, "lat": 52.0, "lon": -0.7,
+        "speed_kmh": 10.0, "passengers": 1, "capacity": 8, "battery_pct": 50.0,
+        "status": "in_service", "stop_id": stop}) for i in range(40)]
+    sink = MemorySink()
+    run_once(FakeSource(deliveries), sink, record_max_bytes=512 * 1024)
+    shuttle = [r for r in sink.records if r.topic == TELEMETRY["shuttle"]]
+    assert sum(len(json.loads(r.value)) for r in shuttle) == 40
+    assert max(len(r.value) for r in shuttle) <= 512 * 1024
+    assert len(shuttle) > 1
+
+
+def test_a_reading_larger_than_the_record_limit_still_travels_alone() -> None:
+    topic, body = water("wm-1", NOW_MS - 2000)
+    sink = MemorySink()
+    run_once(FakeSource([delivery(1, topic, body), delivery(2, topic, {**body, "ts": NOW_MS})]),
+             sink, record_max_bytes=10)
+    assert [len(json.loads(r.value)) for r in sink.records if r.topic != PIPELINE_COUNTERS] \
+        == [1, 1]
+
+
 def test_nothing_is_acked_while_kafka_fails_and_all_after_recovery() -> None:
     topic, body = water("wm-1", NOW_MS - 2000)
     source = FakeSource([delivery(1, topic, body)])

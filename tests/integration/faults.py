@@ -1,0 +1,588 @@
+"""Tools for the fault tests: a canary that measures recovery, Kafka lag and RSS sampling, the
+simulator in the background, and the reconciliation of every published reading.
+
+Recovery time. A `Probe` publishes a canary reading (its own sensor in its own district, so
+its KPIs are separate entities the oracle also computes) every half second and watches where
+each one has got to: in Kafka (ingest has it), past the KPI worker's committed offset (the
+worker processed it) and past the InfluxDB sink's committed offset (the sink commits only
+what InfluxDB accepted). The recovery time of a fault that ended at T, for a stage, is the
+time from T until the first canary published at or after T has passed that stage: "fresh data
+flows again", including the backlog queued ahead of it in its partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import DefaultPartitioner
+from paho.mqtt.enums import CallbackAPIVersion
+
+from deploy.local.stack import Credentials, Stack
+from tests.integration.helpers import ALL_TIME, ROOT, Lane, read_kafka
+from tests.oracle import parse_ts, read_recording
+
+CANARY_DISTRICT = "canary"
+CANARY_SENSOR = "canary-0001"
+CANARY_TOPIC = f"city/{CANARY_DISTRICT}/water/{CANARY_SENSOR}"
+STAGES = ("kafka", "worker", "influxdb")
+
+
+@dataclass
+class Sample:
+    """One look at the lane: seconds since the probe started, consumer lag (records) of the KPI
+    worker and of the sink (None while Kafka cannot be asked), RSS in MB by component."""
+
+    t: float
+    worker_lag: int | None
+    sink_lag: int | None
+    rss_mb: dict[str, float]
+
+
+@dataclass
+class Event:
+    """A fault or action on the timeline (seconds since the probe started)."""
+
+    t: float
+    what: str
+
+
+@dataclass
+class Recovery:
+    fault: str
+    duration_s: float
+    stages: dict[str, float]
+
+    def line(self) -> str:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items())
+        return f"{self.fault:<46} fault {self.duration_s:6.1f} s   recovered: {stages}"
+
+
+class Probe:
+    """Canary publisher and lane observer, in background threads (see module docstring)."""
+
+    def __init__(self, lane: Lane, *, interval_s: float = 0.5, sample_s: float = 1.0) -> None:
+        self.lane = lane
+        self.interval_s = interval_s
+        self.sample_s = sample_s
+        self.t0 = time.monotonic()
+        self.published: list[tuple[float, int]] = []  # (monotonic, ts_ms)
+        self.rows: list[dict[str, Any]] = []  # recording rows of the canary, for the oracle
+        self.in_kafka: dict[int, tuple[int, float]] = {}  # ts_ms -> (offset, monotonic)
+        self.committed: dict[str, list[tuple[float, int]]] = {"worker": [], "influxdb": []}
+        self.samples: list[Sample] = []
+        self.events: list[Event] = []
+        self.recoveries: list[Recovery] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._volume = 0.0
+        self._infos: list[mqtt.MQTTMessageInfo] = []
+        self._acked: set[int] = set()
+        self._failed: BaseException | None = None
+        gateway = lane.stack.client_info()["mqtt"]
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                   client_id=f"canary-{lane.prefix}")
+        self._client.username_pw_set(gateway["username"], gateway["password"])
+        self._client.max_queued_messages_set(0)
+        self._client.reconnect_delay_set(1, 2)
+        self._client.on_publish = self._on_publish
+        self._mqtt_at = (gateway["host"], int(gateway["port"]))
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> Probe:
+        self._client.connect(*self._mqtt_at)
+        self._client.loop_start()
+        for target in (self._publish_loop, self._kafka_thread):
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Stop publishing (wait a moment for the last PUBACKs) and observing."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self._unacked():
+            time.sleep(0.2)
+        self._client.disconnect()
+        self._client.loop_stop()
+        unacked = self._unacked()
+        assert not unacked, f"{unacked} canary readings never acknowledged by the broker"
+
+    def _unacked(self) -> int:
+        with self._lock:
+            return sum(info.mid not in self._acked for info in self._infos)
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            self._acked.add(mid)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def mark(self, what: str) -> float:
+        """Note an event on the timeline; returns its monotonic time."""
+        t = time.monotonic()
+        with self._lock:
+            self.events.append(Event(t - self.t0, what))
+        line = f"[{t - self.t0:7.1f}s] {time.strftime('%H:%M:%S')} {what}"
+        print(line, flush=True)
+        with (self.lane.dir / "timeline.log").open("a") as f:
+            f.write(line + "\n")
+        return t
+
+    # -- the canary ----------------------------------------------------------------------------
+
+    def _publish_loop(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            ts = int(time.time() * 1000)
+            self._volume += 0.001
+            body = {"sensor_id": CANARY_SENSOR, "ts": ts, "volume_m3": round(self._volume, 3)}
+            payload = json.dumps(body).encode()
+            info = self._client.publish(CANARY_TOPIC, payload, qos=1)
+            with self._lock:
+                self._infos.append(info)
+                self.published.append((time.monotonic(), ts))
+                self.rows.append({"seq": 10_000_000 + n, "topic": CANARY_TOPIC,
+                                  "payload_b64": base64.b64encode(payload).decode(), "qos": 1,
+                                  "faults": [], "expected": [
+                                      {"valid": True, "reason": None, "duplicate": False}]})
+            n += 1
+            self._stop.wait(self.interval_s)
+
+    # -- Kafka side ----------------------------------------------------------------------------
+
+    def _kafka_thread(self) -> None:
+        try:
+            asyncio.run(self._kafka_loop())
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    async def _kafka_loop(self) -> None:
+        bootstrap = self.lane.stack.client_info()["kafka"]["bootstrap"]
+        prefix = self.lane.prefix
+        water = f"{prefix}telemetry.water"
+        groups = {"worker": f"{prefix}citystream-worker", "influxdb": f"{prefix}citystream-sink"}
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                    enable_auto_commit=False, request_timeout_ms=5000)
+        await consumer.start()
+        admin: AIOKafkaAdminClient | None = None
+        try:
+            telemetry = await _partitions(consumer, [f"{prefix}telemetry.{k}" for k in
+                                                     ("water", "energy", "traffic", "shuttle")])
+            numbers = sorted(tp.partition for tp in telemetry if tp.topic == water)
+            canary_tp = TopicPartition(water, DefaultPartitioner()(
+                CANARY_DISTRICT.encode(), numbers, numbers))
+            consumer.assign([canary_tp])
+            await consumer.seek_to_beginning(canary_tp)
+            last_sample = 0.0
+            while not self._stop.is_set():
+                try:
+                    batch = await asyncio.wait_for(consumer.getmany(timeout_ms=300), 5)
+                except Exception:  # Kafka away: keep trying
+                    await asyncio.sleep(0.5)
+                    batch = {}
+                seen = time.monotonic()
+                for records in batch.values():
+                    for r in records:
+                        if r.key != CANARY_DISTRICT.encode():
+                            continue
+                        for reading in json.loads(r.value):
+                            if reading.get("sensor_id") == CANARY_SENSOR:
+                                with self._lock:
+                                    self.in_kafka.setdefault(reading["ts_ms"], (r.offset, seen))
+                if seen - last_sample < self.sample_s:
+                    continue
+                last_sample = seen
+                try:
+                    if admin is None:
+                        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+                                                    request_timeout_ms=5000)
+                        await asyncio.wait_for(admin.start(), 5)
+                    ends = await asyncio.wait_for(consumer.end_offsets(telemetry), 5)
+                    lags: dict[str, int | None] = {}
+                    for stage, group in groups.items():
+                        offsets = await asyncio.wait_for(
+                            admin.list_consumer_group_offsets(group), 5)
+                        done = {tp: meta.offset for tp, meta in offsets.items()}
+                        lags[stage] = sum(max(0, end - max(0, done.get(tp, 0)))
+                                          for tp, end in ends.items())
+                        if canary_tp in done:
+                            with self._lock:
+                                self.committed[stage].append((seen, done[canary_tp]))
+                except Exception:  # Kafka away or a group not there yet
+                    lags = {"worker": None, "influxdb": None}
+                    if admin is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(admin.close(), 5)
+                    admin = None
+                with self._lock:
+                    self.samples.append(Sample(seen - self.t0, lags["worker"], lags["influxdb"],
+                                               self._rss()))
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), 10)
+            if admin is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(admin.close(), 5)
+
+    def _rss(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for proc in list(self.lane.processes):
+            if proc.proc is None or proc.proc.poll() is not None:
+                continue
+            mb = rss_mb(proc.proc.pid)
+            if mb is not None:
+                out[proc.component] = out.get(proc.component, 0.0) + mb
+        return out
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def wait_recovered(self, since: float, fault: str, *, duration_s: float = 0.0,
+                       stages: Iterable[str] = STAGES, timeout: float = 300.0) -> Recovery:
+        """Wait until a canary published at or after `since` (monotonic) passed each stage;
+        record and return the times from `since`. Fails with the logs if it takes longer than
+        `timeout`."""
+        wanted = list(stages)
+        deadline = since + timeout
+        got: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            if self._failed is not None:
+                raise AssertionError(f"the probe's Kafka observer failed: {self._failed!r}")
+            with self._lock:
+                first = next((ts for t, ts in self.published if t >= since), None)
+                where = self.in_kafka.get(first) if first is not None else None
+                if where is not None:
+                    offset, seen = where
+                    got.setdefault("kafka", seen - since)
+                    for stage in ("worker", "influxdb"):
+                        done = next((t for t, committed in self.committed[stage]
+                                     if t >= seen and committed > offset), None)
+                        if done is not None:
+                            got.setdefault(stage, max(0.0, done - since))
+            if all(s in got for s in wanted):
+                rec = Recovery(fault, duration_s, {s: got[s] for s in wanted})
+                self.recoveries.append(rec)
+                self.mark(f"recovered from {fault}: " + rec.line().split("recovered: ")[1])
+                return rec
+            time.sleep(0.25)
+        raise AssertionError(f"no recovery from {fault} within {timeout:.0f}s (stages reached: "
+                             f"{got}, wanted {wanted})\n{self.lane_logs()}")
+
+    def lane_logs(self, lines: int = 25) -> str:
+        return "\n".join(f"--- {p.log} (last {lines} lines)\n{p.tail(lines)}"
+                         for p in self.lane.processes)
+
+    def report(self) -> str:
+        return "\n".join(r.line() for r in self.recoveries)
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
+    deadline = time.monotonic() + 60
+    while True:
+        await consumer._client.force_metadata_update()
+        known = {t: consumer.partitions_for_topic(t) for t in topics}
+        if all(known.values()):
+            return [TopicPartition(t, p) for t in topics for p in sorted(known[t] or ())]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"topics without metadata: {known}")
+        await asyncio.sleep(0.5)
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process in MB (None once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+# -- the simulator in the background ----------------------------------------------------------
+
+
+class BackgroundSim:
+    """`citystream sim` as a child process until `stop` (SIGTERM: it stops generating, waits
+    for the outstanding PUBACKs and exits 0 only if the broker acknowledged every message)."""
+
+    def __init__(self, lane: Lane, *args: str, record: Path) -> None:
+        self.record = record
+        self.log = lane.dir / "sim.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "citystream", "sim", "--no-progress", "--record",
+                 str(record), *args], env=lane.sim_env(), cwd=ROOT, stdout=out,
+                stderr=subprocess.STDOUT)
+
+    def stop(self, timeout: float = 120.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        text = self.log.read_text(errors="replace")
+        assert self.proc.returncode == 0, f"sim failed ({self.proc.returncode}):\n{text[-3000:]}"
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+
+# -- reconciliation ---------------------------------------------------------------------------
+
+
+@dataclass
+class Expected:
+    """What the pipeline must make of the published messages (recording + canary rows)."""
+
+    readings: int = 0
+    valid: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    unique: dict[tuple[str, int], tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
+    # (topic, raw payload in base64 or "[i]" for element i of an array, reason)
+    dead: set[tuple[str, str, str]] = field(default_factory=set)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict[str, Any]]) -> Expected:
+        out = cls()
+        for row in rows:
+            expected = row["expected"]
+            out.readings += len(expected)
+            valid = [e for e in expected if e["valid"]]
+            out.valid += len(valid)
+            out.duplicates += sum(bool(e["duplicate"]) for e in valid)
+            for e in expected:
+                if not e["valid"]:
+                    out.rejected[e["reason"]] += 1
+            if len(expected) == 1 and not expected[0]["valid"]:
+                raw = row["payload_b64"]
+                if expected[0]["reason"] == "too_large":  # ingest keeps the first 64 KiB
+                    raw = base64.b64encode(base64.b64decode(raw)[:65536]).decode()
+                out.dead.add((row["topic"], raw, expected[0]["reason"]))
+            elif len(expected) > 1:
+                out.dead.update((row["topic"], f"[{i}]", e["reason"])
+                                for i, e in enumerate(expected) if not e["valid"])
+            if not valid:
+                continue
+            body = json.loads(base64.b64decode(row["payload_b64"]))
+            items = body if isinstance(body, list) else [body]
+            _, district, kind, _sensor = row["topic"].split("/")
+            for item, e in zip(items, expected, strict=True):
+                if e["valid"]:
+                    key = (item["sensor_id"], parse_ts(item["ts"]))
+                    out.unique.setdefault(key, (kind, district, item))
+        return out
+
+
+@dataclass
+class Reconciliation:
+    expected: Expected
+    dead_by_reason: Counter[str]
+    kafka_readings: int
+    telemetry_points: int
+    counters: dict[str, dict[str, int]]
+    problems: list[str]
+
+    def table(self) -> str:
+        e = self.expected
+        rejected = sum(e.rejected.values())
+        lines = [
+            f"readings published              {e.readings}",
+            f"  = accepted, unique (telemetry) {self.telemetry_points}",
+            f"  + duplicates dropped           {e.duplicates}",
+            f"  + rejected (dead letters)      {sum(self.dead_by_reason.values())}  "
+            f"{dict(sorted(self.dead_by_reason.items()))}",
+            f"  expected rejected              {rejected}  {dict(sorted(e.rejected.items()))}",
+            f"readings in Kafka                {self.kafka_readings} (valid published "
+            f"{e.valid}; {self.kafka_readings - e.valid} redelivered copies)",
+        ]
+        for name, c in sorted(self.counters.items()):
+            lines.append(f"pipeline counters {name:<14} {c}")
+        return "\n".join(lines)
+
+
+def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = False
+              ) -> Reconciliation:
+    """Account for every published reading; `problems` lists what does not add up.
+
+    The pipeline's own counters are per process: a process killed or restarted loses the
+    counts since its last report and its successor counts again what it reprocesses (at least
+    once). With `exact_counters` (a run where no pipeline process restarted) they must add
+    up exactly too: ingest received = published, rejected = dead letters; the worker received
+    what Kafka holds, accepted the unique readings and dropped the rest as duplicates."""
+    expected = Expected.from_rows(rows)
+    prefix = lane.prefix
+    kinds = ("water", "energy", "traffic", "shuttle")
+    raw = read_kafka(lane.stack.client_info()["kafka"]["bootstrap"],
+                     [*(f"{prefix}telemetry.{k}" for k in kinds), f"{prefix}telemetry.deadletter"],
+                     timeout=120)
+    problems: list[str] = []
+    dead: set[tuple[str, str, str]] = set()
+    for _key, value in raw.pop(f"{prefix}telemetry.deadletter"):
+        d = json.loads(value)
+        raw_or_index = d["raw"] if d["index"] is None else f"[{d['index']}]"
+        dead.add((d["topic"], raw_or_index, d["reason"]))
+    dead_by_reason = Counter(reason for _t, _r, reason in dead)
+    if dead != expected.dead:
+        problems.append(f"dead letters differ: {len(expected.dead - dead)} missing, e.g. "
+                        f"{sorted(expected.dead - dead)[:3]}; {len(dead - expected.dead)} "
+                        f"unexpected, e.g. {sorted(dead - expected.dead)[:3]}")
+    if dead_by_reason != expected.rejected:
+        problems.append(f"rejected by reason {dict(dead_by_reason)} != expected "
+                        f"{dict(expected.rejected)}")
+    in_kafka: Counter[tuple[str, int]] = Counter()
+    for records in raw.values():
+        for _key, value in records:
+            for reading in json.loads(value):
+                in_kafka[(reading["sensor_id"], reading["ts_ms"])] += 1
+    kafka_readings = sum(in_kafka.values())
+    if set(in_kafka) != set(expected.unique):
+        problems.append(f"Kafka readings differ: {len(set(expected.unique) - set(in_kafka))} "
+                        f"missing, {len(set(in_kafka) - set(expected.unique))} never published")
+    if kafka_readings < expected.valid:
+        problems.append(f"only {kafka_readings} readings in Kafka for {expected.valid} valid")
+    points = telemetry_points(lane.influx, lane.telemetry_bucket)
+    want = {(kind, sensor, ts): _key_value(kind, item)
+            for (sensor, ts), (kind, _district, item) in expected.unique.items()}
+    missing = sorted(set(want) - set(points))
+    extra = sorted(set(points) - set(want))
+    wrong = sorted(k for k in set(want) & set(points) if points[k] != want[k])
+    if missing or extra or wrong:
+        problems.append(f"telemetry bucket: {len(missing)} accepted readings missing (e.g. "
+                        f"{missing[:3]}), {len(extra)} extra, {len(wrong)} with other values "
+                        f"(e.g. {[(k, points[k], want[k]) for k in wrong[:3]]})")
+    if len(points) + expected.duplicates + sum(dead_by_reason.values()) != expected.readings:
+        problems.append("published != accepted + duplicates + rejected")
+    counters = pipeline_counters(lane)
+    if exact_counters:
+        ingest, worker = counters.get("ingest", {}), counters.get("worker", {})
+        want = {"ingest received": expected.readings,
+                "ingest accepted": expected.valid,
+                "ingest rejected": sum(expected.rejected.values()),
+                "worker received": kafka_readings,
+                "worker accepted": len(expected.unique),
+                "worker duplicates": kafka_readings - len(expected.unique)}
+        got = {"ingest received": ingest.get("received"),
+               "ingest accepted": ingest.get("accepted"),
+               "ingest rejected": ingest.get("rejected"),
+               "worker received": worker.get("received"),
+               "worker accepted": worker.get("accepted"),
+               "worker duplicates": worker.get("duplicates")}
+        problems += [f"pipeline counter {k} = {got[k]}, expected {v}" for k, v in want.items()
+                     if got[k] != v]
+    return Reconciliation(expected, dead_by_reason, kafka_readings, len(points), counters,
+                          problems)
+
+
+_KEY_FIELD = {"water": "volume_m3", "energy": "energy_kwh", "traffic": "vehicle_count",
+              "shuttle": "lat"}
+
+
+def _key_value(kind: str, item: dict[str, Any]) -> float:
+    return float(item[_KEY_FIELD[kind]])
+
+
+def flux_csv(stack: Stack, query: str) -> list[dict[str, str]]:
+    """Rows of a Flux query (operator token), as dicts of strings."""
+    info = stack.client_info()["influxdb"]
+    body = json.dumps({"query": query, "dialect": {"annotations": [], "header": True}}).encode()
+    req = urllib.request.Request(f"{info['url']}/api/v2/query?org={info['org']}", data=body,
+                                 method="POST")
+    req.add_header("Authorization", f"Token {info['token']}")
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Accept", "application/csv")
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        text = resp.read().decode()
+    return [row for row in csv.DictReader(io.StringIO(text))
+            if row.get("_time") and row["_time"] != "_time"]
+
+
+def telemetry_points(stack: Stack, bucket: str) -> dict[tuple[str, str, int], float]:
+    """(kind, sensor_id, ts_ms) -> the kind's key field, for every raw point in `bucket`."""
+    fields = " or ".join(f'(r._measurement == "{k}" and r._field == "{f}")'
+                         for k, f in _KEY_FIELD.items())
+    rows = flux_csv(stack, f'from(bucket: "{bucket}") |> {ALL_TIME} '
+                           f'|> filter(fn: (r) => {fields}) '
+                           f'|> keep(columns: ["_time", "_value", "_measurement", "sensor_id"])')
+    return {(r["_measurement"], r["sensor_id"], _ms(r["_time"])): float(r["_value"])
+            for r in rows}
+
+
+def _ms(rfc3339: str) -> int:
+    return parse_ts(rfc3339)
+
+
+def pipeline_counters(lane: Lane) -> dict[str, dict[str, int]]:
+    """Per component, the counters summed over process incarnations (a counter that goes down
+    is a restarted process: its predecessor's last value is added)."""
+    rows = flux_csv(lane.influx, f'from(bucket: "{lane.kpi_bucket}") |> {ALL_TIME} '
+                                '|> filter(fn: (r) => r._measurement == "pipeline") '
+                                '|> sort(columns: ["_time"])')
+    series: dict[tuple[str, str, str], list[int]] = {}
+    for r in rows:
+        series.setdefault((r["component"], r["instance"], r["_field"]), []).append(
+            int(float(r["_value"])))
+    out: dict[str, dict[str, int]] = {}
+    for (component, _instance, name), values in series.items():
+        total, last = 0, 0
+        for v in values:
+            if v < last:
+                total += last
+            last = v
+        out.setdefault(component, {})[name] = out.get(component, {}).get(name, 0) + total + last
+    return out
+
+
+def secrets_in_logs(stacks: Iterable[Stack], extra_secrets: Iterable[str],
+                    logs: Iterable[Path]) -> list[str]:
+    """Which secret appears in which log ("name in path"): every secret of the stacks
+    (their secrets.json) and `extra_secrets`."""
+    named: dict[str, str] = {}
+    for n, st in enumerate(stacks):
+        named.update({f"{name}@{n}": v for name, v in
+                      Credentials.load_or_create(st.home).all().items()})
+    named.update({f"extra-{i}": s for i, s in enumerate(extra_secrets) if s})
+    found = []
+    for path in logs:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        found += [f"{name} in {path}" for name, secret in named.items() if secret in text]
+    return found
+
+
+def lane_logs(lane: Lane) -> list[Path]:
+    """Every log of a lane: its processes, the simulator, and the services of its stacks."""
+    homes = {lane.stack.home, lane.influx.home}
+    return [*lane.dir.glob("*.log"), *(p for h in homes for p in (h / "logs").glob("*.log"))]
+
+
+def all_rows(record: Path, probe: Probe) -> list[dict[str, Any]]:
+    """The recording followed by the canary's rows (separate entities: order is immaterial)."""
+    return [*read_recording(record), *probe.rows]
