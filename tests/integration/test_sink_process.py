@@ -12,9 +12,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import ROOT, IngestProcess, influx_points
-from tests.integration.test_pipeline import FAULTS, SIM, Lane, oracle, start_of_run
-from tests.integration.test_pipeline import lane as lane_fixture  # noqa: F401  (fixture "lane")
+from tests.integration.helpers import (
+    ROOT,
+    IngestProcess,
+    Lane,
+    influx_points,
+    oracle_points,
+    start_of_run,
+)
+from tests.integration.test_pipeline import FAULTS, SIM
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
 
@@ -55,7 +61,7 @@ def test_a_separate_sink_killed_mid_run_loses_nothing(lane: Lane, tmp_path: Path
     lane.processes.append(SinkProcess(lane.stack, "0", log_dir=lane.dir,
                                       extra_env=lane.env).start())
     sim.join(300)
-    lane.wait_equal(oracle(record), timeout=300)
+    lane.wait_equal(oracle_points(record), timeout=300)
     counters = influx_points(lane.stack, lane.kpi_bucket, ("pipeline",))
     latest: dict[str, dict[str, Any]] = {}
     for (_m, tags, _ts), fields in sorted(counters.items(), key=lambda kv: kv[0][2]):
