@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from citystream.settings import ConfigError, DashboardSettings, Settings
+from citystream.settings import DashboardSettings
 
 log = logging.getLogger("dashboard")
 
@@ -42,18 +42,12 @@ def dashboard(host: str | None, port: int | None, poll_s: float | None) -> None:
     Example, against the local stack (`citystream up` already runs one on its dashboard port):
       eval "$(citystream env)" && citystream dashboard --port 8090
     """
+    from citystream.startup import settings_and_city
     from dashboard.live import Hub, Poller, PollerOptions
     from dashboard.server import serve
     from dashboard.source import InfluxSource
-    from models.city import load_city
-    from models.errors import CityModelError
 
-    try:
-        settings = Settings.load()
-        city = load_city(settings.city.file)
-    except (ConfigError, CityModelError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    settings, city = settings_and_city()
     given = {"host": host, "port": port, "poll_s": poll_s}
     dash = DashboardSettings.model_validate(
         {**settings.dashboard.model_dump(), **{k: v for k, v in given.items() if v is not None}})

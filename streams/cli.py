@@ -8,8 +8,6 @@ from pathlib import Path
 
 import click
 
-from citystream.settings import ConfigError, Settings
-
 log = logging.getLogger("streams")
 
 
@@ -52,16 +50,10 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
     Example, against the local stack:
       eval "$(citystream env)" && citystream worker --instance 0
     """
-    from models.city import load_city
-    from models.errors import CityModelError
+    from citystream.startup import settings_and_city
     from streams.app import WorkerOptions, create_app
 
-    try:
-        settings = Settings.load()
-        city = load_city(settings.city.file)
-    except (ConfigError, CityModelError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    settings, city = settings_and_city()
     options = WorkerOptions(instance=instance, data_dir=data_dir, store=store, quiet_s=quiet_s,
                             session_timeout_s=session_timeout_s)
     import asyncio

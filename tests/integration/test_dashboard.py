@@ -136,22 +136,21 @@ def test_each_query_parses_and_runs(stack: Stack) -> None:
         source.close()
 
 
+def refusal(stack: Stack, token: str, bucket: str) -> str:
+    source = InfluxSource(stack.client_info()["influxdb"]["url"], "citystream", token)
+    try:
+        with pytest.raises(SourceError) as info:
+            source.query(latest_query(bucket, 1))
+    finally:
+        source.close()
+    return str(info.value)
+
+
 def test_influxdb_refusals_name_the_fix_and_never_the_token(stack: Stack) -> None:
-    url = stack.client_info()["influxdb"]["url"]
     wrong = "not-a-token-but-secret-anyway-42"
-    source = InfluxSource(url, "citystream", wrong)
-    try:
-        with pytest.raises(SourceError) as info:
-            source.query(latest_query("kpi", 1))
-    finally:
-        source.close()
-    assert "HTTP 401" in str(info.value) and "CITYSTREAM_DASHBOARD__TOKEN" in str(info.value)
-    assert wrong not in str(info.value)
+    message = refusal(stack, wrong, "kpi")
+    assert "HTTP 401" in message and "CITYSTREAM_DASHBOARD__TOKEN" in message
+    assert wrong not in message
     read = Credentials.load_or_create(stack.home).influxdb_read_token
-    source = InfluxSource(url, "citystream", read)
-    try:
-        with pytest.raises(SourceError) as info:
-            source.query(latest_query("no-such-bucket", 1))
-    finally:
-        source.close()
-    assert "HTTP 404" in str(info.value) and "CITYSTREAM_INFLUX__BUCKET_KPI" in str(info.value)
+    message = refusal(stack, read, "no-such-bucket")
+    assert "HTTP 404" in message and "CITYSTREAM_INFLUX__BUCKET_KPI" in message

@@ -8,16 +8,11 @@ may only read that bucket. Screenshots go to artifacts/ (paths printed)."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Page
@@ -40,7 +35,6 @@ from tests.integration.dashboard_data import (
     shown,
     shown_count,
 )
-from tests.integration.helpers import ROOT, influx_points
 
 pytestmark = [pytest.mark.browser, pytest.mark.influxdb]
 
@@ -222,7 +216,8 @@ def test_influxdb_down_is_shown_and_recovers(env: Env) -> None:
         page.wait_for_function("!document.getElementById('banner').hidden", timeout=30_000)
         banner = text(page, "#banner")
         assert re.search(r"InfluxDB unreachable since \d\d:\d\d", banner), banner
-        assert "connection refused" in banner
+        influx_url = env.stack.client_info()["influxdb"]["url"]
+        assert f"cannot reach InfluxDB at {influx_url}" in banner    # refused, or dropped
         assert text(page, "#conn-text") == "InfluxDB down"
         # the last data read stays on the page
         assert field(page, "[data-district='central-mk']", "water.saving_pct_24h") == "33.3"
@@ -237,102 +232,3 @@ def test_influxdb_down_is_shown_and_recovers(env: Env) -> None:
     assert env.errors == []
 
 
-
-def simulate(stack: Stack, start_ms: int, count: int) -> None:
-    """Publish the seeded city from `start_ms` as fast as possible: with the same seed and
-    start, a longer run repeats a shorter one message for message and then goes on."""
-    gateway = stack.client_info()["mqtt"]
-    env = {**os.environ, **stack.service_env(), "CITYSTREAM_MQTT__USERNAME": gateway["username"],
-           "CITYSTREAM_MQTT__PASSWORD": gateway["password"]}
-    done = subprocess.run(
-        [sys.executable, "-m", "citystream", "sim", "--no-progress", "--seed", "11",
-         "--speed", "0", "--start", str(start_ms), "--count", str(count)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"sim failed:\n{done.stdout}\n{done.stderr}"
-
-
-def page_values(page: Page, city: City) -> dict[str, str]:
-    selectors = {f"{d.slug}/{kind}":
-                 f"[data-district='{d.slug}'] [data-field='{kind}.saving_pct_24h']"
-                 for d in city.districts for kind in ("water", "energy")}
-    selectors.update({f"{j.id}/traffic": f"[data-junction='{j.id}'] "
-                      "[data-field='traffic.congestion_index']" for j in city.junctions})
-    got = {}
-    for key, selector in selectors.items():
-        found = page.locator(selector)
-        got[key] = (found.text_content() or "").strip() if found.count() == 1 else "(none)"
-    return got
-
-
-def influx_values(stack: Stack, city: City) -> tuple[dict[str, str], int]:
-    """What the page should show for the city's districts and junctions, and the newest
-    window end, from InfluxDB (admin token, the stack's kpi bucket)."""
-    latest: dict[str, tuple[int, dict[str, Any]]] = {}
-    points = influx_points(stack, "kpi", ("water_kpi", "energy_kpi", "traffic_kpi"))
-    for (measurement, tags, ts), fields in points.items():
-        tag = dict(tags)
-        key = (f"{tag['district']}/{measurement[:-4]}" if measurement != "traffic_kpi"
-               else f"{tag['junction']}/traffic")
-        if key not in latest or ts > latest[key][0]:
-            latest[key] = (ts, fields)
-    want: dict[str, str] = {}
-    for d in city.districts:
-        for kind in ("water", "energy"):
-            point = latest.get(f"{d.slug}/{kind}")
-            want[f"{d.slug}/{kind}"] = shown(point[1]["saving_pct_24h"], 1) if point else "(none)"
-    for j in city.junctions:
-        point = latest.get(f"{j.id}/traffic")
-        want[f"{j.id}/traffic"] = shown(point[1]["congestion_index"], 2) if point else "(none)"
-    return want, max((ts for ts, _ in latest.values()), default=0)
-
-
-def wait_page_equals_influxdb(page: Page, stack: Stack, city: City, newer_than: int = 0,
-                              timeout_s: float = 120) -> int:
-    deadline = time.monotonic() + timeout_s
-    want: dict[str, str] = {}
-    got: dict[str, str] = {}
-    newest = 0
-    while time.monotonic() < deadline:
-        want, newest = influx_values(stack, city)
-        got = page_values(page, city)
-        if newest > newer_than and want == got and "(none)" not in want.values():
-            return newest
-        time.sleep(2)
-    diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
-    raise AssertionError(f"page != InfluxDB after {timeout_s:.0f}s (newest window {newest}, "
-                         f"wanted newer than {newer_than}): {diff}")
-
-
-@pytest.mark.e2e
-@pytest.mark.mqtt
-@pytest.mark.kafka
-def test_the_running_pipeline_feeds_the_page_live(stack: Stack,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """`citystream up`'s pipeline (ingest, worker, dashboard with the stack's read-only token)
-    fed by the simulator: the page equals InfluxDB, and new windows arrive without reload."""
-    city = load_city()
-    names = ("ingest", "worker", "dashboard")
-    # Topics and MQTT group of this test only (other tests leave readings in the default ones).
-    tag = uuid.uuid4().hex[:8]
-    monkeypatch.setenv("CITYSTREAM_KAFKA__TOPIC_PREFIX", f"d{tag}.")
-    monkeypatch.setenv("CITYSTREAM_MQTT__SHARED_GROUP", f"d{tag}")
-    stack.start_pipeline(names)
-    start = (int(time.time() * 1000) - 90 * MIN) // (15 * MIN) * (15 * MIN)
-    try:
-        simulate(stack, start, 8000)
-        with chromium() as browser:
-            page, errors = new_page(browser)
-            page.goto(stack.client_info()["dashboard"]["url"])
-            wait_rendered(page)
-            page.evaluate("window.__loadedOnce = 'yes'")
-            first = wait_page_equals_influxdb(page, stack, city)
-            simulate(stack, start, 14000)          # the same 8000 again, then 6000 new ones
-            later = wait_page_equals_influxdb(page, stack, city, newer_than=first)
-            assert later > first
-            assert page.evaluate("window.__loadedOnce") == "yes"
-            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
-            screenshot(page, "dashboard-pipeline.png")
-            assert errors == []
-    finally:
-        for name in names:
-            stack.stop_service(name)
