@@ -16,6 +16,7 @@ windowed tables (faust-streaming issues 193, 250, 385).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Iterator, MutableMapping
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 from faust.types import TableT
 from pydantic import TypeAdapter
 
@@ -149,6 +151,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     kpi_topic = app.topic(topics.kpi_records, key_type=bytes, value_type=bytes,
                           partitions=settings.kafka.partitions)
     counters_topic = app.topic(topics.pipeline_counters, key_type=bytes, value_type=bytes)
+    deadletters = app.topic(topics.sink_deadletter, key_type=bytes, value_type=bytes)
     activity: dict[tuple[str, str], float] = {}
     timer_done: dict[tuple[str, str], int] = {}
     stores: dict[str, tuple[TableStore, TableStore]] = {}  # kind -> (entities, state)
@@ -165,7 +168,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         source = app.topic(topics.telemetry[kind], key_type=bytes, value_type=bytes,
                            partitions=settings.kafka.partitions)
         _make_agent(app, kind, engine, source, entities, state, kpi_topic, counters, activity,
-                    key_of, alert_publisher)
+                    key_of, alert_publisher, deadletters)
 
     @app.timer(interval=options.timer_interval_s)
     async def close_quiet_windows() -> None:
@@ -223,18 +226,34 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
 def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.TopicT,
                 entities: TableStore, state: TableStore, kpi_topic: faust.TopicT,
                 counters: WorkerCounters, activity: dict[tuple[str, str], float],
-                key_of: Any, alerts: AlertPublisher) -> None:
+                key_of: Any, alerts: AlertPublisher, deadletters: faust.TopicT) -> None:
+    async def dead_letter(event: Any, reason: str, exc: Exception) -> None:
+        """Keep a record the engine could not take on `sink.deadletter`, with the reason (the
+        engine's state is unchanged by it: the engine forgets a batch that raised)."""
+        msg = event.message
+        log.error("%s record on %s[%s]@%s, kept on %s: %r", reason, msg.topic, msg.partition,
+                  msg.offset, deadletters.get_topic_name(), exc)
+        await deadletters.send(key=msg.topic.encode(), value=orjson.dumps({
+            "reason": reason, "detail": repr(exc)[:500], "topic": msg.topic,
+            "partition": msg.partition, "offset": msg.offset,
+            "received_at_ms": int(time.time() * 1000),
+            "raw": base64.b64encode(event.value).decode()}))
+
     async def agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             try:
                 readings = decode_record(kind, event.value)
             except Exception as exc:  # not from our ingest: count it, never crash the agent
                 counters.rejected += 1
-                log.error("unreadable record on %s[%s]@%s: %s", event.message.topic,
-                          event.message.partition, event.message.offset, exc)
+                await dead_letter(event, "undecodable", exc)
                 continue
             counters.received += len(readings)
-            outcome = engine.process(readings, state, offset=event.message.offset)
+            try:
+                outcome = engine.process(readings, state, offset=event.message.offset)
+            except Exception as exc:  # a bug must not stop the kind: keep the record, go on
+                counters.rejected += len(readings)
+                await dead_letter(event, "engine_error", exc)
+                continue
             counters.accepted += outcome.accepted
             counters.duplicates += outcome.duplicates
             counters.late += outcome.late + outcome.beyond_horizon

@@ -1,4 +1,5 @@
-"""`citystream worker`: the Faust KPI engine and the InfluxDB sink in one process."""
+"""`citystream worker` (the Faust KPI engine, with the InfluxDB sink unless --no-sink) and
+`citystream sink` (the sink on its own)."""
 
 from __future__ import annotations
 
@@ -121,15 +122,12 @@ def sink(instance: str, counters_s: float) -> None:
     import signal
     import time
 
+    from citystream.startup import settings_and_city
     from ingest.kafka_sink import OutRecord
     from models.records import PipelineCounters, record_to_json
     from streams.sink import InfluxSink, serve
 
-    try:
-        settings = Settings.load()
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    settings, _city = settings_and_city()
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -32,7 +32,9 @@ the sink bisects the request until each refused line stands alone; rewriting the
 on the way is harmless. A `sink.deadletter` value is a JSON object: `reason` (`undecodable` or
 `rejected_by_influxdb`), `detail` (for the latter the server's message), the source `topic`,
 `partition` and `offset`, `received_at_ms`, and either `raw` (base64 of the record, or of the
-reading at `index` in its array) or the refused `line` and its `bucket`.
+reading at `index` in its array) or the refused `line` and its `bucket`. The worker writes the
+same shape for a `telemetry.<kind>` record its KPI engine cannot take (`undecodable`, or
+`engine_error` for a bug), then goes on with the next record.
 """
 
 from __future__ import annotations

@@ -22,10 +22,12 @@ offline oracle (tests/oracle) and are listed in docs/contract.md.
 
 from __future__ import annotations
 
+import math
+import sys
 from collections import OrderedDict
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -35,6 +37,7 @@ from models.records import Alert, EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterK
 from streams.kpi.alerts import AlertKey, AlertRules
 
 Store = MutableMapping[str, bytes]
+K = TypeVar("K", bound=Kpi)
 DAY_MS = 86_400_000
 DEFAULT_FREE_FLOW_KMH = 48.0
 
@@ -370,7 +373,7 @@ class KindEngine:
                 if not total:
                     total = [0.0] * len(summary)
                 for i, v in enumerate(summary):
-                    total[i] += v
+                    total[i] = _fadd(total[i], v)
         return total
 
     def _prune(self, ent: _Entity) -> dict[int, int]:
@@ -499,6 +502,32 @@ def _alerts_of_batch(store: Store, entity: str, offset: int) -> list[Alert]:
     return []
 
 
+FLOAT_MAX = sys.float_info.max
+INT64_MAX = 2**63 - 1
+
+
+def _fadd(a: float, b: float) -> float:
+    """a + b, saturated at the largest float (absurd but valid registers must not give inf)."""
+    return min(FLOAT_MAX, a + b)
+
+
+def _iadd(a: int, b: int) -> int:
+    """a + b, saturated at InfluxDB's largest integer."""
+    return min(INT64_MAX, a + b)
+
+
+def _bounded(cls: type[K], **fields: Any) -> K:
+    """Build a KPI record with figures derived from saturated sums kept finite and in range
+    (an overflowing ratio becomes the largest float of its sign, never inf or a refused
+    point)."""
+    for name, value in fields.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            fields[name] = 0.0 if math.isnan(value) else math.copysign(FLOAT_MAX, value)
+        elif type(value) is int and value > INT64_MAX:
+            fields[name] = INT64_MAX
+    return cls(**fields)
+
+
 def _delta_seq(raw: bytes | None) -> int | None:
     """The seq of a delta without parsing it all (deltas start with {"seq":N,)."""
     if raw is None:
@@ -542,7 +571,8 @@ class _RegisterEngine(KindEngine):
 
     def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
         if delta is not None:
-            acc["use"] += delta if delta >= 0 else getattr(reading, self.unit_field or "")
+            used = delta if delta >= 0 else getattr(reading, self.unit_field or "")
+            acc["use"] = _fadd(acc["use"], used)
 
     def baseline(self, entity: str, start: int) -> float:
         raise NotImplementedError
@@ -573,7 +603,7 @@ class WaterEngine(_RegisterEngine):
         target = (self.city.water_target_pct(entity) if self._district(entity)
                   else self.city.targets.water_saving_pct)
         rolling_pct = saving_pct(*rolling)
-        return WaterKpi(district=entity, window=self.window_tag,
+        return _bounded(WaterKpi, district=entity, window=self.window_tag,
                         window_end_ms=start + self.window_ms, consumption_l=actual,
                         baseline_l=baseline, saving_pct=saving_pct(actual, baseline),
                         saving_pct_24h=rolling_pct, target_pct=float(target),
@@ -602,7 +632,7 @@ class EnergyEngine(_RegisterEngine):
         target = (self.city.energy_target_pct(entity) if self._district(entity)
                   else self.city.targets.energy_saving_pct)
         rolling_pct = saving_pct(*rolling)
-        return EnergyKpi(district=entity, window=self.window_tag,
+        return _bounded(EnergyKpi, district=entity, window=self.window_tag,
                          window_end_ms=start + self.window_ms, energy_kwh=actual,
                          baseline_kwh=baseline, saving_pct=saving_pct(actual, baseline),
                          saving_pct_24h=rolling_pct, target_pct=float(target),
@@ -632,10 +662,10 @@ class TrafficEngine(KindEngine):
 
     def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
         count, speed = reading.vehicle_count, reading.mean_speed_kmh
-        acc["vehicles"] += count
+        acc["vehicles"] = _iadd(acc["vehicles"], count)
         if count > 0 and speed > 0:
-            acc["weights"] += count
-            acc["inverse"] += count / speed
+            acc["weights"] = _iadd(acc["weights"], count)
+            acc["inverse"] = _fadd(acc["inverse"], count / speed)
 
     def _free_flow(self, entity: str) -> float:
         j = self._junction(entity)
@@ -662,7 +692,7 @@ class TrafficEngine(KindEngine):
         target = (self.city.congestion_target_pct(junction) if j
                   else self.city.targets.congestion_reduction_pct)
         rolling_pct = saving_pct(*rolling)
-        return TrafficKpi(district=district, junction=junction, window=self.window_tag,
+        return _bounded(TrafficKpi, district=district, junction=junction, window=self.window_tag,
                           window_end_ms=start + self.window_ms, vehicles=acc["vehicles"],
                           flow_veh_h=3600.0 * acc["vehicles"] / self.window_s,
                           space_mean_speed_kmh=speed, congestion_index=index,
@@ -699,10 +729,10 @@ class ShuttleEngine(KindEngine):
 
     def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
         if delta is not None and delta > 0:
-            acc["boardings"] += int(delta)
+            acc["boardings"] = _iadd(acc["boardings"], int(delta))
         if reading.status == "in_service":
-            acc["passengers"] += reading.passengers
-            acc["capacity"] += reading.capacity
+            acc["passengers"] = _iadd(acc["passengers"], reading.passengers)
+            acc["capacity"] = _iadd(acc["capacity"], reading.capacity)
             if reading.sensor_id not in acc["in_service"]:
                 acc["in_service"].append(reading.sensor_id)
         acc["battery"] += reading.battery_pct
@@ -718,7 +748,8 @@ class ShuttleEngine(KindEngine):
         route = self._route(entity)
         fleet = route.fleet_size if route else 0
         available = min(len(acc["in_service"]), fleet)
-        return ShuttleKpi(
+        return _bounded(
+            ShuttleKpi,
             route=entity, window=self.window_tag, window_end_ms=start + self.window_ms,
             boardings=acc["boardings"],
             occupancy_pct=100.0 * acc["passengers"] / acc["capacity"] if acc["capacity"] else 0.0,
