@@ -1,0 +1,75 @@
+"""The KPI engine at the edges of what the contract accepts: huge but finite registers and the
+largest vehicle counts. Every such reading passes ingest (tests/data/bad_input has them), so
+the engine must turn it into KPI points InfluxDB can store, never raise.
+
+Both tests fail today (bugs in streams/kpi/engine.py, reported to the lead) and are marked
+xfail(strict=True): they start failing the suite as soon as the engine is fixed, so the marks
+get removed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from models.city import load_city
+from models.readings import READING_TYPES, Reading
+from models.records import to_line_protocol
+from streams.kpi.engine import engines_for
+
+T0 = 1_794_787_200_000  # 2026-11-16T00:00:00Z
+MIN = 60_000
+INT64_MAX = 2**63 - 1
+
+
+def readings(kind: str, district: str, rows: list[dict[str, Any]]) -> list[Reading]:
+    model = READING_TYPES[kind]  # type: ignore[index]
+    return [model.model_validate(r, context={"district": district}) for r in rows]
+
+
+def emit_all(kind: str, items: list[Reading]) -> list[Any]:
+    engine = engines_for(load_city(None))[kind]
+    store: dict[str, bytes] = {}
+    out = engine.process(items, store, offset=0)
+    records = list(out.records)
+    for entity in {engine.entity(r) for r in items}:
+        records += engine.due(entity, store)
+    return records
+
+
+@pytest.mark.xfail(strict=True, raises=(ValidationError, TypeError), reason=(
+    "engine bug: a water register jumping from 0 to 1.7e308 (valid: >= 0 and finite) gives "
+    "consumption_l = 1000 * 1.7e308 = inf. The window summary is stored with orjson, which "
+    "writes inf as null, and the next rolling-24h sum raises TypeError (float += None) in "
+    "_rolling; building WaterKpi with an infinite value raises pydantic's ValidationError "
+    "(finite_number). Either way process() raises, so in the worker the agent raises on that "
+    "Kafka record. Fix: define the KPI for overflowing sums (cap, or skip and count such "
+    "deltas) so process() never raises on valid input"))
+def test_a_huge_register_jump_gives_finite_kpis() -> None:
+    items = readings("water", "central-mk", [
+        {"sensor_id": "wm-1", "ts": T0 + i * MIN, "volume_m3": v}
+        for i, v in enumerate([0.0, 1.7e308, 1.7e308])])
+    records = emit_all("water", items)
+    assert records
+    for record in records:
+        for name, value in record.model_dump().items():
+            assert not isinstance(value, float) or math.isfinite(value), name
+        to_line_protocol(record, "ms")
+
+
+@pytest.mark.xfail(strict=True, raises=ValidationError, reason=(
+    "engine bug: two readings of the largest vehicle_count the contract allows (2^63 - 1) in "
+    "one 5-minute window sum to `vehicles` = 2^64 - 2, and the engine raises pydantic's "
+    "ValidationError building TrafficKpi (vehicles <= 2^63 - 1, InfluxDB's int64) inside "
+    "process(): in the worker the agent raises on that Kafka record. Fix: saturate or "
+    "otherwise bound the integer sums (or narrow the contract's range)"))
+def test_the_largest_vehicle_counts_still_fit_in_influxdb() -> None:
+    items = readings("traffic", "central-mk", [
+        {"sensor_id": f"tc-{i}", "ts": T0 + (i + 1) * MIN, "junction": "h5-portway",
+         "vehicle_count": INT64_MAX, "interval_s": 60, "mean_speed_kmh": 30.0}
+        for i in range(2)])
+    records = emit_all("traffic", items)
+    assert records
+    assert all(0 <= record.vehicles <= INT64_MAX for record in records)
