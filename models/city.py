@@ -145,6 +145,9 @@ class City(_Frozen):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone") from None
         _require_unique("districts", [d.slug for d in self.districts])
+        if "alerts" in {d.slug for d in self.districts}:
+            raise ValueError("districts: 'alerts' is reserved (city/alerts/... carries "
+                             "citystream's alerts, so its readings could never be told apart)")
         _require_unique("junctions", [j.id for j in self.junctions])
         _require_unique("routes", [r.id for r in self.routes])
         slugs = {d.slug for d in self.districts}

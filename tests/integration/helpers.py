@@ -165,6 +165,7 @@ class IngestProcess:
     """`citystream ingest` as a child process with the stack's service environment."""
 
     component = "ingest"
+    verbosity = "-v"  # "-vv" logs at DEBUG
 
     def __init__(self, stack: Stack, instance: str = "0", *, log_dir: Path,
                  extra_env: dict[str, str] | None = None) -> None:
@@ -177,7 +178,8 @@ class IngestProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "citystream", "-v", "ingest", "--instance", self.instance]
+        return [sys.executable, "-m", "citystream", self.verbosity, "ingest", "--instance",
+                self.instance]
 
     def start(self) -> Self:
         """Start (or start again, after a kill or stop) and wait until it runs."""
@@ -236,7 +238,8 @@ class WorkerProcess(IngestProcess):
     component = "worker"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "citystream", "-v", "worker", "--instance", self.instance,
+        return [sys.executable, "-m", "citystream", self.verbosity, "worker", "--instance",
+                self.instance,
                 "--data-dir", str(self.log.parent / "worker-state"), "--quiet", "3"]
 
     def wait_running(self, timeout: float = 300.0) -> None:

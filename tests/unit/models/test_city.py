@@ -226,6 +226,12 @@ class TestCityErrors:
         message = error_for(city_toml(junction_extra="congestion_reduction_pct = 150.0"))
         assert "junctions[0].congestion_reduction_pct" in message
 
+    def test_alerts_is_no_district(self) -> None:
+        """city/alerts/... is citystream's alert output: no district may be called that."""
+        message = error_for(city_toml().replace('slug = "bletchley"', 'slug = "alerts"')
+                            .replace('district = "bletchley"', 'district = "alerts"'))
+        assert "'alerts' is reserved" in message
+
     def test_duplicate_district(self) -> None:
         message = error_for(city_toml().replace('slug = "bletchley"', 'slug = "central-mk"'))
         assert "districts[1]" in message and "duplicate" in message
