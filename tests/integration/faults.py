@@ -377,8 +377,8 @@ class Expected:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     unique: dict[tuple[str, int], tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
-    # (topic, raw payload in base64 or "[i]" for element i of an array, reason)
-    dead: set[tuple[str, str, str]] = field(default_factory=set)
+    # (topic, raw payload in base64 or "[i]" for element i of an array, reason) -> count
+    dead: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     @classmethod
     def from_rows(cls, rows: Iterable[dict[str, Any]]) -> Expected:
@@ -396,7 +396,7 @@ class Expected:
                 raw = row["payload_b64"]
                 if expected[0]["reason"] == "too_large":  # ingest keeps the first 64 KiB
                     raw = base64.b64encode(base64.b64decode(raw)[:65536]).decode()
-                out.dead.add((row["topic"], raw, expected[0]["reason"]))
+                out.dead[(row["topic"], raw, expected[0]["reason"])] += 1
             elif len(expected) > 1:
                 out.dead.update((row["topic"], f"[{i}]", e["reason"])
                                 for i, e in enumerate(expected) if not e["valid"])
@@ -455,16 +455,20 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
                      [*(f"{prefix}telemetry.{k}" for k in kinds), f"{prefix}telemetry.deadletter"],
                      timeout=120)
     problems: list[str] = []
-    dead: set[tuple[str, str, str]] = set()
+    dead: Counter[tuple[str, str, str]] = Counter()
     for _key, value in raw.pop(f"{prefix}telemetry.deadletter"):
         d = json.loads(value)
         raw_or_index = d["raw"] if d["index"] is None else f"[{d['index']}]"
-        dead.add((d["topic"], raw_or_index, d["reason"]))
-    dead_by_reason = Counter(reason for _t, _r, reason in dead)
-    if dead != expected.dead:
-        problems.append(f"dead letters differ: {len(expected.dead - dead)} missing, e.g. "
-                        f"{sorted(expected.dead - dead)[:3]}; {len(dead - expected.dead)} "
-                        f"unexpected, e.g. {sorted(dead - expected.dead)[:3]}")
+        dead[(d["topic"], raw_or_index, d["reason"])] += 1
+    missing_dead = expected.dead - dead  # a redelivered message may be dead-lettered twice
+    unexpected = set(dead) - set(expected.dead)
+    if missing_dead or unexpected:
+        problems.append(f"dead letters differ: {sum(missing_dead.values())} missing, e.g. "
+                        f"{sorted(missing_dead)[:3]}; {len(unexpected)} unexpected, e.g. "
+                        f"{sorted(unexpected)[:3]}")
+    dead_by_reason: Counter[str] = Counter()
+    for (_t, _r, reason), n in (expected.dead & dead).items():
+        dead_by_reason[reason] += n
     if dead_by_reason != expected.rejected:
         problems.append(f"rejected by reason {dict(dead_by_reason)} != expected "
                         f"{dict(expected.rejected)}")
