@@ -3,8 +3,8 @@ nothing is counted twice, every rejected reading is explained, and KPIs equal th
 
 Two runs keep the suite short while each fault stays distinct and measured:
 - outages: Mosquitto restarted, the Kafka broker stopped 60 s, InfluxDB stopped 5 min, and
-  meanwhile (InfluxDB still down) ingest and KPI workers SIGKILLed at random moments and the
-  workers rebalanced 2 -> 1 -> 2; finally ingest and a worker killed together;
+  meanwhile (InfluxDB still down) ingest and KPI workers SIGKILLed twice each at random moments
+  and the workers rebalanced 2 -> 1 -> 2 (the soak kills with InfluxDB up too);
 - a dedicated InfluxDB whose data directory is on its own ext4 file system, which the kernel
   turns read-only (its real error path); the operator then repairs it (stop, unmount, fsck,
   mount, start).
@@ -186,20 +186,11 @@ def test_outages_kills_and_rebalance_lose_nothing(plain_lane: Lane, tmp_path: Pa
         stack.start_service("influxdb")
         end = probe.mark("InfluxDB: back")
         probe.wait_recovered(end, "InfluxDB stopped 5 min", duration_s=end - t)
-
-        time.sleep(rng.uniform(2.0, 10.0))
-        t = probe.mark("SIGKILL ingest 0 and worker 1 together")
-        ingest.kill()
-        workers[1].kill()
-        ingest.start()
-        workers[1].start()
-        end = probe.mark("both running again")
-        probe.wait_recovered(t, "SIGKILL ingest + worker together", duration_s=end - t)
     finally:
         sim.stop()
         probe.stop()
         save_report(probe, lane.dir / "recovery.json")
-    assert len(probe.recoveries) == 11
+    assert len(probe.recoveries) == 10
     settle(lane, probe, record, capsys)
 
 
