@@ -5,9 +5,11 @@ Recovery time. A `Probe` publishes a canary reading (its own sensor in its own d
 its KPIs are separate entities the oracle also computes) every half second and watches where
 each one has got to: in Kafka (ingest has it), past the KPI worker's committed offset (the
 worker processed it) and past the InfluxDB sink's committed offset (the sink commits only
-what InfluxDB accepted). The recovery time of a fault that ended at T, for a stage, is the
-time from T until the first canary published at or after T has passed that stage: "fresh data
-flows again", including the backlog queued ahead of it in its partition.
+what InfluxDB accepted). The recovery time from a moment T, for a stage, is the time until
+the first canary published at or after T has passed that stage: "fresh data flows again",
+including the backlog queued ahead of it in its partition. T is when a stopped service is
+back (outages) or when the process was killed or stopped (kills, rebalances: restarting it is
+part of the recovery); the outage length is reported beside it.
 """
 
 from __future__ import annotations
@@ -73,14 +75,16 @@ class Recovery:
 
     def line(self) -> str:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items())
-        return f"{self.fault:<46} fault {self.duration_s:6.1f} s   recovered: {stages}"
+        return f"{self.fault:<46} outage {self.duration_s:6.1f} s   recovered: {stages}"
 
 
 class Probe:
     """Canary publisher and lane observer, in background threads (see module docstring)."""
 
-    def __init__(self, lane: Lane, *, interval_s: float = 0.5, sample_s: float = 1.0) -> None:
+    def __init__(self, lane: Lane, *, interval_s: float = 0.5, sample_s: float = 1.0,
+                 services: bool = False) -> None:
         self.lane = lane
+        self.services = services  # also sample the RSS of Mosquitto, Kafka and InfluxDB
         self.interval_s = interval_s
         self.sample_s = sample_s
         self.t0 = time.monotonic()
@@ -258,6 +262,12 @@ class Probe:
             mb = rss_mb(proc.proc.pid)
             if mb is not None:
                 out[proc.component] = out.get(proc.component, 0.0) + mb
+        if self.services:
+            for name in self.lane.stack.SERVICES:
+                svc = self.lane.stack.services[name]
+                mb = rss_mb(svc.pid) if svc.pid is not None and svc.running() else None
+                if mb is not None:
+                    out[name] = mb
         return out
 
     # -- recovery ------------------------------------------------------------------------------
@@ -367,8 +377,8 @@ class Expected:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     unique: dict[tuple[str, int], tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
-    # (topic, raw payload in base64 or "[i]" for element i of an array, reason)
-    dead: set[tuple[str, str, str]] = field(default_factory=set)
+    # (topic, raw payload in base64 or "[i]" for element i of an array, reason) -> count
+    dead: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     @classmethod
     def from_rows(cls, rows: Iterable[dict[str, Any]]) -> Expected:
@@ -386,7 +396,7 @@ class Expected:
                 raw = row["payload_b64"]
                 if expected[0]["reason"] == "too_large":  # ingest keeps the first 64 KiB
                     raw = base64.b64encode(base64.b64decode(raw)[:65536]).decode()
-                out.dead.add((row["topic"], raw, expected[0]["reason"]))
+                out.dead[(row["topic"], raw, expected[0]["reason"])] += 1
             elif len(expected) > 1:
                 out.dead.update((row["topic"], f"[{i}]", e["reason"])
                                 for i, e in enumerate(expected) if not e["valid"])
@@ -445,16 +455,20 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
                      [*(f"{prefix}telemetry.{k}" for k in kinds), f"{prefix}telemetry.deadletter"],
                      timeout=120)
     problems: list[str] = []
-    dead: set[tuple[str, str, str]] = set()
+    dead: Counter[tuple[str, str, str]] = Counter()
     for _key, value in raw.pop(f"{prefix}telemetry.deadletter"):
         d = json.loads(value)
         raw_or_index = d["raw"] if d["index"] is None else f"[{d['index']}]"
-        dead.add((d["topic"], raw_or_index, d["reason"]))
-    dead_by_reason = Counter(reason for _t, _r, reason in dead)
-    if dead != expected.dead:
-        problems.append(f"dead letters differ: {len(expected.dead - dead)} missing, e.g. "
-                        f"{sorted(expected.dead - dead)[:3]}; {len(dead - expected.dead)} "
-                        f"unexpected, e.g. {sorted(dead - expected.dead)[:3]}")
+        dead[(d["topic"], raw_or_index, d["reason"])] += 1
+    missing_dead = expected.dead - dead  # a redelivered message may be dead-lettered twice
+    unexpected = set(dead) - set(expected.dead)
+    if missing_dead or unexpected:
+        problems.append(f"dead letters differ: {sum(missing_dead.values())} missing, e.g. "
+                        f"{sorted(missing_dead)[:3]}; {len(unexpected)} unexpected, e.g. "
+                        f"{sorted(unexpected)[:3]}")
+    dead_by_reason: Counter[str] = Counter()
+    for (_t, _r, reason), n in (expected.dead & dead).items():
+        dead_by_reason[reason] += n
     if dead_by_reason != expected.rejected:
         problems.append(f"rejected by reason {dict(dead_by_reason)} != expected "
                         f"{dict(expected.rejected)}")
@@ -586,3 +600,47 @@ def lane_logs(lane: Lane) -> list[Path]:
 def all_rows(record: Path, probe: Probe) -> list[dict[str, Any]]:
     """The recording followed by the canary's rows (separate entities: order is immaterial)."""
     return [*read_recording(record), *probe.rows]
+
+
+# -- plots and trends -------------------------------------------------------------------------
+
+
+def plot(probe: Probe, path: Path, title: str) -> None:
+    """RSS by component and consumer lag over time, faults as vertical lines, into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = probe.samples
+    t = [s.t / 60 for s in samples]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
+    for name in sorted({k for s in samples for k in s.rss_mb}):
+        top.plot(t, [s.rss_mb.get(name, float("nan")) for s in samples], label=name)
+    top.set_ylabel("RSS (MB)")
+    top.legend(loc="upper left")
+    for attr, label in (("worker_lag", "KPI worker lag"), ("sink_lag", "sink lag")):
+        bottom.plot(t, [getattr(s, attr) if getattr(s, attr) is not None else float("nan")
+                        for s in samples], label=label)
+    bottom.set_ylabel("consumer lag (records)")
+    bottom.set_xlabel("minutes")
+    bottom.legend(loc="upper left")
+    for event in probe.events:
+        if not event.what.startswith("recovered"):
+            for ax in (top, bottom):
+                ax.axvline(event.t / 60, color="grey", alpha=0.3, linewidth=0.8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def growth(values: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, value) pairs in value per second (0 for < 2 points)."""
+    if len(values) < 2:
+        return 0.0
+    n = len(values)
+    mean_t = sum(t for t, _ in values) / n
+    mean_v = sum(v for _, v in values) / n
+    var = sum((t - mean_t) ** 2 for t, _ in values)
+    return 0.0 if var == 0 else sum((t - mean_t) * (v - mean_v) for t, v in values) / var

@@ -305,6 +305,10 @@ def compare_points(got: dict[Point, dict[str, Any]], want: dict[Point, dict[str,
     return problems
 
 
+class KpiMismatch(AssertionError):
+    """KPI points in InfluxDB differ from the oracle's (a test may expect this one failure)."""
+
+
 @dataclass
 class Lane:
     """One isolated pipeline on the shared stack: its own topics (prefix), MQTT shared group,
@@ -385,8 +389,8 @@ class Lane:
                 return
             time.sleep(3)
         logs = "\n".join(f"--- {p.log.name}\n{p.tail(15)}" for p in self.processes)
-        raise AssertionError(f"{len(problems)} differences from the oracle after "
-                             f"{timeout:.0f}s, e.g.:\n" + "\n".join(problems[:12]) + "\n" + logs)
+        raise KpiMismatch(f"{len(problems)} differences from the oracle after "
+                          f"{timeout:.0f}s, e.g.:\n" + "\n".join(problems[:12]) + "\n" + logs)
 
     def stop(self) -> None:
         for proc in reversed(self.processes):

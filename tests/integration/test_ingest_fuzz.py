@@ -7,8 +7,8 @@ gateway, which the publisher is told: those are checked to be refused, not to ar
 characters and Unicode non-characters in a topic make Mosquitto drop the connection as a
 malformed packet, so they are left out too.)
 
-Budget: at most CITYSTREAM_FUZZ_EXAMPLES (default 120) hypothesis examples of up to 12
-messages, and no new example after CITYSTREAM_FUZZ_BUDGET_S (default 60) seconds."""
+Budget: at most CITYSTREAM_FUZZ_INGEST_EXAMPLES (default 120) hypothesis examples of up to
+12 messages, and no new example after CITYSTREAM_FUZZ_BUDGET_S (default 60) seconds."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from tests.unit.ingest.test_decode_properties import json_values
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]  # the lane: buckets
 
-EXAMPLES = int(os.environ.get("CITYSTREAM_FUZZ_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("CITYSTREAM_FUZZ_INGEST_EXAMPLES", "120"))
 BUDGET_S = float(os.environ.get("CITYSTREAM_FUZZ_BUDGET_S", "60"))
 KINDS = ("water", "energy", "traffic", "shuttle")
 

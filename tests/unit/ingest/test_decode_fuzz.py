@@ -2,7 +2,7 @@
 deletions, splices of troublesome tokens and topic mutations. Whatever comes out, decode never
 raises, never takes long, accounts for every element and agrees with its careful path.
 
-The budget is hypothesis' `max_examples` (CITYSTREAM_FUZZ_EXAMPLES, default 400) and a
+The budget is hypothesis' `max_examples` (CITYSTREAM_FUZZ_EXAMPLES, default 200) and a
 per-example `deadline` (a pathological input must not stall ingest)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SEEDS = [c for c in load(NOW) if len(c.payload) <= 70_000]
 TOKENS = [b"NaN", b"-Infinity", b"1e999", b"9" * 40, b"\x00", b"\\u0000", b"\\ud800", b"\xff",
           b"\xc3", b'"', b"\\", b"[" * 3000, b"{" * 50, b"]", b"}", b",", b":", b"null",
           b"true", b"-0", b"1.0", b"\n", b" ", b'"ts":', b'"sensor_id":', b"\xef\xbb\xbf"]
-BUDGET = settings(max_examples=int(os.environ.get("CITYSTREAM_FUZZ_EXAMPLES", "400")),
+BUDGET = settings(max_examples=int(os.environ.get("CITYSTREAM_FUZZ_EXAMPLES", "200")),
                   deadline=timedelta(seconds=2), database=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
