@@ -176,7 +176,6 @@ def _register_components() -> None:
     planned = {
         "report": (6, "Answer 'are we on track?' for a period, from InfluxDB."),
         "baseline": (6, "Learn hour-of-week baselines from a past period in InfluxDB."),
-        "bench": (7, "Benchmark citystream against its peers."),
     }
     from sensors_sim.cli import sim
 
@@ -188,6 +187,9 @@ def _register_components() -> None:
     main.add_command(check, "check")
     main.add_command(ingest, "ingest")
     main.add_command(worker, "worker")
+    from bench.cli import bench
+
+    main.add_command(bench, "bench")
     for name, (issue, summary) in planned.items():
         main.add_command(_planned(name, issue, summary))
 
