@@ -176,7 +176,9 @@ class ProbePoller(threading.Thread):
 
 class KpiPoller(threading.Thread):
     """Polls the KPI bucket for KPI points with window end >= `since_ms`; notes when each
-    (measurement, tags, window end) was first seen, like `ProbePoller`."""
+    (measurement, entity, window end) was first seen (`result.seen`) and when its value last
+    changed (`changed`): a window can be written early (the worker's quiet-key timer) and
+    rewritten once final."""
 
     def __init__(self, influx: Influx, bucket: str, since_ms: int,
                  interval_s: float = 0.5) -> None:
@@ -186,13 +188,16 @@ class KpiPoller(threading.Thread):
         self.since_ms = since_ms
         self.interval_s = interval_s
         self.result = Visibility()
+        self.changed: dict[Any, float] = {}
+        self.values: dict[Any, str] = {}
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         cond = " or ".join(f'r._field == "{f}"' for f in KPI_FIELDS)
         flux = (f'from(bucket: "{self.bucket}") |> range(start: time(v: '
                 f'{self.since_ms * 1_000_000})) |> filter(fn: (r) => {cond}) '
-                f'|> keep(columns: ["_time", "_measurement", "district", "junction", "route"])')
+                f'|> keep(columns: ["_time", "_value", "_measurement", "district", "junction", '
+                f'"route"])')
         last_end = time.time()
         while not self.stop_event.is_set():
             started = time.time()
@@ -209,6 +214,9 @@ class KpiPoller(threading.Thread):
                 entity = row.get("junction") or row.get("route") or row.get("district") or ""
                 key = (row["_measurement"], entity, _ms(row["_time"]))
                 self.result.seen.setdefault(key, ended)
+                if self.values.get(key) != row["_value"]:
+                    self.values[key] = row["_value"]
+                    self.changed[key] = ended
             self.stop_event.wait(max(0.0, self.interval_s - (time.time() - started)))
 
     def stop(self) -> Visibility:

@@ -30,6 +30,7 @@ from typing import Any
 from models.city import City
 
 PROBE_PREFIX = "probe-"
+TICK_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,7 @@ class RawPublisher:
         self.acked = 0
         self._next_id = 0
         self._buffer: list[bytes] = []
+        self._topics: dict[str, bytes] = {}
         self._cond = threading.Condition()
         self._error: str | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -230,10 +232,14 @@ class RawPublisher:
                 while self.sent - self.acked >= self.window and self._error is None:
                     self._cond.wait(1.0)
             self._check()
-        self._next_id = self._next_id % 65535 + 1
-        topic_b = topic.encode()
-        rest = struct.pack("!H", len(topic_b)) + topic_b + struct.pack("!H", self._next_id)
-        self._buffer.append(bytes([0x32]) + _varint(len(rest) + len(body)) + rest + body)
+        self._next_id = pid = self._next_id % 65535 + 1
+        head = self._topics.get(topic)
+        if head is None:
+            topic_b = topic.encode()
+            head = self._topics[topic] = struct.pack("!H", len(topic_b)) + topic_b
+        size = len(head) + 2 + len(body)
+        self._buffer.append(b"\x32" + (_varint(size) if size > 127 else bytes((size,)))
+                            + head + pid.to_bytes(2, "big") + body)
         self.sent += 1
 
     def flush(self) -> None:
@@ -376,10 +382,11 @@ def run_live(spec: LiveSpec, city: City,
         if probes and sent_at - reported >= 0.2:
             report(probes)
             probes, reported = [], sent_at
-        wake = min((st.next_due for st in streams), default=end)
-        pause = wake - (time.time() - t0)
+        # one send per tick: a syscall per message would cost the publisher more CPU than the
+        # messages themselves; readings keep their scheduled ts, probes their real send time
+        pause = TICK_S - (time.time() - sent_at)
         if pause > 0:
-            time.sleep(min(pause, 0.005))
+            time.sleep(pause)
     report(probes)
     seconds = time.time() - t0
     acked = pub.wait_acked(120)

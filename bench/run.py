@@ -53,6 +53,7 @@ class Runner:
 
     def step(self, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         self.ctx.say(f"-- {key}")
+        settled = suite.settle(self.ctx)
         t0 = time.time()
         try:
             result = fn()
@@ -64,6 +65,7 @@ class Runner:
             stop_children()
             self.ctx.drop_buckets()
         result["seconds"] = round(time.time() - t0, 1)
+        result["settled_s"] = round(settled, 1)
         self.results[key] = result
         rate = result.get("rate_per_s") or result.get("delivered_rate_per_s")
         lat = (result.get("latency") or {}).get("p99_s")
@@ -97,7 +99,8 @@ class Runner:
                         n == 1 and self.want("sink")):
                     step("sink", partial(suite.measure_sink, ctx, held["ns"], held["ledger"]))
         if self.want("quix"):
-            water = suite.backlog_messages(ctx, s.sensors, s.cycles, kinds=("water",))
+            water = suite.backlog_messages(ctx, s.water_sensors, s.water_cycles,
+                                           kinds=("water",))
             held = {}
             if step("kpi.water", partial(_kpi, ctx, water, 1, ", water only", held)) and (
                     self.o.peers):
@@ -114,9 +117,12 @@ class Runner:
                 rate = max_rate * pct / 100
                 spec = suite.steady_spec(s.sensors, rate, s.live_s)
                 for system in systems:
+                    kpi = (pct == 50 and system == "citystream"
+                           and s.live_s >= ctx.city.windows.grace_s + 40)
                     step(f"latency.{pct}.{system}", partial(
                         suite.measure_live, ctx, system, spec,
-                        f"latency at {pct} % of citystream's max ({rate:.0f} readings/s)"))
+                        f"latency at {pct} % of citystream's max ({rate:.0f} readings/s)",
+                        kpi=kpi))
         if self.want("steady"):
             spec = suite.steady_spec(s.sensors, s.steady_rate, s.steady_s)
             for system in systems:
