@@ -165,22 +165,7 @@ def env(home: Path | None) -> None:
         click.echo(f"export {name}={shlex.quote(value)}")
 
 
-def _planned(name: str, issue: int, summary: str) -> click.Command:
-    @click.command(name=name, context_settings=CONTEXT,
-                   help=f"{summary}\n\nNot implemented yet (planned in issue {issue}).",
-                   short_help=f"[planned, issue {issue}] {summary}")
-    def command() -> None:
-        click.echo(f"`citystream {name}` is not implemented yet (planned in issue {issue}).",
-                   err=True)
-        sys.exit(2)
-
-    return command
-
-
 def _register_components() -> None:
-    planned = {
-        "bench": (7, "Benchmark citystream against its peers."),
-    }
     from analysis.cli import baseline, report
     from sensors_sim.cli import sim
 
@@ -197,8 +182,9 @@ def _register_components() -> None:
     main.add_command(ingest, "ingest")
     main.add_command(worker, "worker")
     main.add_command(sink, "sink")
-    for name, (issue, summary) in planned.items():
-        main.add_command(_planned(name, issue, summary))
+    from bench.cli import bench
+
+    main.add_command(bench, "bench")
 
 
 _register_components()

@@ -1,0 +1,657 @@
+"""The measurements of `citystream bench`, run against a private stack.
+
+Every measurement gets fresh names (Kafka topic prefix, MQTT shared group, InfluxDB buckets), so
+none sees another's data, and stops what it started. How each figure is obtained (the method)
+is documented in docs/performance.md; in short:
+
+- *stage capacity* (MQTT->Kafka, Kafka->KPI, KPI+raw->InfluxDB, end to end, Telegraf, Quix):
+  the input is loaded first (into Mosquitto's queue for the consumer's persistent session, or
+  onto the Kafka topics), then the consumer starts and drains it; the rate is taken between
+  10 % and 90 % of the input done, so start-up and stragglers stay out of it;
+- *latency*: a paced live feed with probe readings whose publish times the publisher notes;
+  a poller finds them in InfluxDB;
+- *CPU* from /proc of each process, *RSS* at the end (and its peak), load and steal of the
+  machine during each measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import multiprocessing as mp
+import queue as queue_mod
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from citystream.settings import KafkaSettings
+from models.city import City, load_city
+
+from . import kafka as kq
+from .influx import Influx, KpiPoller, ProbePoller, WriteCounter
+from .load import Burst, LiveSpec, Sensor, backlog, city_fleet, publish_backlog, run_live
+from .peers import floor, quix_child, quix_python, telegraf_child
+from .procs import ROOT, BenchStack, Child, Namespace, citystream, sink_child
+from .stats import latency_summary, per_1k, sustained_rate
+from .system import CpuMeter, HostMeter, memory_mb
+
+log = logging.getLogger(__name__)
+
+Message = tuple[Sensor, bytes, int]
+WORKLOADS = ("steady", "burst", "gateway", "replay")
+STAGES = ("floor", "ingest", "kpi", "sink", "quix", "e2e", "latency", "rss")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big and long the measurements are (`--quick` shrinks every one)."""
+
+    sensors: int = 10_000
+    cycles: int = 20  # readings per sensor in the loaded backlogs
+    gateway_batch: int = 50
+    gateway_cycles: int = 100
+    live_s: float = 180.0  # latency runs at 50 % and 90 % of the maximum
+    water_sensors: int = 10_000  # the Quix comparison: water meters only, 20 min of readings
+    water_cycles: int = 20
+    steady_rate: float = 10_000.0
+    steady_s: float = 300.0
+    burst_s: float = 60.0
+    burst_around_s: float = 60.0  # steady load before and after the burst
+    replay_hours: float = 23.5
+    rss_sensors: int = 100_000
+    drain_s: float = 180.0  # longest wait for a backlog after a live feed
+
+    @classmethod
+    def quick(cls) -> Scale:
+        return cls(cycles=3, gateway_cycles=50, water_sensors=1000, live_s=30.0,
+                   steady_s=170.0, burst_s=20.0, burst_around_s=20.0, replay_hours=1.0,
+                   drain_s=60.0)
+
+
+@dataclass
+class Context:
+    """What every measurement needs."""
+
+    stack: BenchStack
+    influx: Influx
+    city: City
+    scale: Scale
+    logs: Path
+    quix_venv: Path
+    say: Callable[[str], None]
+    peers: bool = True
+    cleanup: list[str] = field(default_factory=list)
+
+    def namespace(self, label: str, buckets: bool = True) -> Namespace:
+        ns = Namespace(label)
+        if buckets:
+            for bucket in (ns.telemetry, ns.kpi):
+                self.influx.create_bucket(bucket)
+                self.cleanup.append(bucket)
+        return ns
+
+    def drop_buckets(self) -> None:
+        for bucket in self.cleanup:
+            try:
+                self.influx.delete_bucket(bucket)
+            except Exception:  # best effort; the stack is temporary anyway
+                log.debug("could not delete bucket %s", bucket, exc_info=True)
+        self.cleanup.clear()
+
+    def kafka(self, ns: Namespace) -> KafkaSettings:
+        return KafkaSettings(bootstrap=self.stack.bootstrap, topic_prefix=ns.prefix)
+
+
+def settle(ctx: Context, max_s: float = 90.0, cores: float = 0.25) -> float:
+    """Wait (at most `max_s`) until the services use less than `cores` of CPU, so one
+    measurement's aftermath (Mosquitto freeing a dropped queue, Kafka flushing, InfluxDB
+    compacting) does not count against the next. Returns the seconds waited."""
+    t0 = time.time()
+    meter = CpuMeter(ctx.stack.service_pids()).start()
+    while time.time() - t0 < max_s:
+        time.sleep(1.0)
+        used = sum(meter.stop().values())
+        if used < cores:
+            break
+        meter.start()
+    return time.time() - t0
+
+
+# -- pieces -----------------------------------------------------------------------------------
+
+
+def _ingest(ctx: Context, ns: Namespace, n: int, leave: bool = True) -> list[Child]:
+    extra = {"CITYSTREAM_INGEST_COUNTERS_INTERVAL": "1"}
+    if leave:
+        extra["CITYSTREAM_INGEST_LEAVE_ON_EXIT"] = "1"
+    return [citystream(f"ingest-{ns.tag}-{i}", ["ingest", "--instance", str(i)], ctx.stack, ns,
+                       ctx.logs, extra) for i in range(n)]
+
+
+def _workers(ctx: Context, ns: Namespace, n: int, sink: bool = True) -> list[Child]:
+    args = [] if sink else ["--no-sink"]
+    return [citystream(f"worker-{ns.tag}-{i}",
+                       ["worker", "--instance", str(i), "--data-dir",
+                        str(ctx.logs / f"state-{ns.tag}"), *args], ctx.stack, ns, ctx.logs)
+            for i in range(n)]
+
+
+def _start_all(children: list[Child], timeout_s: float = 180.0) -> None:
+    for c in children:
+        c.start(wait=False)
+    for c in children:
+        c.wait_ready(timeout_s)
+
+
+def _stop_all(children: list[Child]) -> None:
+    for c in children:
+        c.stop()
+
+
+def _prime(children: list[Child]) -> None:
+    """Start and stop consumers once, so the broker keeps their persistent sessions and queues
+    what is published meanwhile."""
+    _start_all(children)
+    _stop_all(children)
+
+
+def _meters(ctx: Context, procs: dict[str, Child]) -> tuple[CpuMeter, CpuMeter, HostMeter]:
+    ours = CpuMeter({name: c.pid for name, c in procs.items()}).start()
+    services = CpuMeter(ctx.stack.service_pids()).start()
+    return ours, services, HostMeter().start()
+
+
+def _figures(items: float, rate: float | None, ours: dict[str, float],
+             services: dict[str, float], host: dict[str, Any],
+             procs: dict[str, Child]) -> dict[str, Any]:
+    return {
+        "items": items, "rate_per_s": rate,
+        "cpu_s_per_1k": per_1k(sum(ours.values()), items),
+        "cpu_s_per_1k_by_process": {k: per_1k(v, items) for k, v in ours.items()},
+        "services_cpu_s_per_1k": {k: per_1k(v, items) for k, v in services.items()},
+        "memory_mb": {name: memory_mb(c.pid) for name, c in procs.items()},
+        "host": host,
+    }
+
+
+def _ingest_accepted(children: list[Child]) -> int:
+    """Readings accepted so far, from the ingest processes' counter log lines."""
+    total = 0
+    for c in children:
+        last = 0
+        try:
+            text = c.log.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines()[-50:]:
+            if " readings accepted" in line and "ingest " in line:
+                last = int(line.split(" messages, ")[1].split(" readings")[0])
+        total += last
+    return total
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def _worker_counter_samples(ctx: Context, ns: Namespace) -> list[tuple[float, float]]:
+    """Readings received by all workers over time, from their `pipeline.counters` records
+    (every 5 s per worker): the sum of each worker's latest count at each record's time."""
+
+    async def read() -> list[tuple[float, str, int]]:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(f"{ns.prefix}pipeline.counters",
+                                    bootstrap_servers=ctx.stack.bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        out: list[tuple[float, str, int]] = []
+        try:
+            while True:
+                got = await consumer.getmany(timeout_ms=1500)
+                if not got:
+                    break
+                for records in got.values():
+                    for r in records:
+                        body = orjson.loads(r.value)
+                        if body.get("component") == "worker":
+                            out.append((body["ts_ms"] / 1000, body["instance"],
+                                        int(body["received"])))
+        finally:
+            await consumer.stop()
+        return out
+
+    latest: dict[str, int] = {}
+    samples = []
+    for t, instance, received in sorted(asyncio.run(read())):
+        latest[instance] = received
+        samples.append((t, float(sum(latest.values()))))
+    return samples
+
+
+# -- the floor --------------------------------------------------------------------------------
+
+
+def measure_floor(ctx: Context, messages: list[Message], label: str) -> dict[str, Any]:
+    result = floor(messages, min_seconds=3.0)
+    return {"what": f"floor: parse, validate, line-encode ({label})", "items": result["readings"],
+            "rate_per_s": result["readings_per_cpu_s"], "wall_rate_per_s":
+            result["readings_per_s"], "cpu_s_per_1k": result["cpu_s_per_1k"]}
+
+
+# -- stages -----------------------------------------------------------------------------------
+
+
+def measure_ingest(ctx: Context, messages: list[Message], processes: int, label: str = "",
+                   ) -> dict[str, Any]:
+    """MQTT -> Kafka: `processes` ingest processes drain a backlog queued in Mosquitto."""
+    ns = ctx.namespace("ingest", buckets=False)
+    _prime(_ingest(ctx, ns, processes, leave=False))
+    pub = publish_backlog(ctx.stack.info["mqtt"], iter(messages), f"bench-{ns.tag}")
+    want = pub["readings"]
+    ingests = _ingest(ctx, ns, processes)
+    procs = {f"ingest-{i}": c for i, c in enumerate(ingests)}
+    _start_all(ingests)
+    ours, services, host = _meters(ctx, procs)
+    done = _wait(lambda: _ingest_accepted(ingests) >= want, ctx.scale.drain_s * 3)
+    figures = _figures(want, None, ours.stop(), services.stop(), host.stop(), procs)
+    arrived = asyncio.run(kq.arrivals(ctx.stack.bootstrap,
+                                      list(ctx.kafka(ns).topics.telemetry.values()), want, 120))
+    _stop_all(ingests)
+    samples = kq.cumulative(arrived)
+    figures["rate_per_s"] = sustained_rate(samples, want)
+    figures["complete"] = done and bool(samples) and samples[-1][1] >= want
+    figures["startup_s"] = samples[0][0] - ingests[0].started_at if samples else None
+    return {"what": f"MQTT -> Kafka, {processes} ingest{label}", **figures,
+            "messages": pub["messages"]}
+
+
+def measure_kpi(ctx: Context, messages: list[Message], workers: int, label: str = "",
+                ) -> tuple[dict[str, Any], Namespace, kq.Ledger]:
+    """Kafka -> KPI records: `workers` workers without the sink drain a backlog on Kafka."""
+    ns = ctx.namespace("kpi", buckets=False)
+    ledger = asyncio.run(kq.preload(ctx.kafka(ns), iter(messages)))
+    watch = kq.GroupWatcher(ctx.stack.bootstrap, f"{ns.prefix}citystream-worker", ledger)
+    children = _workers(ctx, ns, workers, sink=False)
+    procs = {f"worker-{i}": c for i, c in enumerate(children)}
+    watch.start()
+    _start_all(children)
+    ours, services, host = _meters(ctx, procs)
+    done = watch.wait(ctx.scale.drain_s * 5)
+    t_done = time.time()
+    figures = _figures(ledger.total, None, ours.stop(), services.stop(), host.stop(), procs)
+    watch.stop()
+    time.sleep(5.5)  # one more counters record from each worker
+    _stop_all(children)
+    samples = [s for s in _worker_counter_samples(ctx, ns) if s[0] <= t_done]
+    samples.append((t_done, float(ledger.total)))
+    figures["rate_per_s"] = sustained_rate(samples, ledger.total) if done else None
+    figures["complete"] = done
+    figures["kpi_records"] = sum(asyncio.run(kq.end_offsets(
+        ctx.stack.bootstrap, [f"{ns.prefix}kpi.records"])).values())
+    return ({"what": f"Kafka -> KPI, {workers} worker{label}", **figures}, ns, ledger)
+
+
+def measure_sink(ctx: Context, ns: Namespace, ledger: kq.Ledger) -> dict[str, Any]:
+    """KPI records + raw readings -> InfluxDB: the sink alone drains what a KPI stage left."""
+    for bucket in (ns.telemetry, ns.kpi):
+        ctx.influx.create_bucket(bucket)
+        ctx.cleanup.append(bucket)
+    units = [f"{ns.prefix}kpi.records", f"{ns.prefix}pipeline.counters"]
+    full = kq.ledger_for_units(ledger, asyncio.run(kq.end_offsets(ctx.stack.bootstrap, units)),
+                               units)
+    watch = kq.GroupWatcher(ctx.stack.bootstrap, f"{ns.prefix}citystream-sink", full)
+    sink = sink_child(f"sink-{ns.tag}", ctx.stack, ns, ctx.logs)
+    procs = {"sink": sink}
+    watch.start()
+    sink.start()
+    ours, services, host = _meters(ctx, procs)
+    done = watch.wait(ctx.scale.drain_s * 3)
+    figures = _figures(full.total, None, ours.stop(), services.stop(), host.stop(), procs)
+    samples = watch.stop()
+    sink.stop()
+    figures["rate_per_s"] = sustained_rate(samples, full.total)
+    figures["complete"] = done and ctx.influx.count(ns.telemetry) == ledger.total
+    return {"what": "KPI + raw -> InfluxDB, sink", **figures}
+
+
+def measure_quix(ctx: Context, ns: Namespace, ledger: kq.Ledger) -> dict[str, Any]:
+    """Quix Streams: 15-min water consumption per district from the same loaded topic."""
+    water = kq.Ledger({tp: v for tp, v in ledger.offsets.items() if tp.topic.endswith(".water")},
+                      {tp: v for tp, v in ledger.cumulative.items()
+                       if tp.topic.endswith(".water")})
+    group = f"{ns.prefix}quix"
+    watch = kq.GroupWatcher(ctx.stack.bootstrap, group, water)
+    child = quix_child(quix_python(ctx.quix_venv, ctx.say), ctx.stack, ns, ctx.logs, group)
+    procs = {"quix": child}
+    watch.start()
+    child.start()
+    ours, services, host = _meters(ctx, procs)
+    done = watch.wait(ctx.scale.drain_s * 5)
+    figures = _figures(water.total, None, ours.stop(), services.stop(), host.stop(), procs)
+    samples = watch.stop()
+    child.stop()
+    figures["rate_per_s"] = sustained_rate(samples, water.total)
+    figures["complete"] = done
+    figures["check"] = compare_water(ctx, ns)
+    return {"what": "Quix Streams: 15-min water consumption", **figures}
+
+
+def compare_water(ctx: Context, ns: Namespace) -> dict[str, Any]:
+    """Quix's windows against citystream's water_kpi records of the same topic."""
+    raw = asyncio.run(kq.read_all(ctx.stack.bootstrap,
+                                  [f"{ns.prefix}kpi.records", f"{ns.prefix}quix.water"]))
+    ours: dict[tuple[str, int], float] = {}
+    for _, value in raw.get(f"{ns.prefix}kpi.records", []):
+        body = orjson.loads(value)
+        if body.get("measurement") == "water_kpi":
+            ours[(body["district"], body["window_end_ms"])] = body["consumption_l"]
+    theirs: dict[tuple[str, int], float] = {}
+    for key, value in raw.get(f"{ns.prefix}quix.water", []):
+        body = orjson.loads(value)
+        theirs[((key or b"").decode(), body["end"])] = body["consumption_l"]
+    both = set(ours) & set(theirs)
+    worst = max((abs(ours[k] - theirs[k]) / max(1.0, abs(ours[k])) for k in both), default=None)
+    return {"citystream_windows": len(ours), "quix_windows": len(theirs), "compared": len(both),
+            "max_rel_diff": worst}
+
+
+def measure_e2e(ctx: Context, system: str, messages: list[Message], label: str = "",
+                ingests: int = 1, workers: int = 1) -> dict[str, Any]:
+    """MQTT -> raw points in InfluxDB: a backlog queued in Mosquitto drained by citystream
+    (ingest + worker with its sink) or by Telegraf."""
+    ns = ctx.namespace("e2e")
+    if system == "telegraf":
+        _prime([telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)])
+    else:
+        _prime(_ingest(ctx, ns, ingests, leave=False))
+    pub = publish_backlog(ctx.stack.info["mqtt"], iter(messages), f"bench-{ns.tag}")
+    want = pub["readings"]
+    counter = WriteCounter(ctx.influx)
+    if system == "telegraf":
+        children = [telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)]
+        procs = {"telegraf": children[0]}
+    else:
+        ws = _workers(ctx, ns, workers)
+        _start_all(ws)  # Faust needs ~10 s to join; ingest then starts the drain
+        children = [*ws, *_ingest(ctx, ns, ingests)]
+        procs = {f"worker-{i}": c for i, c in enumerate(ws)}
+        procs.update({f"ingest-{i}": c for i, c in enumerate(children[workers:])})
+    counter.start()
+    started = time.time()
+    _start_all(children[-ingests:] if system != "telegraf" else children)
+    ours, services, host = _meters(ctx, procs)
+    done = counter.wait_for(want, ctx.scale.drain_s * 5, idle_s=60)
+    figures = _figures(want, None, ours.stop(), services.stop(), host.stop(), procs)
+    samples = counter.stop()
+    _stop_all(children)
+    figures["rate_per_s"] = sustained_rate(samples, want)
+    figures["raw_points"] = ctx.influx.count(ns.telemetry)
+    figures["complete"] = done and figures["raw_points"] == want
+    first = next((t for t, n in samples if n > 0), None)
+    figures["startup_s"] = first - started if first else None
+    who = "Telegraf" if system == "telegraf" else f"citystream {ingests} ingest + {workers} worker"
+    return {"what": f"MQTT -> InfluxDB raw{label}, {who}", "system": system, **figures}
+
+
+# -- live feeds -------------------------------------------------------------------------------
+
+
+def _live_main(spec: LiveSpec, city_file: str | None, out: Any) -> None:
+    city = load_city(Path(city_file) if city_file else None)
+    result = run_live(spec, city, lambda probes: out.put(("probes", probes)))
+    out.put(("done", result))
+
+
+def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
+                 kpi: bool = False) -> dict[str, Any]:
+    """A paced live feed into citystream (ingest + worker) or Telegraf: delivered rate,
+    publish-to-InfluxDB latency of the probes (overall and per phase), KPI latency."""
+    ns = ctx.namespace("live")
+    if system == "telegraf":
+        children = [telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)]
+        procs = {"telegraf": children[0]}
+    else:
+        ws = _workers(ctx, ns, 1)
+        ins = _ingest(ctx, ns, 1)
+        children = [*ws, *ins]
+        procs = {"worker-0": ws[0], "ingest-0": ins[0]}
+    _start_all(children)
+    start_at = time.time() + 2.0
+    shift_ms = cross_ms = 0
+    if kpi:  # event time such that windows of every kind end 10 s into the feed
+        cross_ms = int((start_at + 10) * 1000)
+        shift_ms = cross_ms % 1_800_000
+    spec = replace(spec, mqtt=ctx.stack.info["mqtt"], client_id=f"bench-{ns.tag}",
+                   start_at=start_at, shift_ms=shift_ms)
+    probes = ProbePoller(ctx.influx, ns.telemetry)
+    kpis = KpiPoller(ctx.influx, ns.kpi, cross_ms - shift_ms - 1000) if kpi else None
+    counter = WriteCounter(ctx.influx)
+    results: queue_mod.Queue[Any] = queue_mod.Queue()
+    spawn = mp.get_context("spawn")
+    channel = spawn.Queue()
+    publisher = spawn.Process(target=_live_main, args=(spec, None, channel), daemon=True)
+
+    def pump() -> None:
+        while True:
+            kind, body = channel.get()
+            if kind == "probes":
+                probes.add(body)
+            else:
+                results.put(body)
+                return
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    for t in (probes, counter, pumper, *([kpis] if kpis else [])):
+        t.start()
+    ours, services, host = _meters(ctx, procs)
+    publisher.start()
+    try:
+        sent = results.get(timeout=spec.duration_s + 300)
+        t_end = time.time()
+        written_at_end = counter.written()
+        _wait(lambda: probes.outstanding() == 0, ctx.scale.drain_s)
+        drained = time.time() - t_end
+        if kpis:
+            _wait(lambda: _kpi_closed(kpis, spec, start_at, t_end, ctx.city), 30)
+        figures = _figures(sent["readings"], None, ours.stop(), services.stop(), host.stop(),
+                           procs)
+    finally:
+        if publisher.is_alive():
+            publisher.terminate()
+        publisher.join(10)
+        visible = probes.stop()
+        samples = counter.stop()
+        if kpis:
+            kpis.stop()
+        _stop_all(children)
+    lat = probes.latencies()
+    figures.update({
+        "offered_rate_per_s": sent["readings"] / sent["seconds"],
+        "delivered_rate_per_s": _delivered(samples, start_at, t_end),
+        "published": {k: v for k, v in sent.items() if k != "probes"},
+        "latency": latency_summary(lat),
+        "probes": {"published": len(probes.published), "seen": len(visible.seen),
+                   "poll_resolution_s": visible.resolution_s, "polls": visible.polls,
+                   "poll_errors": visible.errors},
+        "written_during_feed": written_at_end, "drain_s": drained,
+        "backlog_at_end": sent["readings"] - written_at_end,
+    })
+    if spec.bursts:
+        figures["phases"] = _phases(probes, spec, start_at)
+    if kpis is not None:
+        figures["kpi_latency"] = _kpi_latency(kpis, spec, start_at, t_end, ctx.city)
+    return {"what": what, "system": system, **figures}
+
+
+def _delivered(samples: list[tuple[float, float]], t0: float, t1: float) -> float | None:
+    """Points written per second over the second half of the feed (steady state)."""
+    mid = t0 + (t1 - t0) / 2
+    inside = [(t, n) for t, n in samples if mid <= t <= t1]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
+def _phases(probes: ProbePoller, spec: LiveSpec, t0: float) -> dict[str, Any]:
+    burst = spec.bursts[0]
+    phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}
+    seen = probes.result.seen
+    for key, published in probes.published.items():
+        at = published - t0
+        phase = ("before" if at < burst.start_s else "during" if at < burst.end_s else "after")
+        if key in seen:
+            phases[phase].append(seen[key] - published)
+    out: dict[str, Any] = {k: latency_summary(v) for k, v in phases.items()}
+    base = out["before"]["p99_s"]
+    recovered = None
+    if base is not None:  # first moment after the burst from which every probe is back near base
+        late = sorted((p - t0, seen[k] - p) for k, p in probes.published.items()
+                      if k in seen and p - t0 >= burst.end_s)
+        limit = max(2 * base, base + 0.5)
+        bad = [at for at, lat in late if lat > limit]
+        recovered = (max(bad) - burst.end_s) if bad else 0.0
+    out["recovery_s"] = recovered
+    return out
+
+
+def _kpi_window_ends(spec: LiveSpec, start_at: float, t_end: float, city: City,
+                     ) -> dict[str, list[int]]:
+    """Per KPI measurement, the window ends (feed time, ms) that became final during the feed."""
+    grace = city.windows.grace_s * 1000
+    first = int((start_at - 1) * 1000) - spec.shift_ms
+    last = int(t_end * 1000) - spec.shift_ms - grace
+    out = {}
+    for measurement, window_s in (("water_kpi", 900), ("energy_kpi", 1800),
+                                  ("traffic_kpi", 300), ("shuttle_kpi", 900)):
+        step = window_s * 1000
+        out[measurement] = list(range((first // step + 1) * step, last + 1, step))
+    return out
+
+
+def _kpi_closed(kpis: KpiPoller, spec: LiveSpec, start_at: float, t_end: float,
+                city: City) -> bool:
+    ends = _kpi_window_ends(spec, start_at, t_end, city)
+    seen = {(m, e) for m, _, e in kpis.result.seen}
+    return all((m, e) in seen for m, es in ends.items() for e in es)
+
+
+def _kpi_latency(kpis: KpiPoller, spec: LiveSpec, start_at: float, t_end: float,
+                 city: City) -> dict[str, Any]:
+    """Seconds from a window's end (as wall time of the feed) to its KPI point in InfluxDB,
+    for windows that became final during the feed: when a point for it was first visible
+    (`first`), and when its value last changed (`final`, the final value if the pipeline kept
+    up). The contract's grace is part of both: a window is final only once event time passed
+    its end plus the grace."""
+    ends = _kpi_window_ends(spec, start_at, t_end, city)
+    grace = city.windows.grace_s
+    out: dict[str, Any] = {"grace_s": grace, "poll_resolution_s": kpis.result.resolution_s}
+    first_all: list[float] = []
+    final_all: list[float] = []
+    for measurement, window_ends in ends.items():
+        keys = [k for k in kpis.result.seen if k[0] == measurement and k[2] in window_ends]
+        first = [kpis.result.seen[k] - (k[2] + spec.shift_ms) / 1000 for k in keys]
+        final = [kpis.changed[k] - (k[2] + spec.shift_ms) / 1000 for k in keys]
+        first_all.extend(first)
+        final_all.extend(final)
+        out[measurement] = {"windows": len(window_ends), "first": latency_summary(first),
+                            "final": latency_summary(final)}
+    out["first"] = latency_summary(first_all)
+    out["final"] = latency_summary(final_all)
+    out["final_minus_grace"] = latency_summary([v - grace for v in final_all])
+    return out
+
+
+# -- workloads --------------------------------------------------------------------------------
+
+
+def replay_day(ctx: Context, hours: float, seed: int = 11) -> list[Message]:
+    """A recorded day of the shipped city (`citystream sim --record`, batch 1, no faults),
+    ending 15 min ago so every reading is inside the 24 h horizon when replayed."""
+    path = ctx.logs / f"replay-{int(time.time())}.jsonl"
+    start = int(time.time() * 1000) - int(hours * 3_600_000) - 900_000
+    count = int(hours * 60 * 340)  # ~331 messages per simulated minute; trimmed below
+    subprocess.run([sys.executable, "-m", "citystream", "sim", "--dry-run", "--speed", "0",
+                    "--seed", str(seed), "--start", str(start), "--count", str(count),
+                    "--no-progress", "--record", str(path)], check=True, cwd=ROOT,
+                   capture_output=True)
+    end_iso = time.strftime("%Y-%m-%dT%H:%M:%S",
+                            time.gmtime((start + hours * 3_600_000) / 1000))
+    out: list[Message] = []
+    with path.open("rb") as f:
+        for line in f:
+            row = orjson.loads(line)
+            if row["sim_time"][:19] > end_iso:
+                break
+            topic = row["topic"]
+            _, district, kind, sensor_id = topic.split("/")
+            sensor = Sensor(len(out), kind, district, sensor_id, "")
+            out.append((sensor, base64.b64decode(row["payload_b64"]), len(row["expected"])))
+    path.unlink()
+    return out
+
+
+def measure_replay(ctx: Context, system: str, messages: list[Message]) -> dict[str, Any]:
+    """A recorded day published as fast as the broker takes it, into running consumers."""
+    ns = ctx.namespace("replay")
+    if system == "telegraf":
+        children = [telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)]
+        procs = {"telegraf": children[0]}
+    else:
+        ws, ins = _workers(ctx, ns, 1), _ingest(ctx, ns, 1)
+        children = [*ws, *ins]
+        procs = {"worker-0": ws[0], "ingest-0": ins[0]}
+    _start_all(children)
+    want = sum(n for _, _, n in messages)
+    counter = WriteCounter(ctx.influx)
+    counter.start()
+    ours, services, host = _meters(ctx, procs)
+    t0 = time.time()
+    pub = publish_backlog(ctx.stack.info["mqtt"], iter(messages), f"bench-{ns.tag}")
+    done = counter.wait_for(want, ctx.scale.drain_s * 10, idle_s=90)
+    t_done = time.time()
+    figures = _figures(want, None, ours.stop(), services.stop(), host.stop(), procs)
+    samples = counter.stop()
+    kpi_points = 0
+    if system != "telegraf":
+        time.sleep(15)  # the last windows close on the quiet timer
+        kpi_points = ctx.influx.count(ns.kpi, ("consumption_l", "energy_kwh", "vehicles",
+                                               "boardings"))
+    _stop_all(children)
+    figures.update({
+        "rate_per_s": sustained_rate(samples, want),
+        "overall_rate_per_s": want / (t_done - t0) if done else None,
+        "publish_s": pub["seconds"], "total_s": t_done - t0, "complete": done,
+        "raw_points": ctx.influx.count(ns.telemetry), "kpi_points": kpi_points,
+        "messages": len(messages)})
+    who = "Telegraf" if system == "telegraf" else "citystream"
+    return {"what": f"(d) replay of a recorded day, {who}", "system": system, **figures}
+
+
+def steady_spec(sensors: int, rate: float, duration_s: float,
+                batch: int = 1, bursts: tuple[Burst, ...] = ()) -> LiveSpec:
+    """A live city feed: probes at about 50 readings/s whatever the rate."""
+    probes = max(1, min(sensors // 4, round(sensors * 50 / max(rate, 1))))
+    return LiveSpec(mqtt={}, sensors=sensors, rate=rate, duration_s=duration_s,
+                    probes=probes, batch=batch, bursts=bursts)
+
+
+def backlog_messages(ctx: Context, sensors: int, cycles: int, batch: int = 1,
+                     kinds: tuple[str, ...] = ("water", "energy", "traffic", "shuttle"),
+                     ) -> list[Message]:
+    fleet = city_fleet(ctx.city, sensors, 0, kinds)
+    end = int(time.time() * 1000) - 60_000
+    return list(backlog(fleet, cycles, end, batch=batch))

@@ -1,0 +1,108 @@
+"""The benchmark's bookkeeping: the ledger of readings per Kafka record, Telegraf's config, the
+table rows."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar
+
+from aiokafka import TopicPartition
+
+from bench.kafka import Ledger, ledger_for_units
+from bench.peers import telegraf_config
+from bench.procs import Namespace
+from bench.report import summary_rows
+
+
+def test_ledger_counts_items_below_committed_offsets() -> None:
+    ledger = Ledger()
+    a, b = TopicPartition("p.telemetry.water", 0), TopicPartition("p.telemetry.water", 1)
+    for offset, items in enumerate([500, 500, 20]):
+        ledger.add(a, offset, items)
+    ledger.add(b, 7, 3)
+    assert ledger.total == 1023
+    assert ledger.done({}) == 0
+    assert ledger.done({a: 0, b: 0}) == 0
+    assert ledger.done({a: 1}) == 500
+    assert ledger.done({a: 3, b: 7}) == 1020
+    assert ledger.done({a: 3, b: 8}) == 1023
+
+
+def test_ledger_for_units_counts_one_point_per_record() -> None:
+    ledger = Ledger()
+    water = TopicPartition("p.telemetry.water", 0)
+    ledger.add(water, 0, 100)
+    kpi = TopicPartition("p.kpi.records", 3)
+    full = ledger_for_units(ledger, {kpi: 40}, ["p.kpi.records"])
+    assert full.total == 140
+    assert full.done({water: 1, kpi: 25}) == 125
+    assert ledger.total == 100  # the original is unchanged
+
+
+class _Stack:
+    info: ClassVar[dict[str, Any]] = {
+        "mqtt": {"host": "127.0.0.1", "port": 1883},
+        "influxdb": {"url": "http://127.0.0.1:8086", "org": "citystream", "token": "t0k"}}
+
+    def service_login(self) -> tuple[str, str]:
+        return "citystream", "pw"
+
+
+def test_telegraf_config_matches_the_raw_schema() -> None:
+    ns = Namespace("t")
+    conf = tomllib.loads(telegraf_config(_Stack(), ns, "abc"))  # type: ignore[arg-type]
+    assert conf["outputs"]["influxdb_v2"][0]["bucket"] == ns.telemetry
+    assert conf["outputs"]["influxdb_v2"][0]["content_encoding"] == "identity"
+    inputs = {i["name_override"]: i for i in conf["inputs"]["mqtt_consumer"]}
+    assert set(inputs) == {"water", "energy", "traffic", "shuttle"}
+    for kind, i in inputs.items():
+        assert i["topics"] == [f"city/+/{kind}/+"]
+        assert i["qos"] == 1 and i["persistent_session"] is True
+        assert i["data_format"] == "json" and i["json_time_key"] == "ts"
+        assert i["topic_parsing"][0]["tags"] == "_/district/_/_"
+        assert "sensor_id" in i["tag_keys"]
+    assert len({i["client_id"] for i in inputs.values()}) == 4
+    assert inputs["water"]["json_time_format"] == "unix_ms"
+    assert inputs["energy"]["json_time_format"].startswith("2006-01-02T15:04:05")
+    assert inputs["shuttle"]["json_string_fields"] == ["status", "stop_id"]
+
+
+def test_summary_rows_compare_with_peers_and_floor() -> None:
+    summary = {
+        "floor.single": {"rate_per_s": 40_000.0, "cpu_s_per_1k": 0.025},
+        "ingest.1": {"rate_per_s": 2_000.0, "cpu_s_per_1k": 0.1,
+                     "services_cpu_s_per_1k": {"mosquitto": 0.05, "kafka": 0.05},
+                     "memory_mb": {"ingest-0": {"rss_mb": 60.0, "hwm_mb": 61.0}}},
+        "e2e.citystream": {"rate_per_s": 1_500.0, "cpu_s_per_1k": 0.2, "complete": True},
+        "e2e.telegraf": {"rate_per_s": 12_000.0, "cpu_s_per_1k": 0.025},
+        "latency.50.citystream": {"delivered_rate_per_s": 750.0, "offered_rate_per_s": 750.0,
+                                  "latency": {"p50_s": 0.3, "p95_s": 0.6, "p99_s": 1.0},
+                                  "kpi_latency": {"grace_s": 120,
+                                                  "first": {"p50_s": 121.0},
+                                                  "final": {"n": 20, "p50_s": 122.0,
+                                                            "p95_s": 125.0, "p99_s": 126.0}}},
+        "latency.50.telegraf": {"delivered_rate_per_s": 750.0,
+                                "latency": {"p50_s": 0.5, "p95_s": 1.0, "p99_s": 2.0}},
+        "rss.100000.citystream": {"system": "citystream", "rate_per_s": 1.0,
+                                  "memory_mb": {"worker-0": {"rss_mb": 300.0, "hwm_mb": 310.0}}},
+    }
+    rows = {r[0]: r for r in summary_rows(summary)}
+    ingest = rows["MQTT -> Kafka, 1 ingest"]
+    assert ingest[1:4] == [2_000.0, 0.1, 0.1]
+    assert ingest[7] == "ingest 60.0"
+    assert "5.0% of floor" in ingest[8] and "0.25x Telegraf per CPU-s" in ingest[8]
+    assert "0.12x Telegraf" in rows["end to end MQTT -> InfluxDB raw, citystream"][8]
+    latency = rows["latency at 50 % of max, citystream"]
+    assert latency[4:7] == [0.3, 0.6, 1.0] and "p99 0.50x Telegraf" in latency[8]
+    kpi = rows["window end -> final KPI visible at 50 % (incl. grace)"]
+    assert kpi[4:7] == [122.0, 125.0, 126.0] and "20 windows" in kpi[8]
+    assert rows["RSS at 100,000 sensors, citystream"][7] == "worker 300"
+    assert not any(r[0].startswith("(a)") for r in rows.values())  # absent: left out
+
+
+def test_namespace_names_are_fresh_and_valid() -> None:
+    a, b = Namespace("e2e"), Namespace("e2e")
+    assert a.prefix != b.prefix and a.group != b.group
+    assert a.env()["CITYSTREAM_KAFKA__TOPIC_PREFIX"] == a.prefix
+    assert Path(a.telemetry).name == a.telemetry
