@@ -220,3 +220,17 @@ async def read_all(bootstrap: str, topics: list[str], idle_ms: int = 2000,
                 out[tp.topic].extend((r.key, r.value) for r in records)
     finally:
         await consumer.stop()
+
+
+async def caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
+    """Whether `group` has committed the end offset of every partition of `topics` that holds
+    records."""
+    ends = await end_offsets(bootstrap, topics)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return all(end == 0 or (tp in committed and committed[tp].offset >= end)
+               for tp, end in ends.items())
