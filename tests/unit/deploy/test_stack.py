@@ -63,7 +63,7 @@ def test_credentials_of_an_older_home_load_and_keep_unknown_keys(tmp_path: Path)
     creds.influxdb_read_token = "r"
     creds.save(tmp_path)
     saved = json.loads((tmp_path / "secrets.json").read_text())
-    assert saved == {**old, "influxdb_read_token": "r"}
+    assert saved == {**old, "influxdb_read_token": "r", "influxdb_write_token": ""}
     assert (tmp_path / "secrets.json").stat().st_mode & 0o077 == 0
 
 
