@@ -83,6 +83,10 @@ def _influx(settings: Settings) -> str:
             with urllib.request.urlopen(req, timeout=5):
                 pass
         except urllib.error.HTTPError as exc:
+            message = exc.read().decode(errors="replace")
+            if exc.code == 404 and "organization" in message:
+                raise RuntimeError(f"no organization {s.org!r} in InfluxDB: check "
+                                   "CITYSTREAM_INFLUX__ORG") from None
             if exc.code != 404:
                 raise RuntimeError(f"HTTP {exc.code} writing to bucket {bucket!r} of org "
                                    f"{s.org!r}: check CITYSTREAM_INFLUX__TOKEN (it must be "

@@ -289,3 +289,23 @@ def test_no_secret_in_any_log_even_at_debug(stack: Stack, lane: Lane) -> None:
     leaked = secrets_in_logs([stack], [lane.env["CITYSTREAM_INFLUX__TOKEN"]], lane_logs(lane))
     assert not leaked, leaked
     assert any("DEBUG" in p.log.read_text() for p in procs)
+
+
+@pytest.mark.e2e
+def test_check_with_the_write_only_token(stack: Stack) -> None:
+    """`citystream check` proves the pipeline token can write both buckets, and names the
+    setting to fix when the token, the org or a bucket is wrong."""
+    from click.testing import CliRunner
+
+    from citystream.cli import main
+
+    env = stack.service_env()
+    ok = CliRunner().invoke(main, ["check"], env=env)
+    assert ok.exit_code == 0 and "token writes buckets" in ok.output, ok.output
+    cases = {"CITYSTREAM_INFLUX__TOKEN": ("not-a-token", "CITYSTREAM_INFLUX__TOKEN"),
+             "CITYSTREAM_INFLUX__ORG": ("no-such-org", "CITYSTREAM_INFLUX__ORG"),
+             "CITYSTREAM_INFLUX__BUCKET_KPI": ("no-such-bucket", "__BUCKET_KPI")}
+    for name, (value, named) in cases.items():
+        wrong = CliRunner().invoke(main, ["check"], env={**env, name: value})
+        assert wrong.exit_code == 1 and named in wrong.output, (name, wrong.output)
+        assert env["CITYSTREAM_INFLUX__TOKEN"] not in wrong.output
