@@ -712,9 +712,11 @@ class Stack:
         log4j.write_text(KAFKA_LOG4J)
         cp = f"{lib}/*"
         if not (data / "meta.properties").exists():
+            # one id in 64 starts with "-": given as --cluster-id=ID, never as a separate word
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             _run([java, f"-Dlog4j.configuration=file:{log4j}", "-cp", cp,
-                  "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                  "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                  "-c", str(props)],
                  "formatting Kafka storage")
         svc = self.services["kafka"]
         svc.spawn([java, f"-Xmx{self.s.kafka_heap}", "-Xms256m", "-XX:+UseG1GC",
