@@ -128,8 +128,17 @@ def _alive(pid: int, started: str | None) -> bool:
     now = _proc_start_time(pid)
     if now is None:
         return False
+    if started is not None and started != now:
+        return False
     state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state != "Z" and (started is None or started == now)
+    if state != "Z":
+        return True
+    # A multi-threaded process whose main thread has exited shows "Z" while its other threads
+    # still tear down and hold its files (and a mount busy); it is gone once they are.
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def port_in_use(port: int, host: str = LOOPBACK) -> bool:

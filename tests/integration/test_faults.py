@@ -14,6 +14,7 @@ of each run and written to `recovery.json` in the test's directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -289,8 +290,35 @@ class Ext4Disk:
         with pytest.raises(OSError):
             probe.write_text("x")
 
+    def holders(self) -> list[str]:
+        """Processes with a file open (or cwd) under the mount point."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                links = [proc / "cwd", *(proc / "fd").iterdir()]
+                for link in links:
+                    with contextlib.suppress(OSError):
+                        if str(link.readlink()).startswith(str(self.mountpoint)):
+                            found.append(f"{proc.name} ({(proc / 'comm').read_text().strip()})")
+                            break
+        return found
+
+    def unmount(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            done = subprocess.run(["umount", str(self.mountpoint)], capture_output=True,
+                                  text=True, timeout=120)
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"umount {self.mountpoint} failed: {done.stderr.strip()}; "
+                                     f"held by {self.holders() or 'no process (kernel?)'}")
+            time.sleep(1)
+
     def repair(self) -> None:
-        _root_cmd("umount", str(self.mountpoint))
+        self.unmount()
         done = subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True,
                               text=True, timeout=300)
         assert done.returncode in (0, 1), f"e2fsck failed ({done.returncode}): {done.stdout}"
