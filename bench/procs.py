@@ -161,10 +161,16 @@ class Child:
         self.stop(timeout_s=0.1, sig=signal.SIGKILL)
 
 
+def _operator_token(stack: BenchStack) -> dict[str, str]:
+    """The stack's pipeline token may write only the stack's own two buckets; a measurement
+    writes buckets of its own, so its processes get the (private) stack's operator token."""
+    return {"CITYSTREAM_INFLUX__TOKEN": stack.info["influxdb"]["token"]}
+
+
 def citystream(name: str, args: list[str], stack: BenchStack, ns: Namespace, log_dir: Path,
                extra: dict[str, str] | None = None) -> Child:
     """A `citystream <args>` child pointed at the bench stack and the measurement's names."""
-    env = {**os.environ, **stack.stack.service_env(), **ns.env(),
+    env = {**os.environ, **stack.stack.service_env(), **ns.env(), **_operator_token(stack),
            "CITYSTREAM_MQTT__SESSION_EXPIRY_S": "600", **(extra or {})}
     ready = {"ingest": "running;", "worker": "running;"}.get(args[0])
     if ready:
@@ -175,6 +181,6 @@ def citystream(name: str, args: list[str], stack: BenchStack, ns: Namespace, log
 
 def sink_child(name: str, stack: BenchStack, ns: Namespace, log_dir: Path) -> Child:
     """The InfluxDB sink alone (`bench.sinkproc`), as the worker runs it."""
-    env = {**os.environ, **stack.stack.service_env(), **ns.env()}
+    env = {**os.environ, **stack.stack.service_env(), **ns.env(), **_operator_token(stack)}
     return Child(name, [sys.executable, "-m", "bench.sinkproc"], env, log_dir / f"{name}.log",
                  "sink running")

@@ -62,6 +62,55 @@ class Source(Protocol):
     def connected(self) -> bool: ...
 
 
+class _BufferedSocket:
+    """The broker connection read in 64 KiB chunks. paho reads every packet with several small
+    `recv` calls (1 byte of command, the length byte by byte, then the body): from memory here
+    instead of one system call each. `pending()` is paho's hook for bytes buffered outside the
+    kernel (as in a TLS socket): its loop reads them before it waits in `select`."""
+
+    CHUNK = 65536
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._data = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._data):
+            data = self._sock.recv(max(bufsize, self.CHUNK))
+            if len(data) <= bufsize:
+                return bytes(data)
+            self._data, self._pos = data, 0
+        end = self._pos + bufsize
+        out = self._data[self._pos:end]
+        self._pos = min(end, len(self._data))
+        return out
+
+    def buffered(self) -> int:
+        return len(self._data) - self._pos
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return self.buffered() + int(inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Client(mqtt.Client):
+    """paho's client reading through a `_BufferedSocket`, every buffered packet per wake-up."""
+
+    def _create_socket(self) -> Any:
+        return _BufferedSocket(super()._create_socket())
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(self._sock, _BufferedSocket)
+               and self._sock.buffered()):
+            rc = super().loop_read(max_packets)
+        return rc
+
+
 class MqttSource:
     """paho-mqtt 2.x client (callback API v2, MQTT 5) feeding an in-process queue."""
 
@@ -76,8 +125,8 @@ class MqttSource:
         self._lock = threading.Lock()
         self.connects = 0
         self.skipped_alerts = 0
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5, manual_ack=True)
         if settings.username:
             password = settings.password.get_secret_value() if settings.password else None
             client.username_pw_set(settings.username, password)

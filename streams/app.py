@@ -26,6 +26,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event
 from faust.types import TableT
 from pydantic import TypeAdapter
 
@@ -36,6 +37,14 @@ from models.records import Kpi, PipelineCounters, record_to_json
 from streams.kpi.alerts import AlertRules, AlertSettings
 from streams.kpi.engine import KindEngine, engines_for
 from streams.mqtt_alerts import AlertPublisher
+from streams.offsets import (
+    APPLIED_PREFIX,
+    KafkaRangeReader,
+    RangeReader,
+    catch_up,
+    mark_applied,
+    rewind_to,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +80,17 @@ class TableStore(MutableMapping[str, bytes]):
     def __len__(self) -> int:
         return len(self.table)
 
+    def get_outside_event(self, key: str) -> bytes | None:
+        """Read a key from a timer: Faust's RocksDB store looks only in the partition of the
+        current event when there is one, so make sure there is none (it then looks in every
+        partition it holds)."""
+        token = _current_event.set(None)
+        try:
+            value = self.table.get(key.encode())
+        finally:
+            _current_event.reset(token)
+        return None if value is None else bytes(value)
+
 
 @dataclass
 class WorkerOptions:
@@ -84,6 +104,8 @@ class WorkerOptions:
     counters_interval_s: float = 5.0
     commit_interval_s: float = 1.0
     session_timeout_s: float = 30.0
+    rewind_check_s: float = 5.0
+    rewind_idle_s: float = 30.0
 
 
 @dataclass
@@ -94,6 +116,8 @@ class WorkerCounters:
     late: int = 0
     rejected: int = 0
     emitted: int = 0
+    caught_up: int = 0
+    rewinds: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
@@ -155,6 +179,8 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     activity: dict[tuple[str, str], float] = {}
     timer_done: dict[tuple[str, str], int] = {}
     stores: dict[str, tuple[TableStore, TableStore]] = {}  # kind -> (entities, state)
+    reader = KafkaRangeReader(settings.kafka.bootstrap)
+    seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> last record (monotonic)
 
     def key_of(record: Kpi) -> bytes:
         return "/".join([record.measurement, *record.tags().values()]).encode()
@@ -168,7 +194,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         source = app.topic(topics.telemetry[kind], key_type=bytes, value_type=bytes,
                            partitions=settings.kafka.partitions)
         _make_agent(app, kind, engine, source, entities, state, kpi_topic, counters, activity,
-                    key_of, alert_publisher, deadletters)
+                    key_of, alert_publisher, deadletters, reader, seen)
 
     @app.timer(interval=options.timer_interval_s)
     async def close_quiet_windows() -> None:
@@ -189,6 +215,39 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
                                          force=True)
                     counters.emitted += 1
                 timer_done[key] = version
+
+    source_kinds = {topics.telemetry[kind]: kind for kind in engines}
+
+    @app.timer(interval=options.rewind_check_s)
+    async def rewind_skipped_tails() -> None:
+        """Records skipped with nothing after them are never caught up by the agent (it
+        notices a gap at the next record): rewind the consumer of a partition that has been
+        idle with records after the applied offset."""
+        if app.rebalancing or app.in_recovery or not app.flow_control.is_active():
+            return
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in source_kinds]
+        if not tps:
+            return
+        now = time.monotonic()
+        idle = [tp for tp in tps if now - seen.setdefault((tp.topic, tp.partition), now)
+                >= options.rewind_idle_s]
+        if not idle:
+            return
+        ends = await app.consumer.highwaters(*idle)
+        firsts = await app.consumer.earliest_offsets(*idle)
+        for tp in idle:
+            state = stores[source_kinds[tp.topic]][1]
+            value = state.get_outside_event(f"{APPLIED_PREFIX}{tp.partition}")
+            applied = None if value is None else int(value)
+            target = rewind_to(applied, firsts.get(tp) or 0, ends.get(tp) or 0)
+            if target is None:
+                continue
+            log.warning("%s[%d]: records %d-%d were never delivered to the agent (last applied: "
+                        "%s) and nothing came after them; rewinding the consumer to %d",
+                        tp.topic, tp.partition, target, ends[tp] - 1, applied, target)
+            seen[(tp.topic, tp.partition)] = now
+            counters.rewinds += 1
+            await app.consumer.seek_wait({tp: target})
 
     @app.task
     async def start_alert_publisher() -> None:
@@ -216,9 +275,15 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         await counters_topic.send(key=f"worker/{options.instance}".encode(),
                                   value=record_to_json(record), force=True)
         log.info("worker %s: %d readings received, %d accepted, %d duplicates, %d late, "
-                 "%d rejected, %d KPI records emitted, %d points written", options.instance,
-                 counters.received, counters.accepted, counters.duplicates, counters.late,
-                 counters.rejected, counters.emitted, record.written)
+                 "%d rejected, %d KPI records emitted, %d points written, %d skipped records "
+                 "caught up, %d rewinds", options.instance, counters.received,
+                 counters.accepted, counters.duplicates, counters.late, counters.rejected,
+                 counters.emitted, record.written, counters.caught_up, counters.rewinds)
+
+    async def close_reader(sender: Any, /, *_: Any, signal: Any, **__: Any) -> None:
+        await reader.close()
+
+    app.on_before_shutdown.connect(close_reader)
 
     return app
 
@@ -226,47 +291,63 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
 def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.TopicT,
                 entities: TableStore, state: TableStore, kpi_topic: faust.TopicT,
                 counters: WorkerCounters, activity: dict[tuple[str, str], float],
-                key_of: Any, alerts: AlertPublisher, deadletters: faust.TopicT) -> None:
-    async def dead_letter(event: Any, reason: str, exc: Exception) -> None:
+                key_of: Any, alerts: AlertPublisher, deadletters: faust.TopicT,
+                reader: RangeReader, seen: dict[tuple[str, int], float]) -> None:
+    async def dead_letter(topic: str, partition: int, offset: int, value: bytes, reason: str,
+                          exc: Exception) -> None:
         """Keep a record the engine could not take on `sink.deadletter`, with the reason (the
         engine's state is unchanged by it: the engine forgets a batch that raised)."""
-        msg = event.message
-        log.error("%s record on %s[%s]@%s, kept on %s: %r", reason, msg.topic, msg.partition,
-                  msg.offset, deadletters.get_topic_name(), exc)
-        await deadletters.send(key=msg.topic.encode(), value=orjson.dumps({
-            "reason": reason, "detail": repr(exc)[:500], "topic": msg.topic,
-            "partition": msg.partition, "offset": msg.offset,
+        log.error("%s record on %s[%s]@%s, kept on %s: %r", reason, topic, partition, offset,
+                  deadletters.get_topic_name(), exc)
+        await deadletters.send(key=topic.encode(), value=orjson.dumps({
+            "reason": reason, "detail": repr(exc)[:500], "topic": topic,
+            "partition": partition, "offset": offset,
             "received_at_ms": int(time.time() * 1000),
-            "raw": base64.b64encode(event.value).decode()}))
+            "raw": base64.b64encode(value).decode()}))
+
+    async def apply(topic: str, partition: int, offset: int, value: bytes) -> None:
+        """Apply one `telemetry.<kind>` record (or dead-letter it) and mark it applied."""
+        try:
+            readings = decode_record(kind, value)
+        except Exception as exc:  # not from our ingest: count it, never crash the agent
+            counters.rejected += 1
+            await dead_letter(topic, partition, offset, value, "undecodable", exc)
+            mark_applied(state, partition, offset)
+            return
+        counters.received += len(readings)
+        try:
+            outcome = engine.process(readings, state, offset=offset)
+        except Exception as exc:  # a bug must not stop the kind: keep the record, go on
+            counters.rejected += len(readings)
+            await dead_letter(topic, partition, offset, value, "engine_error", exc)
+            mark_applied(state, partition, offset)
+            return
+        mark_applied(state, partition, offset)
+        counters.accepted += outcome.accepted
+        counters.duplicates += outcome.duplicates
+        counters.late += outcome.late + outcome.beyond_horizon
+        now = time.monotonic()
+        for entity in {engine.entity(reading) for reading in readings}:
+            activity[(kind, entity)] = now
+            if entity not in entities:
+                entities[entity] = b"1"
+        for record in [*outcome.records, *outcome.alerts]:
+            await kpi_topic.send(key=key_of(record), value=record_to_json(record))
+        counters.emitted += len(outcome.records)
+        for alert in outcome.alerts:
+            alerts.publish(alert)
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            try:
-                readings = decode_record(kind, event.value)
-            except Exception as exc:  # not from our ingest: count it, never crash the agent
-                counters.rejected += 1
-                await dead_letter(event, "undecodable", exc)
-                continue
-            counters.received += len(readings)
-            try:
-                outcome = engine.process(readings, state, offset=event.message.offset)
-            except Exception as exc:  # a bug must not stop the kind: keep the record, go on
-                counters.rejected += len(readings)
-                await dead_letter(event, "engine_error", exc)
-                continue
-            counters.accepted += outcome.accepted
-            counters.duplicates += outcome.duplicates
-            counters.late += outcome.late + outcome.beyond_horizon
-            now = time.monotonic()
-            for entity in {engine.entity(reading) for reading in readings}:
-                activity[(kind, entity)] = now
-                if entity not in entities:
-                    entities[entity] = b"1"
-            for record in [*outcome.records, *outcome.alerts]:
-                await kpi_topic.send(key=key_of(record), value=record_to_json(record))
-            counters.emitted += len(outcome.records)
-            for alert in outcome.alerts:
-                alerts.publish(alert)
+            msg = event.message
+            seen[(msg.topic, msg.partition)] = time.monotonic()
+
+            async def skipped(offset: int, value: bytes, msg: Any = msg) -> None:
+                await apply(msg.topic, msg.partition, offset, value)
+
+            counters.caught_up += await catch_up(state, reader, msg.topic, msg.partition,
+                                                 msg.offset, skipped)
+            await apply(msg.topic, msg.partition, msg.offset, event.value)
 
     agent.__name__ = agent.__qualname__ = f"{kind}_kpis"
     app.agent(source, name=f"citystream.{kind}_kpis", concurrency=1)(agent)

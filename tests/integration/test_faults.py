@@ -36,7 +36,6 @@ from tests.integration.faults import (
 )
 from tests.integration.helpers import (
     IngestProcess,
-    KpiMismatch,
     Lane,
     Message,
     WorkerProcess,
@@ -138,19 +137,6 @@ def plain_lane(stack: Stack, tmp_path: Path) -> Iterator[Lane]:
         lane.stop()
 
 
-FAUST_SKIPS = (
-    "worker bug (streams/app.py on faust-streaming 0.15.3): at a rebalance Faust skips the "
-    "events it fetched for the old consumer generation (or while flow control is paused) and "
-    "ACKS them anyway (faust/streams.py, Stream._py_aiter: `value = skipped_value` ... "
-    "`event.ack()`); their offsets get committed and the readings never reach the KPI engine. "
-    "Seen: offsets 378-380 of telemetry.traffic partition 5 absent from the engine's changelog "
-    "while 377 and 381 are there, the window's `vehicles` 8 instead of 9. Intermittent, so "
-    "only a KPI mismatch is expected here (any other failure fails the test); the fix is to "
-    "stop relying on Faust's offset tracking (e.g. a plain aiokafka consumer that commits "
-    "what the engine applied, as the sink does), see faust-streaming issues 606 and 221")
-
-
-@pytest.mark.xfail(raises=KpiMismatch, strict=False, reason=FAUST_SKIPS)
 def test_outages_kills_and_rebalance_lose_nothing(plain_lane: Lane, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     seed = int(os.environ.get("CITYSTREAM_FAULT_SEED", random.randrange(1 << 30)))
@@ -383,10 +369,10 @@ def test_influxdb_disk_read_only_then_repaired(stack: Stack, tmp_path: Path,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=KpiMismatch, strict=False, reason=FAUST_SKIPS)
 def test_rebalances_under_backlog_lose_nothing(plain_lane: Lane, tmp_path: Path) -> None:
     """Workers joining and leaving while a backlog is being processed: every reading still
-    counts exactly once (faust-streaming acks events it skips at a rebalance)."""
+    counts exactly once (faust-streaming acks events it skips at a rebalance; the worker's own
+    offsets catch them up, streams/offsets.py)."""
     lane = plain_lane
     lane.ingest()
     first = lane.worker("0")
