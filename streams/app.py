@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, MutableMapping
@@ -81,15 +82,32 @@ class TableStore(MutableMapping[str, bytes]):
         return len(self.table)
 
     def get_outside_event(self, key: str) -> bytes | None:
-        """Read a key from a timer: Faust's RocksDB store looks only in the partition of the
-        current event when there is one, so make sure there is none (it then looks in every
-        partition it holds)."""
-        token = _current_event.set(None)
-        try:
+        """Read a key from a timer (see `no_current_event`)."""
+        with no_current_event():
             value = self.table.get(key.encode())
-        finally:
-            _current_event.reset(token)
         return None if value is None else bytes(value)
+
+    def items_outside_event(self) -> list[tuple[str, bytes]]:
+        """Every key and value of the partitions this worker owns, from a timer."""
+        with no_current_event():
+            return [(k.decode(), bytes(v)) for k, v in self.table.items()]
+
+
+@contextlib.contextmanager
+def no_current_event() -> Iterator[None]:
+    """Faust's RocksDB store reads only the partition of the current event when there is one,
+    and a timer task can see a stale one (an event of another, maybe revoked, partition): then
+    a read finds nothing, or old data. Without one it looks in every partition it holds."""
+    token = _current_event.set(None)
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def _partition_of(where: bytes) -> int | None:
+    """The source partition recorded for an entity (`p<n>`; older values say nothing)."""
+    return int(where[1:]) if where[:1] == b"p" and where[1:].isdigit() else None
 
 
 @dataclass
@@ -196,21 +214,39 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         _make_agent(app, kind, engine, source, entities, state, kpi_topic, counters, activity,
                     key_of, alert_publisher, deadletters, reader, seen)
 
+    def settled() -> bool:
+        """No rebalance or table recovery under way: the assignment is what it says."""
+        return (not app.rebalancing and not app.in_recovery
+                and app.flow_control.is_active())
+
     @app.timer(interval=options.timer_interval_s)
     async def close_quiet_windows() -> None:
+        """Emit the open windows of entities that went quiet. Only for partitions this worker
+        owns, and never across a rebalance: a worker that lost a partition would otherwise
+        send windows from its stale state after the new owner sent the true ones."""
+        if not settled():
+            return
+        generation = app.consumer_generation_id
+        owned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
         now = time.monotonic()
         for kind, engine in engines.items():
             entities, state = stores[kind]
-            for entity in list(entities):
-                version = engine.version(entity, state)
-                if version is None:
+            topic = topics.telemetry[kind]
+            for entity, where in entities.items_outside_event():
+                partition = _partition_of(where)
+                if partition is not None and (topic, partition) not in owned:
                     continue
                 key = (kind, entity)
-                if timer_done.get(key) == version:
-                    continue
                 if now - activity.setdefault(key, now) < options.quiet_s:
                     continue
-                for record in engine.due(entity, state):
+                with no_current_event():
+                    version = engine.version(entity, state)
+                    if version is None or timer_done.get(key) == version:
+                        continue
+                    records = engine.due(entity, state)
+                for record in records:
+                    if app.consumer_generation_id != generation or not settled():
+                        return
                     await kpi_topic.send(key=key_of(record), value=record_to_json(record),
                                          force=True)
                     counters.emitted += 1
@@ -327,10 +363,11 @@ def _make_agent(app: faust.App, kind: str, engine: KindEngine, source: faust.Top
         counters.duplicates += outcome.duplicates
         counters.late += outcome.late + outcome.beyond_horizon
         now = time.monotonic()
+        where = f"p{partition}".encode()
         for entity in {engine.entity(reading) for reading in readings}:
             activity[(kind, entity)] = now
-            if entity not in entities:
-                entities[entity] = b"1"
+            if entities.get(entity) != where:
+                entities[entity] = where
         for record in [*outcome.records, *outcome.alerts]:
             await kpi_topic.send(key=key_of(record), value=record_to_json(record))
         counters.emitted += len(outcome.records)
