@@ -2,8 +2,8 @@
 
 Per reading kind, one agent consumes `telemetry.<kind>` (records = JSON arrays of readings that
 share a key) and two changelog-backed tables hold the engine's state (`<kind>-state`, laid out
-as docs/streams.md describes, and `<kind>-entities`, the names the timer visits; RocksDB via
-rocksdict in production). Tables are written only while an event is
+as docs/streams.md describes, and `<kind>-entities`, the names the timer visits with their
+source partition; RocksDB via rocksdict in production). Tables are written only while an event is
 being processed, so their changelog partitions follow the source partitions and a partition's
 state moves with it on rebalance. KPI records go to `kpi.records`, attached to the source
 offset: Faust publishes them and flushes the changelog before it commits that offset.
