@@ -32,6 +32,10 @@ _DURATION = re.compile(r"^(?:0|(?:[1-9][0-9]*[smhdw])+)$")
 class ProvisionError(RuntimeError):
     """InfluxDB refused part of the set-up; the message names the request and the reason."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 def parse_retention(text: str) -> int:
     """`7d`, `400d`, `1h30m` -> seconds; `0` = keep forever. Less than 1 h is refused (InfluxDB's
@@ -101,7 +105,8 @@ class InfluxAdmin:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:5000]
-            raise ProvisionError(f"{method} {path}: HTTP {exc.code} {detail}") from None
+            raise ProvisionError(f"{method} {path}: HTTP {exc.code} {detail}",
+                                 exc.code) from None
         return json.loads(raw) if raw else None
 
     def org_id(self, org: str) -> str:
@@ -119,13 +124,23 @@ def _retention_of(bucket: dict[str, Any]) -> int:
     return sum(int(r.get("everySeconds", 0)) for r in bucket.get("retentionRules") or [])
 
 
+def find_bucket(admin: InfluxAdmin, org_id: str, name: str) -> dict[str, Any] | None:
+    """The bucket called `name`, or None. By name: a listing is paged, and an org may hold
+    more buckets than a page (InfluxDB answers 404 for a name it does not know)."""
+    try:
+        found = admin.call("GET", "/api/v2/buckets", orgID=org_id, name=name)["buckets"]
+    except ProvisionError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return dict(found[0]) if found else None
+
+
 def ensure_buckets(admin: InfluxAdmin, org_id: str, buckets: tuple[Bucket, ...]) -> dict[str, str]:
     """Create missing buckets, align retention of existing ones; returns name -> bucket id."""
-    have = {b["name"]: b for b in admin.call("GET", "/api/v2/buckets", orgID=org_id,
-                                              limit="100")["buckets"]}
     ids: dict[str, str] = {}
     for want in buckets:
-        found = have.get(want.name)
+        found = find_bucket(admin, org_id, want.name)
         if found is None:
             log.info("creating bucket %s (retention %ss)", want.name, want.retention_s)
             found = admin.call("POST", "/api/v2/buckets", {

@@ -259,6 +259,18 @@ def _http(method: str, url: str, body: Any = None, token: str | None = None,
     return json.loads(raw) if raw else None
 
 
+def _bucket_id(base: str, token: str, org_id: str, name: str) -> str | None:
+    """By name: a bucket listing is paged, and InfluxDB answers 404 for a name it lacks."""
+    try:
+        found = _http("GET", f"{base}/api/v2/buckets?orgID={org_id}"
+                      f"&name={urllib.parse.quote(name)}", token=token)["buckets"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    return str(found[0]["id"]) if found else None
+
+
 # ---------------------------------------------------------------------------------------------
 # installation (cached)
 
@@ -849,9 +861,8 @@ class Stack:
         admin = Credentials.load_or_create(self.home).influxdb_token
         org_id = _http("GET", f"{base}/api/v2/orgs?org={self.s.influxdb_org}",
                        token=admin)["orgs"][0]["id"]
-        ids = {b["name"]: b["id"] for b in _http(
-            "GET", f"{base}/api/v2/buckets?orgID={org_id}&limit=100", token=admin)["buckets"]}
-        missing = [b for b in buckets if b not in ids]
+        ids = {name: _bucket_id(base, admin, org_id, name) for name in buckets}
+        missing = [b for b in buckets if ids[b] is None]
         if missing:
             raise StackError(f"InfluxDB has no bucket(s) {missing} in org {self.s.influxdb_org}")
         auth = _http("POST", f"{base}/api/v2/authorizations", {

@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 
 from deploy import dashboards
-from deploy.influxdb.provision import Bucket, InfluxAdmin, Plan, provision, task_name
+from deploy.influxdb.provision import (
+    Bucket,
+    InfluxAdmin,
+    Plan,
+    find_bucket,
+    provision,
+    task_name,
+)
 from deploy.local.stack import Stack
 from models.records import Record
 from tests.integration import kpi_seed
@@ -77,9 +84,8 @@ def test_onboarding_provisions_the_stack(stack: Stack) -> None:
     info = stack.client_info()["influxdb"]
     admin = InfluxAdmin(info["url"], info["token"])
     org_id = admin.org_id(info["org"])
-    buckets = {b["name"]: b for b in admin.call("GET", "/api/v2/buckets", orgID=org_id,
-                                                 limit="100")["buckets"]}
     want = stack.s.influx_plan()
+    buckets = {w.name: find_bucket(admin, org_id, w.name) or {} for w in want.buckets}
     for bucket in want.buckets:
         rules = buckets[bucket.name]["retentionRules"]
         assert sum(r["everySeconds"] for r in rules) == bucket.retention_s, bucket.name
