@@ -83,11 +83,13 @@ def test_records_the_group_committed_but_never_applied_are_caught_up(lane: Lane,
         lane.simulate("--seed", str(seed), *SIM, "--start", start_of_run(hours_back),
                       record=recordings[-1])
 
-    def restart(worker: WorkerProcess | None) -> tuple[WorkerProcess, int]:
-        if worker is not None:
-            worker.stop()
-            lane.processes.remove(worker)
-        logged = worker.log.stat().st_size if worker else 0
+    def away(worker: WorkerProcess, seed: int, hours_back: float) -> tuple[WorkerProcess, int]:
+        """Stop the worker, publish, let the group commit everything, start it again."""
+        worker.stop()
+        lane.processes.remove(worker)
+        logged = worker.log.stat().st_size
+        simulate(seed, hours_back)
+        commit_ahead(lane, 1.0)
         return lane.worker(), logged
 
     def want() -> dict[Any, Any]:
@@ -98,24 +100,18 @@ def test_records_the_group_committed_but_never_applied_are_caught_up(lane: Lane,
     #    from the oldest record (catch-up at its first record).
     simulate(7, 20)
     assert commit_ahead(lane, 0.5) > 0
-    worker, logged = restart(None)
+    worker, logged = lane.worker(), 0
     lane.wait_equal(want(), timeout=300)
     assert "never delivered to the agent" in worker.log.read_text()[logged:]
 
     # 2. Records "processed" while the worker was away and nothing after them: the idle
     #    partitions' consumers are rewound.
-    worker.stop()
-    simulate(8, 14)
-    commit_ahead(lane, 1.0)
-    worker, logged = restart(worker)
+    worker, logged = away(worker, 8, 14)
     lane.wait_equal(want(), timeout=300)
     assert "rewinding the consumer" in worker.log.read_text()[logged:]
 
     # 3. The same, then new records arrive: caught up at the next record of each partition.
-    worker.stop()
-    simulate(9, 8)
-    commit_ahead(lane, 1.0)
-    worker, logged = restart(worker)
+    worker, logged = away(worker, 9, 8)
     simulate(10, 4)
     lane.wait_equal(want(), timeout=300)
     assert "never delivered to the agent" in worker.log.read_text()[logged:]
