@@ -67,11 +67,21 @@ def influx_values(stack: Stack, city: City) -> tuple[dict[str, str], int]:
     for d in city.districts:
         for kind in ("water", "energy"):
             point = latest.get(f"{d.slug}/{kind}")
-            want[f"{d.slug}/{kind}"] = shown(point[1]["saving_pct_24h"], 1) if point else "(none)"
+            want[f"{d.slug}/{kind}"] = shown_field(point, "saving_pct_24h", 1)
     for j in city.junctions:
         point = latest.get(f"{j.id}/traffic")
-        want[f"{j.id}/traffic"] = shown(point[1]["congestion_index"], 2) if point else "(none)"
+        want[f"{j.id}/traffic"] = shown_field(point, "congestion_index", 2)
     return want, max((ts for ts, _ in latest.values()), default=0)
+
+
+def shown_field(point: tuple[int, dict[str, Any]] | None, name: str, digits: int) -> str:
+    """The page's text for a field of an entity's newest point: "(none)" without a point, the
+    dash the page shows for a field left out as undefined (e.g. a traffic window with no
+    vehicle speed), else the number."""
+    if point is None:
+        return "(none)"
+    fields = point[1]
+    return shown(fields[name], digits) if name in fields else "\u2013"
 
 
 def wait_page_equals_influxdb(page: Page, stack: Stack, city: City, newer_than: int = 0,
