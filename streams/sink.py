@@ -20,8 +20,15 @@ fetch until about `max_points` points are held, convert, write them bucket by bu
 `batch_points` lines, and only then commit the batch's offsets. While InfluxDB is unavailable
 (`SinkBackpressure`) the batch is held and retried with capped exponential backoff; nothing is
 committed and nothing more is consumed (Kafka keeps the backlog). A stop during an outage leaves
-the batch uncommitted, to be consumed again. Offsets are committed only for partitions still
-assigned: after a rebalance the new owner rewrites the records, which is harmless.
+the batch uncommitted, to be consumed again.
+
+A rebalance ends the held batch. The sink's rebalance listener waits for a write under way to
+finish (so revocation never overlaps a write), then marks the batch stale; a stale batch is
+dropped, never written or committed. Without that, a sink that held an older batch through an
+InfluxDB outage could write it after the partitions' new owner had written newer values of the
+same points (a zombie write, seen as stale KPI windows). The records are consumed again from
+the committed offsets, by whichever member owns them now, in order. Offsets are committed only
+for partitions still assigned.
 
 Bad data is never retried forever and never dropped silently: a record or reading that cannot be
 decoded, and a line InfluxDB refuses (`PointsRejected`), goes to the `sink.deadletter` topic with
@@ -53,7 +60,7 @@ from urllib.parse import urlencode
 
 import orjson
 import urllib3
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from citystream.settings import InfluxSettings, KafkaSettings, Settings
@@ -67,6 +74,7 @@ from streams.lineproto import pipeline_line, reading_line
 log = logging.getLogger(__name__)
 
 GROUP_ID: Final = "citystream-sink"
+REBALANCE_TIMEOUT_MS: Final = 120_000
 
 
 def sink_topics(topics: Topics = DEFAULT) -> list[str]:
@@ -243,7 +251,9 @@ def kpi_line(value: bytes) -> str:
 
 
 class Consumer(Protocol):
-    """The part of `AIOKafkaConsumer` the sink uses (subscribed before `start`)."""
+    """The part of `AIOKafkaConsumer` the sink uses (the sink subscribes it before `start`)."""
+
+    def subscribe(self, topics: Any = (), pattern: Any = None, listener: Any = None) -> None: ...
 
     async def start(self) -> None: ...
 
@@ -261,14 +271,16 @@ class Consumer(Protocol):
 
 def kafka_consumer(settings: KafkaSettings, *, group_id: str | None = None,
                    client_id: str = "citystream-sink") -> AIOKafkaConsumer:
-    """The sink's consumer on `sink_topics` (with the settings' topic prefix): its own group
+    """The sink's consumer (`InfluxSink.start` subscribes it to `sink_topics`): its own group
     (`<prefix>citystream-sink` unless given), manual commits, from the earliest offset."""
     return AIOKafkaConsumer(
-        *sink_topics(settings.topics), bootstrap_servers=settings.bootstrap,
+        bootstrap_servers=settings.bootstrap,
         group_id=group_id or f"{settings.topic_prefix}{GROUP_ID}", client_id=client_id,
         enable_auto_commit=False, auto_offset_reset="earliest",
         # an InfluxDB outage holds the batch without polling; stay in the group meanwhile
-        max_poll_interval_ms=3_600_000)
+        max_poll_interval_ms=3_600_000,
+        # revocation waits for a write under way (InfluxWriter's timeouts: 5 s + 30 s)
+        rebalance_timeout_ms=REBALANCE_TIMEOUT_MS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +320,7 @@ class _Batch:
     dead: list[OutRecord] = field(default_factory=list)
     offsets: dict[Any, int] = field(default_factory=dict)  # TopicPartition -> next offset
     points: int = 0
+    generation: int = 0  # the sink's rebalance count when the batch began
 
     def add(self, bucket: str, origin: _Origin, lines: list[str]) -> None:
         if not lines:
@@ -362,7 +375,11 @@ class InfluxSink:
         self.received = 0
         self.written = 0
         self.rejected = 0
+        self.dropped_batches = 0
         self._last_report = time.monotonic()
+        self._generation = 0  # rebalances seen; a batch from an older one is stale
+        self._writing = asyncio.Lock()  # held by a write + commit; revocation waits for it
+        self._held = 0  # points of the batch being written or retried, for the revocation log
 
     @classmethod
     def from_settings(cls, settings: Settings, options: SinkOptions | None = None
@@ -381,7 +398,17 @@ class InfluxSink:
 
     async def start(self) -> None:
         await self.deadletters.start()
+        self.consumer.subscribe(sink_topics(self.topics), listener=_StaleBatchGuard(self))
         await self.consumer.start()
+
+    async def partitions_revoked(self, revoked: set[Any]) -> None:
+        """Before a rebalance: wait for a write under way, then make the held batch stale."""
+        async with self._writing:
+            self._generation += 1
+            if self._held:
+                log.info("sink: rebalance while holding %d uncommitted points; dropping them "
+                         "(the partitions' owner after the rebalance consumes and writes them "
+                         "again, in order)", self._held)
 
     async def close(self) -> None:
         """Leave the group without committing anything more, then release the clients."""
@@ -405,10 +432,11 @@ class InfluxSink:
         batch = await self._fetch()
         if batch is None:
             return False
-        if not await self._deliver(batch, stop):
-            return False
-        await self._commit(batch.offsets)
-        return True
+        self._held = batch.points
+        try:
+            return await self._deliver(batch, stop)
+        finally:
+            self._held = 0
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -416,7 +444,7 @@ class InfluxSink:
         """Consume and convert until about `max_points` points (or dead letters) are held,
         waiting `poll_timeout_ms` for the first records only; None if nothing arrived."""
         opts = self.options
-        batch = _Batch()
+        batch = _Batch(generation=self._generation)
         timeout_ms = opts.poll_timeout_ms
         while batch.points < opts.max_points:
             got = await self.consumer.getmany(timeout_ms=timeout_ms,
@@ -485,14 +513,20 @@ class InfluxSink:
     # -- writing ------------------------------------------------------------------------------
 
     async def _deliver(self, batch: _Batch, stop: asyncio.Event) -> bool:
-        """Write the batch (and its dead letters) until done; back off while InfluxDB or Kafka
-        fails. False if `stop` was set first."""
+        """Write the batch (and its dead letters) until done, then commit it; back off while
+        InfluxDB or Kafka fails. False if `stop` was set first or a rebalance made the batch
+        stale (then nothing more of it is written and nothing is committed)."""
         opts = self.options
         delay = opts.retry_initial_s
         failed_since: float | None = None
         while not stop.is_set():
             try:
-                await self._write(batch)
+                async with self._writing:
+                    if batch.generation != self._generation:
+                        self.dropped_batches += 1
+                        return False
+                    await self._write(batch)
+                    await self._commit(batch.offsets)
             except (SinkBackpressure, KafkaError, OSError, TimeoutError) as exc:
                 retry_after = exc.retry_after_s if isinstance(exc, SinkBackpressure) else 0.0
                 if failed_since is None:
@@ -555,6 +589,19 @@ class InfluxSink:
             return behind
         except Exception:  # best effort: only for a log line
             return None
+
+
+class _StaleBatchGuard(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The sink's rebalance listener (aiokafka awaits it before rejoining the group)."""
+
+    def __init__(self, sink: InfluxSink) -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        await self.sink.partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        return None
 
 
 async def serve(sink: InfluxSink, stop: asyncio.Event) -> None:

@@ -36,7 +36,6 @@ from tests.integration.faults import (
 )
 from tests.integration.helpers import (
     IngestProcess,
-    KpiMismatch,
     Lane,
     Message,
     WorkerProcess,
@@ -138,17 +137,6 @@ def plain_lane(stack: Stack, tmp_path: Path) -> Iterator[Lane]:
         lane.stop()
 
 
-STALE_WINDOWS = (
-    "known gap: after rebalances and kills while InfluxDB is down, a few KPI windows can end "
-    "in InfluxDB with an older, partial value (seen: a few windows of ~330, e.g. vehicles 15 "
-    "instead of 27; no record was skipped). Suspected: a sink that keeps retrying a held batch "
-    "after a rebalance gave its partitions to another worker writes it after the new owner "
-    "wrote newer values (a zombie write); the fix is a rebalance listener that makes the sink "
-    "drop a held batch once its generation changed (docs/operations.md, Known gaps). Only a "
-    "KPI mismatch is expected here; any other failure fails the test")
-
-
-@pytest.mark.xfail(raises=KpiMismatch, strict=False, reason=STALE_WINDOWS)
 def test_outages_kills_and_rebalance_lose_nothing(plain_lane: Lane, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     seed = int(os.environ.get("CITYSTREAM_FAULT_SEED", random.randrange(1 << 30)))
@@ -381,7 +369,6 @@ def test_influxdb_disk_read_only_then_repaired(stack: Stack, tmp_path: Path,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=KpiMismatch, strict=False, reason=STALE_WINDOWS)
 def test_rebalances_under_backlog_lose_nothing(plain_lane: Lane, tmp_path: Path) -> None:
     """Workers joining and leaving while a backlog is being processed: every reading still
     counts exactly once (faust-streaming acks events it skips at a rebalance; the worker's own

@@ -76,6 +76,20 @@ class FakeConsumer:
     polls: int = 0
     fail_commit: KafkaError | None = None
     stopped: bool = False
+    listener: Any = None
+    subscribed: tuple[str, ...] = ()
+
+    def subscribe(self, topics: Any = (), pattern: Any = None, listener: Any = None) -> None:
+        self.subscribed = tuple(topics)
+        self.listener = listener
+
+    async def rebalance(self, keep: set[TopicPartition]) -> None:
+        """What aiokafka does in a rebalance: the listener's revocation, then the new
+        assignment, whose positions restart at the committed offsets."""
+        await self.listener.on_partitions_revoked(set(self.assigned))
+        self.assigned = set(keep)
+        self.position = {}
+        await self.listener.on_partitions_assigned(set(keep))
 
     def produce(self, topic: str, value: bytes | None, partition: int = 0) -> None:
         tp = TopicPartition(topic, partition)
@@ -408,6 +422,92 @@ class TestRebalance:
         sink, _, _ = make(consumer, Revoking())
         assert step(sink)
         assert consumer.commits == [{TopicPartition(WATER, 0): 1}]
+
+    def test_start_subscribes_the_sink_topics_with_its_listener(self) -> None:
+        consumer = FakeConsumer()
+        sink, _, _ = make(consumer)
+        asyncio.run(sink.start())
+        assert set(consumer.subscribed) == {*TELEMETRY.values(), KPI_RECORDS, PIPELINE_COUNTERS}
+        assert consumer.listener is not None
+
+    def test_batch_held_through_an_outage_is_dropped_after_a_rebalance(self) -> None:
+        """The zombie write: a batch held while InfluxDB is down must not be written once a
+        rebalance may have given its partitions to another member."""
+        consumer = FakeConsumer()
+        consumer.produce(KPI_RECORDS, record_to_json(WATER_KPI))
+        writer = MemoryWriter(fail_next=10**9)
+        sink, _, _ = make(consumer, writer)
+
+        async def scenario() -> bool:
+            await sink.start()
+            task = asyncio.create_task(sink.step(asyncio.Event()))
+            while writer.calls < 3:
+                await asyncio.sleep(0.005)
+            await consumer.rebalance(keep=set())   # KPI_RECORDS/0 now belongs to another sink
+            writer.fail_next = 0                   # InfluxDB is back
+            return await asyncio.wait_for(task, 5)
+
+        assert asyncio.run(scenario()) is False
+        assert writer.lines == {}
+        assert consumer.commits == []
+        assert sink.dropped_batches == 1
+
+    def test_after_a_rebalance_the_records_are_consumed_again_and_written_in_order(
+            self) -> None:
+        consumer = FakeConsumer()
+        older = WATER_KPI.model_copy(update={"consumption_l": 1.0})
+        consumer.produce(KPI_RECORDS, record_to_json(older))
+        writer = MemoryWriter(fail_next=10**9)
+        sink, _, _ = make(consumer, writer)
+        kpi = TopicPartition(KPI_RECORDS, 0)
+
+        async def scenario() -> None:
+            await sink.start()
+            task = asyncio.create_task(sink.step(asyncio.Event()))
+            while writer.calls < 2:
+                await asyncio.sleep(0.005)
+            consumer.produce(KPI_RECORDS, record_to_json(WATER_KPI))  # the newer value
+            await consumer.rebalance(keep={kpi})
+            writer.fail_next = 0
+            assert await asyncio.wait_for(task, 5) is False
+            assert await sink.step(asyncio.Event())
+
+        asyncio.run(scenario())
+        assert [line.split(" ")[1].split(",")[0] for line in writer.lines["kpi"]] == [
+            "consumption_l=1.0", "consumption_l=1200.5"]
+        assert consumer.commits == [{kpi: 2}]
+
+    def test_revocation_waits_for_a_write_under_way(self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a")))
+        entered, release = threading.Event(), threading.Event()
+
+        class Slow(MemoryWriter):
+            def write(self, bucket: str, lines: list[str]) -> None:
+                entered.set()
+                release.wait(5)
+                super().write(bucket, lines)
+
+        writer = Slow()
+        sink, _, _ = make(consumer, writer)
+
+        async def scenario() -> list[str]:
+            await sink.start()
+            events = []
+            task = asyncio.create_task(sink.step(asyncio.Event()))
+            await asyncio.to_thread(entered.wait, 5)
+            revoking = asyncio.create_task(consumer.listener.on_partitions_revoked(
+                set(consumer.assigned)))
+            await asyncio.sleep(0.05)
+            events.append("revoked" if revoking.done() else "revocation waits")
+            release.set()
+            await asyncio.wait_for(revoking, 5)
+            events.append(f"written {len(writer.lines.get('telemetry', []))}, "
+                          f"commits {len(consumer.commits)}")
+            assert await task
+            return events
+
+        assert asyncio.run(scenario()) == ["revocation waits", "written 1, commits 1"]
 
     @pytest.mark.parametrize("error", [CommitFailedError("rebalanced"),
                                        IllegalStateError("No partitions assigned")])
