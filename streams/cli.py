@@ -35,8 +35,13 @@ log = logging.getLogger("streams")
               type=click.FloatRange(3), envvar="CITYSTREAM_WORKER_SESSION_TIMEOUT_S",
               show_envvar=True,
               help="Seconds before Kafka gives a silent worker's partitions to the others.")
+@click.option("--table-memory-mb", default=4.0, show_default=True,
+              type=click.FloatRange(0.25), envvar="CITYSTREAM_WORKER_TABLE_MEMORY_MB",
+              show_envvar=True,
+              help="RocksDB memory per table partition (memtables and block cache). A worker "
+                   "opens 8 x the partitions it owns (8 tables); all 8 partitions: 64 x this.")
 def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool,
-           session_timeout_s: float) -> None:
+           session_timeout_s: float, table_memory_mb: float) -> None:
     """Turn telemetry.* into KPIs, alerts and raw points in InfluxDB (contract 2 and 3).
 
     Consumes the Kafka topics written by `citystream ingest`; scale by running more workers
@@ -56,7 +61,8 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
 
     settings, city = settings_and_city()
     options = WorkerOptions(instance=instance, data_dir=data_dir, store=store, quiet_s=quiet_s,
-                            session_timeout_s=session_timeout_s)
+                            session_timeout_s=session_timeout_s,
+                            table_memory_mb=table_memory_mb)
     import asyncio
     import shutil
 
