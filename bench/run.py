@@ -58,7 +58,7 @@ class Runner:
         try:
             result = fn()
         except Exception as exc:  # record it, measure the rest
-            self.ctx.say(f"   {key} failed: {exc}")
+            self.ctx.say(f"   {key} failed: {type(exc).__name__}: {exc}")
             result = {"error": f"{type(exc).__name__}: {exc}",
                       "traceback": traceback.format_exc(limit=8)}
         finally:
@@ -67,6 +67,10 @@ class Runner:
         result["seconds"] = round(time.time() - t0, 1)
         result["settled_s"] = round(settled, 1)
         self.results[key] = result
+        with (self.o.out / "partial.jsonl").open("a") as partial:  # survives a killed run
+            partial.write(json.dumps({key: result}, default=str) + "\n")
+        if result.get("fell_behind"):
+            self.ctx.say(f"   {result['fell_behind']}")
         rate = result.get("rate_per_s") or result.get("delivered_rate_per_s")
         lat = (result.get("latency") or {}).get("p99_s")
         figures = [f"{rate:,.0f} readings/s" if rate else "",

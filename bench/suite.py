@@ -475,7 +475,13 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
     ours, services, host = _meters(ctx, procs)
     publisher.start()
     try:
-        sent = results.get(timeout=spec.duration_s + 300)
+        try:
+            sent = results.get(timeout=spec.duration_s + 300)
+        except queue_mod.Empty:
+            raise TimeoutError(
+                f"the publisher did not finish {spec.duration_s + 300:.0f} s after a "
+                f"{spec.duration_s:.0f} s feed at {spec.rate:,.0f} readings/s: the broker took "
+                "its messages too slowly on this machine") from None
         t_end = time.time()
         written_at_end = counter.written()
         _wait(lambda: probes.outstanding() == 0, ctx.scale.drain_s)
@@ -494,6 +500,12 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
             kpis.stop()
         _stop_all(children)
     lat = probes.latencies()
+    if sent.get("fell_behind_at_s") is not None:
+        figures["fell_behind"] = (
+            f"the feed fell {spec.max_lag_s:.0f} s behind its schedule after "
+            f"{sent['fell_behind_at_s']:.0f} s of {spec.duration_s:.0f} s and stopped: "
+            f"{spec.rate:,.0f} readings/s is more than the broker, {system} and the publisher "
+            "take together on this machine")
     figures.update({
         "offered_rate_per_s": sent["readings"] / sent["seconds"],
         "delivered_rate_per_s": _delivered(samples, start_at, t_end),

@@ -17,6 +17,7 @@ from bench.load import (
     backlog,
     city_fleet,
     payload,
+    run_live,
 )
 from ingest.decode import decode
 from models.city import load_city
@@ -107,18 +108,19 @@ class _Broker(threading.Thread):
         def packet() -> tuple[int, bytes] | None:
             nonlocal data
             while True:
-                if len(data) >= 2:
-                    size, shift, i = 0, 0, 1
-                    while True:
-                        byte = data[i]
-                        size |= (byte & 0x7F) << shift
-                        shift += 7
-                        i += 1
-                        if not byte & 0x80:
-                            break
-                    if len(data) >= i + size:
-                        kind, body, data = data[0], data[i:i + size], data[i + size:]
-                        return kind, body
+                size, shift, i = 0, 0, 1
+                while i < len(data):  # the remaining-length varint may be split by recv
+                    byte = data[i]
+                    size |= (byte & 0x7F) << shift
+                    shift += 7
+                    i += 1
+                    if not byte & 0x80:
+                        break
+                else:
+                    i = 0
+                if i and len(data) >= i + size:
+                    kind, body, data = data[0], data[i:i + size], data[i + size:]
+                    return kind, body
                 chunk = conn.recv(65536)
                 if not chunk:
                     return None
@@ -155,3 +157,20 @@ def test_raw_publisher_speaks_mqtt_qos1() -> None:
         (f"city/central-mk/water/wm-{i}", body) for i, body in enumerate(bodies)]
     assert [pid for *_, pid in broker.published] == list(range(1, 11))
     assert pub.acked == pub.sent == 10
+
+
+def test_a_feed_that_falls_behind_stops_and_says_so() -> None:
+    """An offered rate the machine cannot generate stops the feed once it is `max_lag_s`
+    behind, instead of running on for minutes and ending as a timeout without figures."""
+    broker = _Broker()
+    broker.start()
+    mqtt = {"host": "127.0.0.1", "port": broker.port, "username": "gateway",
+            "password": "secret"}
+    spec = LiveSpec(mqtt=mqtt, sensors=1000, rate=5_000_000, duration_s=60, probes=0,
+                    max_lag_s=0.5)
+    t0 = time.monotonic()
+    sent = run_live(spec, CITY, lambda probes: None)
+    broker.join(5)
+    assert sent["fell_behind_at_s"] is not None and sent["fell_behind_at_s"] < 30
+    assert time.monotonic() - t0 < 45
+    assert sent["acked"] and sent["messages"] == len(broker.published) > 0
