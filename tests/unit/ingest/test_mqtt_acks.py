@@ -8,17 +8,9 @@ import struct
 import threading
 import time
 
+from bench.load import _varint
 from citystream.settings import MqttSettings
 from ingest.mqtt_source import MqttSource
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _publish(topic: str, mid: int, payload: bytes) -> bytes:
