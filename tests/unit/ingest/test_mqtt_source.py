@@ -1,5 +1,6 @@
-"""ingest's PUBACKs against a scripted MQTT 5 broker: a batch of acks leaves as one write, in
-receive order, and acks from before a reconnect are not sent."""
+"""ingest's MQTT client against a scripted MQTT 5 broker: PUBLISHes parsed by its fast path and
+by paho's own path give the same deliveries; a batch of acks leaves as one write, in receive
+order; QoS 0 messages and acks from before a reconnect are not acknowledged."""
 
 from __future__ import annotations
 
@@ -13,20 +14,24 @@ from citystream.settings import MqttSettings
 from ingest.mqtt_source import MqttSource
 
 
-def _publish(topic: str, mid: int, payload: bytes) -> bytes:
-    body = struct.pack("!H", len(topic)) + topic.encode() + struct.pack("!H", mid) + b"\0" + payload
-    return b"\x32" + _varint(len(body)) + body
+def _publish(topic: str, mid: int, payload: bytes, *, qos: int = 1, dup: bool = False,
+             properties: bytes = b"") -> bytes:
+    body = (struct.pack("!H", len(topic.encode())) + topic.encode()
+            + (struct.pack("!H", mid) if qos else b"") + _varint(len(properties)) + properties
+            + payload)
+    return bytes([0x30 | qos << 1 | dup << 3]) + _varint(len(body)) + body
 
 
 class ScriptedBroker(threading.Thread):
     """Accepts one client: CONNACK, SUBACK, then `messages` QoS 1 PUBLISHes; records every
     `recv` from the client after that (to see how the PUBACKs arrive)."""
 
-    def __init__(self, messages: int) -> None:
+    def __init__(self, messages: int, packets: bytes = b"") -> None:
         super().__init__(daemon=True)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.messages = messages
+        self.packets = packets
         self.reads: list[bytes] = []
         self.ready = threading.Event()
 
@@ -37,8 +42,8 @@ class ScriptedBroker(threading.Thread):
         subscribe = conn.recv(65536)
         pid = subscribe[2:4]
         conn.sendall(b"\x90\x04" + pid + b"\x00\x01")  # SUBACK, granted QoS 1
-        conn.sendall(b"".join(_publish(f"city/central-mk/water/wm-{i}", i + 1, b"{}")
-                              for i in range(self.messages)))
+        conn.sendall(self.packets or b"".join(
+            _publish(f"city/central-mk/water/wm-{i}", i + 1, b"{}") for i in range(self.messages)))
         self.ready.set()
         conn.settimeout(5)
         try:
@@ -93,3 +98,41 @@ def test_acks_from_before_a_reconnect_are_skipped() -> None:
         source.close()
         broker.join(10)
     assert b"".join(broker.reads) == b"\xe0\x00"  # only the DISCONNECT
+
+
+def test_fast_path_and_paho_path_give_the_same_deliveries() -> None:
+    expiry = b"\x02" + struct.pack("!I", 60)  # Message Expiry Interval: paho's own path
+    packets = [
+        _publish("city/central-mk/water/wm-1", 7, b'{"a":1}'),
+        _publish("city/central-mk/water/wm-1", 8, b'{"a":1}', dup=True),
+        _publish("city/central-mk/water/wm-1", 9, b'{"a":1}', properties=expiry),
+        _publish("city/central-mk/water/wm-\u00e9", 10, b""),
+        _publish("city/central-mk/water/wm-1", 0, b'{"q":0}', qos=0),
+        _publish("city/alerts/water/central-mk", 11, b"{}"),
+    ]
+    broker = ScriptedBroker(0, b"".join(packets))
+    broker.start()
+    source = MqttSource(MqttSettings(port=broker.port), "ingest-fast-path-test")
+    source.start(timeout=10)
+    try:
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += source.poll(10)
+            time.sleep(0.01)
+        source.ack(got)
+        time.sleep(0.3)
+    finally:
+        source.close()
+        broker.join(10)
+    assert [(d.topic, d.payload, d.token & 0xFFFF, d.redelivered) for d in got] == [
+        ("city/central-mk/water/wm-1", b'{"a":1}', 7, False),
+        ("city/central-mk/water/wm-1", b'{"a":1}', 8, True),
+        ("city/central-mk/water/wm-1", b'{"a":1}', 9, False),
+        ("city/central-mk/water/wm-\u00e9", b"", 10, False),
+        ("city/central-mk/water/wm-1", b'{"q":0}', 0, False),
+    ]
+    assert source.skipped_alerts == 1
+    acks = b"".join(broker.reads).removesuffix(b"\xe0\x00")
+    assert sorted(acks[i:i + 4] for i in range(0, len(acks), 4)) == [
+        b"\x40\x02" + struct.pack("!H", mid) for mid in (7, 8, 9, 10, 11)]
