@@ -8,10 +8,11 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from bench.load import _varint
 from citystream.settings import MqttSettings
-from ingest.mqtt_source import MqttSource
+from ingest.mqtt_source import Delivery, MqttSource
 
 
 def _publish(topic: str, mid: int, payload: bytes, *, qos: int = 1, dup: bool = False,
@@ -56,47 +57,44 @@ class ScriptedBroker(threading.Thread):
         conn.close()
 
 
-def test_a_batch_of_acks_is_one_write_in_receive_order() -> None:
-    broker = ScriptedBroker(messages=200)
+def exchange(broker: ScriptedBroker, count: int,
+             ack: Callable[[MqttSource, list[Delivery]], None]
+             ) -> tuple[list[Delivery], MqttSource]:
+    """Connect an `MqttSource` to `broker`, receive `count` deliveries, `ack` them, wait until
+    the broker has read what the client sent, disconnect."""
     broker.start()
-    source = MqttSource(MqttSettings(port=broker.port), "ingest-acks-test")
+    source = MqttSource(MqttSettings(port=broker.port), f"ingest-test-{broker.port}")
     source.start(timeout=10)
     try:
-        got = []
+        got: list[Delivery] = []
         deadline = time.monotonic() + 10
-        while len(got) < 200 and time.monotonic() < deadline:
+        while len(got) < count and time.monotonic() < deadline:
             got += source.poll(500)
             time.sleep(0.01)
-        assert [d.topic for d in got] == [f"city/central-mk/water/wm-{i}" for i in range(200)]
-        source.ack(got)
-        deadline = time.monotonic() + 5
-        while sum(map(len, broker.reads)) < 800 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        ack(source, got)
+        time.sleep(0.3)
     finally:
         source.close()
         broker.join(10)
+    return got, source
+
+
+def test_a_batch_of_acks_is_one_write_in_receive_order() -> None:
+    broker = ScriptedBroker(messages=200)
+    got, _ = exchange(broker, 200, MqttSource.ack)
+    assert [d.topic for d in got] == [f"city/central-mk/water/wm-{i}" for i in range(200)]
     acks = b"".join(broker.reads)[:800]
     assert acks == b"".join(b"\x40\x02" + struct.pack("!H", i + 1) for i in range(200))
     assert len(broker.reads[0]) >= 800, "the 200 PUBACKs should arrive in one write"
 
 
 def test_acks_from_before_a_reconnect_are_skipped() -> None:
-    broker = ScriptedBroker(messages=3)
-    broker.start()
-    source = MqttSource(MqttSettings(port=broker.port), "ingest-acks-test-2")
-    source.start(timeout=10)
-    try:
-        got = []
-        deadline = time.monotonic() + 10
-        while len(got) < 3 and time.monotonic() < deadline:
-            got += source.poll(10)
-            time.sleep(0.01)
+    def after_reconnect(source: MqttSource, got: list[Delivery]) -> None:
         source._epoch += 1  # what a reconnect does: the broker redelivers these
         source.ack(got[:2])
-        time.sleep(0.3)
-    finally:
-        source.close()
-        broker.join(10)
+
+    broker = ScriptedBroker(messages=3)
+    exchange(broker, 3, after_reconnect)
     assert b"".join(broker.reads) == b"\xe0\x00"  # only the DISCONNECT
 
 
@@ -111,20 +109,7 @@ def test_fast_path_and_paho_path_give_the_same_deliveries() -> None:
         _publish("city/alerts/water/central-mk", 11, b"{}"),
     ]
     broker = ScriptedBroker(0, b"".join(packets))
-    broker.start()
-    source = MqttSource(MqttSettings(port=broker.port), "ingest-fast-path-test")
-    source.start(timeout=10)
-    try:
-        got = []
-        deadline = time.monotonic() + 10
-        while len(got) < 5 and time.monotonic() < deadline:
-            got += source.poll(10)
-            time.sleep(0.01)
-        source.ack(got)
-        time.sleep(0.3)
-    finally:
-        source.close()
-        broker.join(10)
+    got, source = exchange(broker, 5, MqttSource.ack)
     assert [(d.topic, d.payload, d.token & 0xFFFF, d.redelivered) for d in got] == [
         ("city/central-mk/water/wm-1", b'{"a":1}', 7, False),
         ("city/central-mk/water/wm-1", b'{"a":1}', 8, True),
