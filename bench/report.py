@@ -159,8 +159,13 @@ def chart(s: dict[str, Any], path: Path, results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5),
-                                      gridspec_kw={"width_ratios": [1.1, 1]})
+    lat_keys = [k for k, _ in ROWS if k.startswith(("latency", "steady", "burst")) and k in s
+                and (s[k].get("latency") or {}).get("p50_s") is not None]
+    if lat_keys:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5),
+                                          gridspec_kw={"width_ratios": [1.1, 1]})
+    else:  # no latency measured in this run: throughput alone
+        fig, left = plt.subplots(1, 1, figsize=(8, 6.5))
     bars = [(label, _rate(s[key]), "tab:gray" if key.startswith("floor") else
              "tab:orange" if key.endswith(("telegraf", "quix.water")) or key.startswith("quix")
              else "tab:blue") for key, label in ROWS
@@ -176,8 +181,6 @@ def chart(s: dict[str, Any], path: Path, results: dict[str, Any]) -> None:
         left.set_title("Sustained throughput (blue citystream, orange peers)")
         for i, v in enumerate(values):
             left.text(v, i, f" {v:,.0f}", va="center", fontsize=7)
-    lat_keys = [k for k, _ in ROWS if k.startswith(("latency", "steady", "burst")) and k in s
-                and (s[k].get("latency") or {}).get("p50_s") is not None]
     if lat_keys:
         width = 0.27
         for j, q in enumerate(("p50_s", "p95_s", "p99_s")):
