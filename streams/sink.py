@@ -379,6 +379,7 @@ class InfluxSink:
         self._last_report = time.monotonic()
         self._generation = 0  # rebalances seen; a batch from an older one is stale
         self._writing = asyncio.Lock()  # held by a write + commit; revocation waits for it
+        self._revoking = 0  # revocations waiting for the lock
         self._held = 0  # points of the batch being written or retried, for the revocation log
 
     @classmethod
@@ -403,12 +404,16 @@ class InfluxSink:
 
     async def partitions_revoked(self, revoked: set[Any]) -> None:
         """Before a rebalance: wait for a write under way, then make the held batch stale."""
-        async with self._writing:
-            self._generation += 1
-            if self._held:
-                log.info("sink: rebalance while holding %d uncommitted points; dropping them "
-                         "(the partitions' owner after the rebalance consumes and writes them "
-                         "again, in order)", self._held)
+        self._revoking += 1  # a write under way stops at its next request
+        try:
+            async with self._writing:
+                self._generation += 1
+                if self._held:
+                    log.info("sink: rebalance while holding %d uncommitted points; dropping "
+                             "them (the partitions' owner after the rebalance consumes and "
+                             "writes them again, in order)", self._held)
+        finally:
+            self._revoking -= 1
 
     async def close(self) -> None:
         """Leave the group without committing anything more, then release the clients."""
@@ -522,10 +527,9 @@ class InfluxSink:
         while not stop.is_set():
             try:
                 async with self._writing:
-                    if batch.generation != self._generation:
+                    if batch.generation != self._generation or not await self._write(batch):
                         self.dropped_batches += 1
                         return False
-                    await self._write(batch)
                     await self._commit(batch.offsets)
             except (SinkBackpressure, KafkaError, OSError, TimeoutError) as exc:
                 retry_after = exc.retry_after_s if isinstance(exc, SinkBackpressure) else 0.0
@@ -544,10 +548,14 @@ class InfluxSink:
             return True
         return False
 
-    async def _write(self, batch: _Batch) -> None:
+    async def _write(self, batch: _Batch) -> bool:
+        """Write what is left of the batch, request by request; False if a rebalance began
+        (the rest would race the partitions' next owner: a request takes up to 35 s)."""
         size = self.options.batch_points
         for bucket, lines in batch.lines.items():
             while (start := batch.done.get(bucket, 0)) < len(lines):
+                if self._revoking:
+                    return False
                 chunk = lines[start:start + size]
                 refused = await asyncio.to_thread(write_isolating, self.writer, bucket, chunk)
                 for i, message in refused:
@@ -564,6 +572,7 @@ class InfluxSink:
         if batch.dead:
             await self.deadletters.send(batch.dead)
             batch.dead = []
+        return True
 
     async def _commit(self, offsets: dict[Any, int]) -> None:
         assigned = self.consumer.assignment()

@@ -10,7 +10,7 @@ import http.server
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -408,6 +408,19 @@ class TestBadData:
         assert calls == [4]
 
 
+@dataclass
+class SlowWriter(MemoryWriter):
+    """A writer whose every request waits until `release` is set (`entered` says one began)."""
+
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def write(self, bucket: str, lines: list[str]) -> None:
+        self.entered.set()
+        self.release.wait(5)
+        super().write(bucket, lines)
+
+
 class TestRebalance:
     def test_revoked_partition_is_not_committed(self) -> None:
         consumer = FakeConsumer()
@@ -480,15 +493,8 @@ class TestRebalance:
     def test_revocation_waits_for_a_write_under_way(self) -> None:
         consumer = FakeConsumer()
         consumer.produce(WATER, readings(water("a")))
-        entered, release = threading.Event(), threading.Event()
-
-        class Slow(MemoryWriter):
-            def write(self, bucket: str, lines: list[str]) -> None:
-                entered.set()
-                release.wait(5)
-                super().write(bucket, lines)
-
-        writer = Slow()
+        writer = SlowWriter()
+        entered, release = writer.entered, writer.release
         sink, _, _ = make(consumer, writer)
 
         async def scenario() -> list[str]:
@@ -508,6 +514,29 @@ class TestRebalance:
             return events
 
         assert asyncio.run(scenario()) == ["revocation waits", "written 1, commits 1"]
+
+    def test_a_write_under_way_stops_at_its_next_request_when_a_rebalance_begins(
+            self) -> None:
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a"), water("b"), water("c")))
+        writer = SlowWriter()
+        entered, release = writer.entered, writer.release
+        sink, _, _ = make(consumer, writer, replace(OPTIONS, batch_points=1))
+
+        async def scenario() -> bool:
+            await sink.start()
+            task = asyncio.create_task(sink.step(asyncio.Event()))
+            await asyncio.to_thread(entered.wait, 5)
+            revoking = asyncio.create_task(consumer.listener.on_partitions_revoked(
+                set(consumer.assigned)))
+            await asyncio.sleep(0.05)
+            release.set()
+            await asyncio.wait_for(revoking, 5)
+            return await asyncio.wait_for(task, 5)
+
+        assert asyncio.run(scenario()) is False
+        assert len(writer.lines["telemetry"]) == 1  # the request under way, not the other two
+        assert consumer.commits == []
 
     @pytest.mark.parametrize("error", [CommitFailedError("rebalanced"),
                                        IllegalStateError("No partitions assigned")])
