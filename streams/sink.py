@@ -266,6 +266,8 @@ class Consumer(Protocol):
 
     def assignment(self) -> set[Any]: ...
 
+    def seek(self, partition: Any, offset: int) -> None: ...
+
     def highwater(self, partition: Any) -> int | None: ...
 
 
@@ -319,6 +321,7 @@ class _Batch:
     done: dict[str, int] = field(default_factory=dict)  # lines written so far, per bucket
     dead: list[OutRecord] = field(default_factory=list)
     offsets: dict[Any, int] = field(default_factory=dict)  # TopicPartition -> next offset
+    firsts: dict[Any, int] = field(default_factory=dict)  # TopicPartition -> first offset
     points: int = 0
     generation: int = 0  # the sink's rebalance count when the batch began
 
@@ -459,6 +462,7 @@ class InfluxSink:
             for tp, records in got.items():
                 for record in records:
                     self._convert(record, batch)
+                batch.firsts.setdefault(tp, records[0].offset)
                 batch.offsets[tp] = records[-1].offset + 1
             timeout_ms = 0
         return batch if batch.offsets else None
@@ -528,7 +532,7 @@ class InfluxSink:
             try:
                 async with self._writing:
                     if batch.generation != self._generation or not await self._write(batch):
-                        self.dropped_batches += 1
+                        self._drop(batch)
                         return False
                     await self._commit(batch.offsets)
             except (SinkBackpressure, KafkaError, OSError, TimeoutError) as exc:
@@ -573,6 +577,19 @@ class InfluxSink:
             await self.deadletters.send(batch.dead)
             batch.dead = []
         return True
+
+    def _drop(self, batch: _Batch) -> None:
+        """Forget a stale batch and move the consumer back to its first records on the
+        partitions still assigned here: a rejoin that keeps the same assignment need not reset
+        the positions, and those records must be consumed again, not skipped."""
+        self.dropped_batches += 1
+        assigned = self.consumer.assignment()
+        for tp, first in batch.firsts.items():
+            if tp in assigned:
+                try:
+                    self.consumer.seek(tp, first)
+                except Exception as exc:  # reassigned meanwhile: the new owner reads them
+                    log.info("sink: could not rewind %s to %d (%s)", tp, first, exc)
 
     async def _commit(self, offsets: dict[Any, int]) -> None:
         assigned = self.consumer.assignment()

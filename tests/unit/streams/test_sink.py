@@ -135,6 +135,11 @@ class FakeConsumer:
     def highwater(self, partition: TopicPartition) -> int | None:
         return len(self.log.get(partition, []))
 
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        if partition not in self.assigned:
+            raise IllegalStateError(f"Partition {partition} is not assigned")
+        self.position[partition] = offset
+
 
 OPTIONS = SinkOptions(batch_points=5000, poll_timeout_ms=10, retry_initial_s=0.01,
                       retry_max_s=0.05)
@@ -489,6 +494,32 @@ class TestRebalance:
         assert [line.split(" ")[1].split(",")[0] for line in writer.lines["kpi"]] == [
             "consumption_l=1.0", "consumption_l=1200.5"]
         assert consumer.commits == [{kpi: 2}]
+
+    def test_a_dropped_batch_is_consumed_again_when_the_rejoin_keeps_the_positions(
+            self) -> None:
+        """A rejoin (e.g. after the coordinator moved) runs the revocation but may keep the
+        assignment and its positions: the dropped records must not be skipped."""
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a")))
+        writer = MemoryWriter(fail_next=10**9)
+        sink, _, _ = make(consumer, writer)
+        tp = TopicPartition(WATER, 0)
+
+        async def scenario() -> None:
+            await sink.start()
+            task = asyncio.create_task(sink.step(asyncio.Event()))
+            while writer.calls < 2:
+                await asyncio.sleep(0.005)
+            await consumer.listener.on_partitions_revoked(set(consumer.assigned))
+            consumer.produce(WATER, readings(water("b")))
+            writer.fail_next = 0
+            assert await asyncio.wait_for(task, 5) is False
+            assert await sink.step(asyncio.Event())
+
+        asyncio.run(scenario())
+        assert [line.split(",")[2].split(" ")[0] for line in writer.lines["telemetry"]] == [
+            "sensor_id=a", "sensor_id=b"]
+        assert consumer.commits == [{tp: 2}]
 
     def test_revocation_waits_for_a_write_under_way(self) -> None:
         consumer = FakeConsumer()
