@@ -26,9 +26,10 @@ A rebalance ends the held batch. The sink's rebalance listener waits for a write
 finish (so revocation never overlaps a write), then marks the batch stale; a stale batch is
 dropped, never written or committed. Without that, a sink that held an older batch through an
 InfluxDB outage could write it after the partitions' new owner had written newer values of the
-same points (a zombie write, seen as stale KPI windows). The records are consumed again from
-the committed offsets, by whichever member owns them now, in order. Offsets are committed only
-for partitions still assigned.
+same points (a zombie write, seen as stale KPI windows). The records are consumed again, in
+order, by whichever member owns them now: a new assignment starts at the committed offsets, and
+on partitions this sink keeps it seeks back to the dropped batch's first records (a rejoin may
+keep the positions). Offsets are committed only for partitions still assigned.
 
 Bad data is never retried forever and never dropped silently: a record or reading that cannot be
 decoded, and a line InfluxDB refuses (`PointsRejected`), goes to the `sink.deadletter` topic with
