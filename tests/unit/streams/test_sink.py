@@ -9,7 +9,7 @@ import gzip
 import http.server
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -426,6 +426,19 @@ class SlowWriter(MemoryWriter):
         super().write(bucket, lines)
 
 
+async def step_through_outage(sink: InfluxSink, writer: MemoryWriter,
+                              during: Callable[[], Awaitable[None]]) -> bool:
+    """Start `sink` and step it while `writer` fails; after two failed writes run `during`,
+    bring the writer back, and return the step's result."""
+    await sink.start()
+    task = asyncio.create_task(sink.step(asyncio.Event()))
+    while writer.calls < 2:
+        await asyncio.sleep(0.005)
+    await during()
+    writer.fail_next = 0
+    return await asyncio.wait_for(task, 5)
+
+
 class TestRebalance:
     def test_revoked_partition_is_not_committed(self) -> None:
         consumer = FakeConsumer()
@@ -456,16 +469,10 @@ class TestRebalance:
         writer = MemoryWriter(fail_next=10**9)
         sink, _, _ = make(consumer, writer)
 
-        async def scenario() -> bool:
-            await sink.start()
-            task = asyncio.create_task(sink.step(asyncio.Event()))
-            while writer.calls < 3:
-                await asyncio.sleep(0.005)
+        async def rebalance() -> None:
             await consumer.rebalance(keep=set())   # KPI_RECORDS/0 now belongs to another sink
-            writer.fail_next = 0                   # InfluxDB is back
-            return await asyncio.wait_for(task, 5)
 
-        assert asyncio.run(scenario()) is False
+        assert asyncio.run(step_through_outage(sink, writer, rebalance)) is False
         assert writer.lines == {}
         assert consumer.commits == []
         assert sink.dropped_batches == 1
@@ -479,15 +486,12 @@ class TestRebalance:
         sink, _, _ = make(consumer, writer)
         kpi = TopicPartition(KPI_RECORDS, 0)
 
-        async def scenario() -> None:
-            await sink.start()
-            task = asyncio.create_task(sink.step(asyncio.Event()))
-            while writer.calls < 2:
-                await asyncio.sleep(0.005)
+        async def rebalance() -> None:
             consumer.produce(KPI_RECORDS, record_to_json(WATER_KPI))  # the newer value
             await consumer.rebalance(keep={kpi})
-            writer.fail_next = 0
-            assert await asyncio.wait_for(task, 5) is False
+
+        async def scenario() -> None:
+            assert await step_through_outage(sink, writer, rebalance) is False
             assert await sink.step(asyncio.Event())
 
         asyncio.run(scenario())
@@ -505,15 +509,12 @@ class TestRebalance:
         sink, _, _ = make(consumer, writer)
         tp = TopicPartition(WATER, 0)
 
-        async def scenario() -> None:
-            await sink.start()
-            task = asyncio.create_task(sink.step(asyncio.Event()))
-            while writer.calls < 2:
-                await asyncio.sleep(0.005)
+        async def rejoin() -> None:
             await consumer.listener.on_partitions_revoked(set(consumer.assigned))
             consumer.produce(WATER, readings(water("b")))
-            writer.fail_next = 0
-            assert await asyncio.wait_for(task, 5) is False
+
+        async def scenario() -> None:
+            assert await step_through_outage(sink, writer, rejoin) is False
             assert await sink.step(asyncio.Event())
 
         asyncio.run(scenario())
