@@ -75,7 +75,8 @@ class StackSettings(BaseSettings):
     influxdb_port: int = 8086
     dashboard_port: int = 8080
     kafka_version: str = "3.9.1"
-    kafka_heap: str = "1g"
+    kafka_heap: str = Field("1g", description="Kafka's JVM heap: fixed (-Xms = -Xmx, as Kafka's "
+                            "own start script) and touched at start, so its memory is flat")
     kafka_partitions: int = 8
     influxdb_version: str = "2.7.12"
     influxdb_org: str = "citystream"
@@ -740,7 +741,8 @@ class Stack:
                   "-c", str(props)],
                  "formatting Kafka storage")
         svc = self.services["kafka"]
-        svc.spawn([java, f"-Xmx{self.s.kafka_heap}", "-Xms256m", "-XX:+UseG1GC",
+        svc.spawn([java, f"-Xmx{self.s.kafka_heap}", f"-Xms{self.s.kafka_heap}",
+                   "-XX:+AlwaysPreTouch", "-XX:+UseG1GC",
                    "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
                    "-cp", cp, "kafka.Kafka", str(props)])
         _wait("kafka", svc, self._kafka_ready, self.s.ready_timeout_s)
