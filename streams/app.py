@@ -28,7 +28,7 @@ from typing import Any
 import faust
 import orjson
 from faust.streams import _current_event
-from faust.types import TableT
+from faust.types import TP, TableT
 from pydantic import TypeAdapter
 
 from citystream.settings import Settings
@@ -231,6 +231,18 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
                            partitions=settings.kafka.partitions)
         _make_agent(app, kind, engine, source, entities, state, kpi_topic, counters, activity,
                     key_of, alert_publisher, deadletters, reader, seen)
+
+    source_topics = {topics.telemetry[kind] for kind in engines}
+
+    @app.on_partitions_revoked.connect
+    async def forget_cached_entities(sender: Any, /, *args: Any, signal: Any, **kwargs: Any,
+                                     ) -> None:
+        """The entities of revoked partitions are another worker's now: drop the engines'
+        caches (those of kept partitions are read back from the tables when next needed)."""
+        revoked: set[TP] = args[0] if args else set()
+        if any(tp.topic in source_topics for tp in revoked):
+            for engine in engines.values():
+                engine.forget_all()
 
     def settled() -> bool:
         """No rebalance or table recovery under way: the assignment is what it says."""

@@ -289,6 +289,13 @@ class KindEngine:
         self._entities[key] = ent
         return ent
 
+    def forget_all(self) -> None:
+        """Drop every entity cached in memory (state is read back from the store when next
+        needed): for a worker whose partitions were revoked, so it does not keep entities that
+        now belong to another worker."""
+        self._entities.clear()
+        self._seen.clear()
+
     def _forget(self, store: Store) -> None:
         key = id(store)
         for k in [k for k in self._entities if k[0] == key]:

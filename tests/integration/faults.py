@@ -51,12 +51,14 @@ STAGES = ("kafka", "worker", "influxdb")
 @dataclass
 class Sample:
     """One look at the lane: seconds since the probe started, consumer lag (records) of the KPI
-    worker and of the sink (None while Kafka cannot be asked), RSS in MB by component."""
+    worker and of the sink (None while Kafka cannot be asked), RSS in MB by component (the sum
+    of its processes) and by process (`worker 1`: to tell which one moved)."""
 
     t: float
     worker_lag: int | None
     sink_lag: int | None
     rss_mb: dict[str, float]
+    rss_each_mb: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -246,7 +248,7 @@ class Probe:
                     admin = None
                 with self._lock:
                     self.samples.append(Sample(seen - self.t0, lags["worker"], lags["influxdb"],
-                                               self._rss()))
+                                               *self._rss()))
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), 10)
@@ -254,21 +256,23 @@ class Probe:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(admin.close(), 5)
 
-    def _rss(self) -> dict[str, float]:
+    def _rss(self) -> tuple[dict[str, float], dict[str, float]]:
         out: dict[str, float] = {}
+        each: dict[str, float] = {}
         for proc in list(self.lane.processes):
             if proc.proc is None or proc.proc.poll() is not None:
                 continue
             mb = rss_mb(proc.proc.pid)
             if mb is not None:
                 out[proc.component] = out.get(proc.component, 0.0) + mb
+                each[f"{proc.component} {proc.instance}"] = mb
         if self.services:
             for name in self.lane.stack.SERVICES:
                 svc = self.lane.stack.services[name]
                 mb = rss_mb(svc.pid) if svc.pid is not None and svc.running() else None
                 if mb is not None:
                     out[name] = mb
-        return out
+        return out, each
 
     # -- recovery ------------------------------------------------------------------------------
 

@@ -1,13 +1,22 @@
-"""The worker's Faust app as built (no broker needed): its tables' RocksDB memory is bounded."""
+"""The worker's Faust app as built (no broker needed): its tables' RocksDB memory is bounded,
+and a revocation empties the engines' caches."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
+import pytest
+from faust.types import TP
+
+import streams.app
 from citystream.settings import Settings
 from models.city import load_city
+from models.readings import READING_TYPES
 from streams.app import WorkerOptions, create_app, rocksdb_options
+from streams.kpi.engine import KindEngine, engines_for
 
 
 def test_rocksdb_options_split_the_budget() -> None:
@@ -32,3 +41,35 @@ def test_every_table_partition_stays_within_its_memory(tmp_path: Path) -> None:
         db[f"entity-{n % 200}".encode()] = value
     assert db.property_int_value("rocksdb.cur-size-all-mem-tables") <= 2 * (1 << 20) * 1.1
     db.close()
+
+
+def test_a_revocation_drops_the_engines_cached_entities(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that lost partitions must not keep their entities in memory (a soak's RSS
+    stepped up at every rebalance): the revocation signal empties the engines' caches."""
+    built: list[dict[str, KindEngine]] = []
+
+    def capture(*args: Any, **kwargs: Any) -> dict[str, KindEngine]:
+        built.append(engines_for(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(streams.app, "engines_for", capture)
+    settings = Settings()
+    app = create_app(settings, load_city(), WorkerOptions(data_dir=tmp_path, store="memory://"),
+                     with_sink=False)
+    engine = built[0]["water"]
+    store: dict[str, bytes] = {}
+    reading = READING_TYPES["water"].model_validate(
+        {"district": "bletchley", "kind": "water", "sensor_id": "wm-1", "ts_ms": 1_795_219_200_000,
+         "volume_m3": 1.0})
+    engine.process([reading], store)
+    assert engine._entities
+
+    async def revoke(topic: str) -> None:
+        await app.on_partitions_revoked.send({TP(topic, 0)})
+
+    asyncio.run(revoke(settings.kafka.topics.kpi_records))
+    assert engine._entities, "a revocation of other topics keeps the cache"
+    asyncio.run(revoke(settings.kafka.topics.telemetry["energy"]))
+    assert not engine._entities
+    assert engine.process([reading], store).duplicates == 1  # read back from the store
