@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
+import gc
 import logging
 import time
 from collections.abc import Iterator, MutableMapping
@@ -125,6 +127,27 @@ class WorkerOptions:
     rewind_check_s: float = 5.0
     rewind_idle_s: float = 30.0
     table_memory_mb: float = 4.0
+
+
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the memory of closed table partitions and finished recoveries back to the OS.
+
+    glibc keeps freed heap pages in the process: after a rebalance took partitions away (and
+    Faust closed their RocksDB instances) a worker's RSS stayed at its high-water mark (a soak
+    saw +40 MB per takeover). Called after every rebalance; a no-op where libc is not glibc."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def rocksdb_options(table_memory_mb: float) -> dict[str, int]:
@@ -243,6 +266,18 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         if any(tp.topic in source_topics for tp in revoked):
             for engine in engines.values():
                 engine.forget_all()
+
+    @app.on_partitions_assigned.connect
+    async def release_memory_after_rebalance(sender: Any, /, *args: Any, signal: Any,
+                                             **kwargs: Any) -> None:
+        """Faust has closed the table partitions of this rebalance's revocations by now."""
+        release_freed_memory()
+
+    @app.on_rebalance_complete.connect
+    async def release_memory_after_recovery(sender: Any, /, *args: Any, signal: Any,
+                                            **kwargs: Any) -> None:
+        """Table recovery from the changelogs is over: its buffers are garbage now."""
+        release_freed_memory()
 
     def settled() -> bool:
         """No rebalance or table recovery under way: the assignment is what it says."""
