@@ -19,7 +19,6 @@ import asyncio
 import base64
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import worker_bench  # noqa: E402
 from bench.worker_bench import rss_mb  # noqa: E402
 from citystream.settings import KafkaSettings  # noqa: E402
 from citystream.topics import Topics  # noqa: E402
@@ -45,11 +45,8 @@ MESSAGES_PER_SIM_MINUTE = 340  # the shipped city publishes about 331
 def recording(path: Path, hours: float, seed: int) -> int:
     """`hours` of the shipped city ending an hour ago; the start (epoch ms)."""
     start = (int(time.time() * 1000) // HOUR_MS - int(hours) - 1) * HOUR_MS
-    count = int(hours * 60 * MESSAGES_PER_SIM_MINUTE)
-    subprocess.run([sys.executable, "-m", "citystream", "sim", "--dry-run", "--speed", "0",
-                    "--seed", str(seed), "--start", str(start), "--count", str(count),
-                    "--batch", "1", "--no-progress", "--record", str(path)],
-                   check=True, cwd=ROOT, capture_output=True)
+    worker_bench.recording(path, 1.0, int(hours * 60 * MESSAGES_PER_SIM_MINUTE), seed=seed,
+                           start=start)
     return start
 
 

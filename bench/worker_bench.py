@@ -35,10 +35,14 @@ from ingest.service import Ingest, IngestOptions  # noqa: E402
 from tests.integration.helpers import WorkerProcess, create_bucket  # noqa: E402
 
 
-def recording(path: Path, size: float, count: int) -> None:
-    start = (int(time.time()) // 3600 - 20) * 3_600_000
+def recording(path: Path, size: float, count: int, *, seed: int = 5,
+              start: int | None = None) -> None:
+    """`count` messages of a city at `size`, one reading each, from `start` (epoch ms; default
+    the whole hour 20 h ago)."""
+    if start is None:
+        start = (int(time.time()) // 3600 - 20) * 3_600_000
     subprocess.run([sys.executable, "-m", "citystream", "sim", "--dry-run", "--speed", "0",
-                    "--size", str(size), "--count", str(count), "--seed", "5", "--start",
+                    "--size", str(size), "--count", str(count), "--seed", str(seed), "--start",
                     str(start), "--batch", "1", "--no-progress", "--record", str(path)],
                    check=True, cwd=ROOT, capture_output=True)
 

@@ -255,7 +255,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         _make_agent(app, kind, engine, source, entities, state, kpi_topic, counters, activity,
                     key_of, alert_publisher, deadletters, reader, seen)
 
-    source_topics = {topics.telemetry[kind] for kind in engines}
+    source_kinds = {topics.telemetry[kind]: kind for kind in engines}
 
     @app.on_partitions_revoked.connect
     async def forget_cached_entities(sender: Any, /, *args: Any, signal: Any, **kwargs: Any,
@@ -263,7 +263,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         """The entities of revoked partitions are another worker's now: drop the engines'
         caches (those of kept partitions are read back from the tables when next needed)."""
         revoked: set[TP] = args[0] if args else set()
-        if any(tp.topic in source_topics for tp in revoked):
+        if any(tp.topic in source_kinds for tp in revoked):
             for engine in engines.values():
                 engine.forget_all()
 
@@ -316,8 +316,6 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
                                          force=True)
                     counters.emitted += 1
                 timer_done[key] = version
-
-    source_kinds = {topics.telemetry[kind]: kind for kind in engines}
 
     @app.timer(interval=options.rewind_check_s)
     async def rewind_skipped_tails() -> None:

@@ -12,6 +12,7 @@ import pytest
 from faust.types import TP
 
 import streams.app
+from bench.worker_bench import rss_mb
 from citystream.settings import Settings
 from models.city import load_city
 from models.readings import READING_TYPES
@@ -75,21 +76,14 @@ def test_a_revocation_drops_the_engines_cached_entities(tmp_path: Path,
     assert engine.process([reading], store).duplicates == 1  # read back from the store
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def test_freed_memory_goes_back_to_the_os() -> None:
     """glibc keeps freed heap pages (here pinned under a live allocation) until malloc_trim."""
     blocks = [bytes(2048) for _ in range(100_000)]  # ~200 MB of malloc'd (not pymalloc) blocks
     pin = bytes(2048)
     del blocks
-    held = rss_mb()
+    held = rss_mb(os.getpid())
     release_freed_memory()
-    assert held - rss_mb() > 100, (held, rss_mb())
+    assert held - rss_mb(os.getpid()) > 100, (held, rss_mb(os.getpid()))
     assert len(pin) == 2048
 
 
