@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-KINDS = ("water", "energy", "traffic", "shuttle")
+from models import kinds
 
 
 @dataclass(frozen=True)
 class Topics:
     prefix: str = ""
-    telemetry: dict[str, str] = field(init=False)
     deadletter: str = field(init=False)
     pipeline_counters: str = field(init=False)
     kpi_records: str = field(init=False)
@@ -25,11 +24,16 @@ class Topics:
 
     def __post_init__(self) -> None:
         p = self.prefix
-        object.__setattr__(self, "telemetry", {k: f"{p}telemetry.{k}" for k in KINDS})
         object.__setattr__(self, "deadletter", f"{p}telemetry.deadletter")
         object.__setattr__(self, "pipeline_counters", f"{p}pipeline.counters")
         object.__setattr__(self, "kpi_records", f"{p}kpi.records")
         object.__setattr__(self, "sink_deadletter", f"{p}sink.deadletter")
+
+    @property
+    def telemetry(self) -> dict[str, str]:
+        """Kind -> its readings topic `telemetry.<kind>`, for every registered kind (the
+        built-in ones and the city file's declared feeds, `models.kinds`)."""
+        return {kind: f"{self.prefix}telemetry.{kind}" for kind in kinds.names()}
 
     @property
     def ingest(self) -> list[str]:
@@ -38,7 +42,7 @@ class Topics:
 
 
 DEFAULT = Topics()
-TELEMETRY = DEFAULT.telemetry
+TELEMETRY = DEFAULT.telemetry  # the built-in kinds' topics
 DEADLETTER = DEFAULT.deadletter
 PIPELINE_COUNTERS = DEFAULT.pipeline_counters
 KPI_RECORDS = DEFAULT.kpi_records

@@ -23,8 +23,9 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
+from models import kinds
 from models.deadletter import DeadLetter, Reason
-from models.readings import READING_TYPES, Kind, Reading, parse_topic, topic_context
+from models.readings import BaseReading, topic_context
 
 _SCHEMA, _NON_FINITE, _OUT_OF_RANGE = Reason.SCHEMA, Reason.NON_FINITE, Reason.OUT_OF_RANGE
 _RANGE_ERRORS: Final = frozenset({
@@ -33,16 +34,28 @@ _RANGE_ERRORS: Final = frozenset({
 _NUMBER_ERRORS: Final = frozenset({"int_type", "float_type", "int_from_float"})
 _RANK: Final = {_SCHEMA: 0, _NON_FINITE: 1, _OUT_OF_RANGE: 2}
 _INT_MIN, _UINT_END = -(2**63), 2**64
-_parse_topic = lru_cache(maxsize=4096)(parse_topic)
-_LISTS: Final = {kind: TypeAdapter(list[model])  # type: ignore[valid-type]
-                 for kind, model in READING_TYPES.items()}
+
+
+@lru_cache(maxsize=4096)
+def _topic_of(topic: str, generation: int) -> tuple[str, str, str] | None:
+    return kinds.parse_topic(topic)
+
+
+def _parse_topic(topic: str) -> tuple[str, str, str] | None:
+    """`kinds.parse_topic`, memoised per registry generation (topics repeat a lot)."""
+    return _topic_of(topic, kinds.generation())
+
+
+@lru_cache(maxsize=256)
+def _list_of(model: type[BaseReading]) -> TypeAdapter[list[BaseReading]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
 @dataclass(slots=True)
 class Decoded:
     """What one MQTT message became: accepted readings and dead letters, in payload order."""
 
-    readings: list[Reading] = field(default_factory=list)
+    readings: list[BaseReading] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
@@ -83,28 +96,30 @@ def _decode(topic: str, payload: bytes, received_at_ms: int, horizon_ms: int,
     return _careful(topic, payload, received_at_ms, kind, context, sensor_id, oldest, newest)
 
 
-def _fast(payload: bytes, kind: Kind, context: dict[str, str]) -> list[Reading] | None:
+def _fast(payload: bytes, kind: str, context: dict[str, str]) -> list[BaseReading] | None:
     """Parse and validate in pydantic-core in one go; None unless every reading is valid.
 
     Only a shortcut: whenever it says None, `_careful` decides, so the outcome never depends
     on which JSON parser accepted what.
     """
+    model = kinds.reading_type(kind)
+    assert model is not None  # the topic named a registered kind
     head = payload[:1]
     if head not in (b"{", b"["):
         head = bytes(payload).lstrip()[:1]
     try:
         if head == b"{":
-            return [READING_TYPES[kind].model_validate_json(
+            return [model.model_validate_json(
                 payload, context=context, by_alias=True, by_name=False)]
         if head == b"[":
-            return _LISTS[kind].validate_json(
+            return _list_of(model).validate_json(
                 payload, context=context, by_alias=True, by_name=False) or None
     except (ValidationError, TypeError):
         return None
     return None
 
 
-def _careful(topic: str, payload: bytes, received_at_ms: int, kind: Kind,
+def _careful(topic: str, payload: bytes, received_at_ms: int, kind: str,
              context: dict[str, str], sensor_id: str, oldest: int, newest: int) -> Decoded:
     """Element by element, in contract order, turning every failure into a dead letter."""
     lenient = False
@@ -125,8 +140,9 @@ def _careful(topic: str, payload: bytes, received_at_ms: int, kind: Kind,
         return _reject(Reason.INVALID_JSON, f"top level is {what}, not an object or array",
                        topic, payload, received_at_ms)
 
-    model = READING_TYPES[kind]
-    readings: list[Reading] = []
+    model = kinds.reading_type(kind)
+    assert model is not None
+    readings: list[BaseReading] = []
     letters: list[DeadLetter] = []
     for i, element in enumerate(elements):
         problem: tuple[Reason, str, str | None] | None = None

@@ -96,12 +96,13 @@ class Ingest:
         groups: dict[tuple[str, str], list[bytes]] = {}
         records: list[OutRecord] = []
         c = self.counters
+        telemetry = self.topics.telemetry
         for d in batch:
             c.messages += 1
             c.redelivered += d.redelivered
             result = decode(d.topic, d.payload, d.received_at_ms, horizon_s=opts.horizon_s)
             for reading in result.readings:
-                groups.setdefault((self.topics.telemetry[reading.kind], reading.partition_key),
+                groups.setdefault((telemetry[reading.kind], reading.partition_key),
                                   []).append(
                     reading.to_json())
             for dead in result.dead_letters:

@@ -7,6 +7,7 @@ in the file fails at start-up instead of silently falling back to a default.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +15,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from models import kinds
 from models.errors import CityModelError, UnknownEntityError
+from models.feeds import FeedSpec
 
 HOURS_PER_WEEK = 168
 DEFAULT_CITY_FILE = Path(__file__).parent / "cities" / "milton-keynes.toml"
@@ -133,6 +136,7 @@ class City(_Frozen):
     districts: Annotated[list[District], Field(min_length=1)]
     junctions: list[Junction] = []
     routes: list[Route] = []
+    feeds: list[FeedSpec] = []
 
     _districts: dict[str, District] = PrivateAttr(default_factory=dict)
     _junctions: dict[str, Junction] = PrivateAttr(default_factory=dict)
@@ -150,6 +154,7 @@ class City(_Frozen):
                              "citystream's alerts, so its readings could never be told apart)")
         _require_unique("junctions", [j.id for j in self.junctions])
         _require_unique("routes", [r.id for r in self.routes])
+        _require_unique("feeds", [f.kind for f in self.feeds])
         slugs = {d.slug for d in self.districts}
         placed = [("junctions", i, j.district) for i, j in enumerate(self.junctions)]
         placed += [("routes", i, r.district) for i, r in enumerate(self.routes)]
@@ -216,14 +221,28 @@ def _require_unique(what: str, ids: list[str]) -> None:
         seen.add(ident)
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
+def _field_path(loc: tuple[int | str, ...], data: Any = None) -> str:
+    """`feeds[0] (noise).kpis[1].field`: a list index, and for a feed its kind too."""
     path = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             path += f"[{part}]"
+            if i == 1 and loc[0] == "feeds":
+                path += _feed_name(data, part)
         else:
             path += f".{part}" if path else part
     return path
+
+
+def _feed_name(data: Any, index: int) -> str:
+    try:
+        kind = data["feeds"][index]["kind"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    return f" ({kind})" if isinstance(kind, str) else ""
+
+
+_KEY_IN_MESSAGE = re.compile(r"([a-z_]+(?:\[[0-9]+\])?(?:\.[a-z_0-9]+)?): ")
 
 
 def parse_city(text: str, source: str = "<string>") -> City:
@@ -238,19 +257,25 @@ def parse_city(text: str, source: str = "<string>") -> City:
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            path = _field_path(err["loc"])
+            path = _field_path(err["loc"], data)
+            key = _KEY_IN_MESSAGE.match(msg)
+            if key and path.startswith("feeds["):  # a feed's own check names the key
+                path, msg = f"{path}.{key.group(1)}", msg[key.end():]
             problems.append(f"{path}: {msg}" if path else msg)
         raise CityModelError(f"{source}: invalid city model:\n  " + "\n  ".join(problems)) from None
 
 
 def load_city(path: Path | None = None) -> City:
-    """Read and validate a city TOML file (default: the shipped Milton Keynes model)."""
+    """Read and validate a city TOML file (default: the shipped Milton Keynes model), and make
+    its declared feeds this process's registered kinds (`models.kinds.activate`)."""
     path = DEFAULT_CITY_FILE if path is None else path
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CityModelError(f"{path}: cannot read city model: {exc}") from None
-    return parse_city(text, str(path))
+    city = parse_city(text, str(path))
+    kinds.activate(city.feeds)
+    return city
 
 
 def _toml_scalar(value: Any) -> str:
@@ -293,4 +318,14 @@ def dump_city(city: City, header: tuple[str, ...] = ()) -> str:
     for section in ("districts", "junctions", "routes"):
         for item in data[section]:
             out += ["", f"[[{section}]]", *_toml_table(item)]
+    for feed in data["feeds"]:
+        out += ["", "[[feeds]]", *_toml_table(
+            {k: v for k, v in feed.items() if k not in ("fields", "kpis", "target", "alerts")})]
+        out += ["", "[feeds.fields]", *_toml_table(feed["fields"])]
+        for kpi in feed["kpis"]:
+            out += ["", "[[feeds.kpis]]", *_toml_table(kpi)]
+        if "target" in feed:
+            out += ["", "[feeds.target]", *_toml_table(feed["target"])]
+        for alert in feed["alerts"]:
+            out += ["", "[[feeds.alerts]]", *_toml_table(alert)]
     return "\n".join(out) + "\n"

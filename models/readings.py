@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar, Final, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -109,6 +109,8 @@ class BaseReading(BaseModel):
     seq: Count | None = None
 
     partition_field: ClassVar[str] = "district"
+    if TYPE_CHECKING:
+        kind: str  # each kind's own `Literal` field
 
     @field_validator("district", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ the point. `to_line_protocol` renders a record as one InfluxDB line.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -246,12 +247,14 @@ def record_to_json(record: Record) -> bytes:
     return b'{"measurement":"' + record.measurement.encode() + b'",' + body[1:]
 
 
-def record_from_json(data: bytes | str) -> Record:
-    """Parse `record_to_json` output; `RecordError` for an unknown measurement."""
+def record_from_json(data: bytes | str,
+                     types: Mapping[str, type[Record]] = RECORD_TYPES) -> Record:
+    """Parse `record_to_json` output; `RecordError` for a measurement not in `types` (by
+    default the built-in ones; `models.kinds.record_types()` adds the declared feeds')."""
     import orjson
 
     raw = orjson.loads(data)
-    cls = RECORD_TYPES.get(raw.pop("measurement", None))
+    cls = types.get(raw.pop("measurement", None))
     if cls is None:
         raise RecordError(f"unknown measurement in {str(data)[:80]!r}")
     return cls.model_validate(raw, strict=False)

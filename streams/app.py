@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import functools
 import gc
 import logging
 import time
@@ -34,8 +35,9 @@ from faust.types import TP, TableT
 from pydantic import TypeAdapter
 
 from citystream.settings import Settings
+from models import kinds
 from models.city import City
-from models.readings import READING_TYPES, Reading
+from models.readings import BaseReading
 from models.records import Kpi, PipelineCounters, record_to_json
 from streams.kpi.alerts import AlertRules, AlertSettings
 from streams.kpi.engine import KindEngine, engines_for
@@ -191,14 +193,18 @@ def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
     return out
 
 
-_RECORD_ADAPTERS: dict[str, TypeAdapter[list[Any]]] = {
-    kind: TypeAdapter(list[model]) for kind, model in READING_TYPES.items()}  # type: ignore[valid-type]
+@functools.lru_cache(maxsize=256)
+def _record_adapter(model: type[BaseReading]) -> TypeAdapter[list[BaseReading]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
-def decode_record(kind: str, value: bytes) -> list[Reading]:
+def decode_record(kind: str, value: bytes) -> list[BaseReading]:
     """The readings of a `telemetry.<kind>` record (a JSON array), validated again: the topic
     may hold records that did not come from our ingest."""
-    return _RECORD_ADAPTERS[kind].validate_json(value)
+    model = kinds.reading_type(kind)
+    if model is None:
+        raise ValueError(f"{kind!r} is not a registered kind")
+    return _record_adapter(model).validate_json(value)
 
 
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,

@@ -38,7 +38,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from models import kinds
 from models.errors import RecordError
+from models.feeds import FeedSpec
 from models.readings import KINDS, Kind
 
 FieldType = Literal["float", "int", "bool", "str"]
@@ -189,9 +191,38 @@ def _builder(schema: RawSchema) -> ReadingLine:
 
 
 _BUILDERS: Final[dict[str, ReadingLine]] = {kind: _builder(RAW_SCHEMAS[kind]) for kind in KINDS}
+_FEED_TYPES: Final[dict[str, FieldType]] = {
+    "number": "float", "integer": "int", "boolean": "bool", "string": "str"}
 
 
-def reading_line(reading: Mapping[str, Any], kind: Kind | None = None) -> str:
+def feed_raw_schema(feed: FeedSpec) -> RawSchema:
+    """A declared feed's raw points: measurement `<kind>`, tags district, the entity field (when
+    it is not the district) and sensor_id; every other declared field a field of its type."""
+    tags = (("district", "district"), *((name, name) for name in feed.entity_fields),
+            ("sensor_id", "sensor_id"))
+    fields = tuple((name, _FEED_TYPES[spec.type], not spec.optional)
+                   for name, spec in feed.fields.items() if name not in feed.entity_fields)
+    return RawSchema(feed.kind, tags, (*fields, _SEQ))
+
+
+_FEED_BUILDERS: dict[tuple[str, int], ReadingLine] = {}
+
+
+def _builder_of(kind: str) -> ReadingLine | None:
+    build = _BUILDERS.get(kind)
+    if build is not None:
+        return build
+    key = (kind, kinds.generation())
+    build = _FEED_BUILDERS.get(key)
+    if build is None:
+        spec = kinds.get(kind)
+        if spec is None or spec.feed is None:
+            return None
+        build = _FEED_BUILDERS[key] = _builder(feed_raw_schema(spec.feed))
+    return build
+
+
+def reading_line(reading: Mapping[str, Any], kind: str | None = None) -> str:
     """One line (no trailing newline) for a reading as decoded from `Reading.to_json()`.
 
     `kind` is the topic's kind; the reading's own `kind` key, when present, must agree.
@@ -201,7 +232,7 @@ def reading_line(reading: Mapping[str, Any], kind: Kind | None = None) -> str:
     own = reading.get("kind", kind)
     if kind is not None and own != kind:
         raise RecordError(f"a {own!r} reading on the {kind} topic")
-    build = _BUILDERS.get(own) if type(own) is str else None
+    build = _builder_of(own) if type(own) is str else None
     if build is None:
         raise RecordError(f"unknown reading kind {own!r}")
     return build(reading)

@@ -67,8 +67,8 @@ from aiokafka.errors import KafkaError
 from citystream.settings import InfluxSettings, KafkaSettings, Settings
 from citystream.topics import DEFAULT, Topics
 from ingest.kafka_sink import KafkaSink, OutRecord, Sink
+from models import kinds
 from models.errors import BackpressureError, RecordError, SinkError
-from models.readings import KINDS, Kind
 from models.records import record_from_json, to_line_protocol
 from streams.lineproto import pipeline_line, reading_line
 
@@ -242,7 +242,7 @@ def write_isolating(writer: PointWriter, bucket: str, lines: list[str]
 def kpi_line(value: bytes) -> str:
     """The point for a `kpi.records` value (`models.records.record_to_json` output)."""
     try:
-        record = record_from_json(value)
+        record = record_from_json(value, kinds.record_types())
     except (ValueError, AttributeError, TypeError) as exc:  # JSON, validation, not an object
         raise RecordError(f"not a kpi record: {exc}".replace("\n", " ")) from None
     return to_line_protocol(record, "ms")
@@ -375,7 +375,7 @@ class InfluxSink:
         self.buckets = buckets or Buckets()
         self.topics = topics
         self.options = options or SinkOptions()
-        self._kinds: dict[str, Kind] = {topics.telemetry[kind]: kind for kind in KINDS}
+        self._kinds: dict[str, str] = {topic: kind for kind, topic in topics.telemetry.items()}
         self.received = 0
         self.written = 0
         self.rejected = 0

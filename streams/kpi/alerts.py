@@ -79,12 +79,12 @@ class AlertRules:
             checks.append(("shuttle", record.route, "battery_low",
                            battery < self.s.battery_low_pct, battery, self.s.battery_low_pct,
                            f"mean battery {battery:.0f} %"))
-        return [a for c in checks if (a := self._transition(ts, active, *c)) is not None]
+        return [a for c in checks if (a := self.transition(ts, active, *c)) is not None]
 
     def silent(self, kind: str, sensor_id: str, ts_ms: int, silent: bool, gap_s: float,
                limit_s: float, active: set[AlertKey]) -> Alert | None:
         """A `silent` alert transition for one sensor."""
-        return self._transition(ts_ms, active, kind, sensor_id, "silent", silent, gap_s,
+        return self.transition(ts_ms, active, kind, sensor_id, "silent", silent, gap_s,
                                 limit_s, f"no reading for {gap_s:.0f} s (usual interval "
                                 f"{limit_s / self.s.silent_intervals:.0f} s)")
 
@@ -98,8 +98,10 @@ class AlertRules:
         return list(range(window_end_ms - 2 * 3_600_000, window_end_ms, window_ms))
 
     @staticmethod
-    def _transition(ts_ms: int, active: set[AlertKey], kind: str, entity: str, rule: str,
-                    firing: bool, value: float, threshold: float, message: str) -> Alert | None:
+    def transition(ts_ms: int, active: set[AlertKey], kind: str, entity: str, rule: str,
+                   firing: bool, value: float, threshold: float, message: str) -> Alert | None:
+        """The alert if `firing` changes the (kind, entity, rule) state in `active`, else None;
+        `active` is updated."""
         key = (kind, entity, rule)
         if firing == (key in active):
             return None

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import orjson
 
 from models.city import City, District, Junction, Route
-from models.readings import Reading
+from models.readings import BaseReading
 from models.records import Alert, EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterKpi
 from streams.kpi.alerts import AlertKey, AlertRules
 
@@ -80,6 +80,7 @@ class KindEngine:
     window_tag: str = ""
     has_rolling: bool = False
     unit_field: str | None = None  # the per-sensor value whose increases count (registers ...)
+    carries_values: bool = False  # per-sensor values kept by `add_in_order` instead
 
     def __init__(self, city: City, *, grace_s: int | None = None,
                  horizon_s: int | None = None, rules: AlertRules | None = None) -> None:
@@ -104,6 +105,12 @@ class KindEngine:
         sensor's latest earlier reading (None for a first or an out-of-order reading)."""
         raise NotImplementedError
 
+    def add_in_order(self, acc: dict[str, Any], reading: Any, carried: Any) -> Any:
+        """For kinds with `carries_values`: add a reading newer than its sensor's newest one;
+        `carried` is what the previous call returned for the sensor (None for its first
+        reading); returns what to keep for the sensor's next reading (JSON-serialisable)."""
+        raise NotImplementedError
+
     def summary(self, entity: str, start: int, acc: dict[str, Any]) -> list[float]:
         """What the rolling 24 h figures need of a window, e.g. [actual, baseline]."""
         return []
@@ -114,7 +121,7 @@ class KindEngine:
 
     # -- shared ------------------------------------------------------------------------------
 
-    def process(self, readings: Iterable[Reading], store: Store,
+    def process(self, readings: Iterable[BaseReading], store: Store,
                 offset: int | None = None) -> Outcome:
         """Apply readings in arrival order; return the records to (re)write.
 
@@ -145,7 +152,7 @@ class KindEngine:
                         out: Outcome, offset: int | None) -> None:
         wins, sensors = ent.wins, ent.sensors
         wms, late_after = self.window_ms, self.window_ms + self.grace_ms
-        unit_field = self.unit_field
+        unit_field, carries = self.unit_field, self.carries_values
         silent_factor = self.rules.s.silent_intervals
         pending: dict[int, list[list[Any]]] = {}
         touched: set[int] = set()
@@ -188,11 +195,17 @@ class KindEngine:
                 out.late += 1
             value = getattr(r, unit_field) if unit_field else None
             if rec is None:
-                self.add(acc, r, None)
+                if carries:
+                    value = self.add_in_order(acc, r, None)
+                else:
+                    self.add(acc, r, None)
                 sensors[sid] = [ts, 0, value]
                 changed.add(sid)
             elif ts > rec[0]:
-                self.add(acc, r, None if value is None else float(value - rec[2]))
+                if carries:
+                    value = self.add_in_order(acc, r, rec[2])
+                else:
+                    self.add(acc, r, None if value is None else float(value - rec[2]))
                 gap = ts - rec[0]
                 if rec[1] > 0 and gap > silent_factor * rec[1]:
                     gaps.append((sid, rec[0], ts, rec[1]))
@@ -315,6 +328,15 @@ class KindEngine:
                                           (at - last) / 1000, limit / 1000, active)
                 if alert is not None:
                     alerts.append(alert)
+        alerts.extend(self.record_alerts(ent, records, active))
+        alerts.extend(self._silences(ent, changed, active))
+        ent.alerts = sorted(list(k) for k in active)
+        return alerts
+
+    def record_alerts(self, ent: _Entity, records: list[Kpi], active: set[AlertKey],
+                      ) -> list[Alert]:
+        """The alert transitions the batch's emitted records cause (`active` updated)."""
+        alerts: list[Alert] = []
         for record in records:
             night = None
             if self.kind == "water" and self.rules.is_night_end(record.time_ms):
@@ -322,8 +344,6 @@ class KindEngine:
                 night = [tuple(ent.wins[s]["s"]) for s in starts if s in ent.wins]
                 night = night if len(night) == len(starts) else None
             alerts.extend(self.rules.evaluate(record, active, night))
-        alerts.extend(self._silences(ent, changed, active))
-        ent.alerts = sorted(list(k) for k in active)
         return alerts
 
     def _silences(self, ent: _Entity, changed: set[str], active: set[AlertKey]) -> list[Alert]:
@@ -780,7 +800,10 @@ ENGINES: dict[str, type[KindEngine]] = {
 
 
 def engines_for(city: City, **kw: Any) -> dict[str, KindEngine]:
-    """One engine per reading kind."""
-    return {kind: cls(city, **kw) for kind, cls in ENGINES.items()}
+    """One engine per reading kind: the built-in ones and the city's declared feeds."""
+    from streams.kpi.feeds import feed_engines  # it builds on this module
+
+    return {**{kind: cls(city, **kw) for kind, cls in ENGINES.items()},
+            **feed_engines(city, **kw)}
 
 
