@@ -103,8 +103,15 @@ def _city(settings: Settings) -> str:
     from models.city import load_city
 
     city = load_city(settings.city.file)
+    feeds = "".join(f"\n          feed {f.kind} ({f.title}): {f.window_tag} windows per "
+                    f"{f.entity}, KPIs {', '.join(k.name for k in f.kpis)}"
+                    + (f"; target {f.target.kpi} "
+                       f"{'at most' if f.target.at_most is not None else 'at least'} "
+                       f"{f.target.limit:g}" if f.target else "")
+                    + (f"; alerts {', '.join(a.rule for a in f.alerts)}" if f.alerts else "")
+                    for f in city.feeds)
     return (f"{city.name}: {len(city.districts)} districts, {len(city.junctions)} junctions, "
-            f"{len(city.routes)} routes")
+            f"{len(city.routes)} routes, {len(city.feeds)} declared feeds{feeds}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"],

@@ -91,9 +91,16 @@ def up(home: Path | None, pipeline: bool, sim: bool) -> None:
     Then the pipeline: `citystream ingest`, `citystream worker`, the live dashboard
     (`citystream dashboard` on http://127.0.0.1:<dashboard port>/, reading InfluxDB with a
     read-only token) and a simulated Milton Keynes (`citystream sim`) publishing readings, each
-    logging to <home>/logs/.
+    logging to <home>/logs/. They all read the city file CITYSTREAM_CITY__FILE (default: the
+    shipped Milton Keynes, with its declared feeds), which is checked first.
     """
     t0 = time.monotonic()
+    if pipeline:
+        from citystream.startup import settings_and_city
+        from models import kinds
+
+        city = settings_and_city()[1]  # a bad city file stops here, naming feed and key
+        click.echo(f"city {city.name}: kinds {', '.join(kinds.names())}")
     try:
         stack = _stack(home)
         stack.up()

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from citystream.settings import ConfigError, Settings
+from citystream.settings import Settings
 from ingest.kafka_sink import KafkaSink, ensure_topics
 from ingest.mqtt_source import MqttSource
 from ingest.service import Ingest, IngestOptions
@@ -54,8 +54,9 @@ def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interva
     itself: for ONE ingest process, and nothing is lost across a Mosquitto restart (Mosquitto
     does not persist shared subscriptions; see docs/operations.md). Valid readings go to
     telemetry.<kind> keyed by district (water, energy), junction (traffic) or route
-    (shuttle); rejected ones to telemetry.deadletter. A message is acknowledged to the broker
-    only after Kafka confirmed it.
+    (shuttle), or for a feed declared in the city file (CITYSTREAM_CITY__FILE) by its entity
+    and validated by its field rules; rejected ones to telemetry.deadletter. A message is
+    acknowledged to the broker only after Kafka confirmed it.
 
     \b
     Connection settings (env): CITYSTREAM_MQTT__HOST, __PORT, __USERNAME, __PASSWORD,
@@ -66,20 +67,11 @@ def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interva
     Example, against the local stack:
       eval "$(citystream env)" && citystream ingest --instance 0
     """
-    try:
-        settings = Settings.load()
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    if horizon_s is None:
-        from models.city import load_city
-        from models.errors import CityModelError
+    from citystream.startup import settings_and_city
 
-        try:
-            horizon_s = load_city(settings.city.file).windows.horizon_s
-        except CityModelError as exc:
-            click.echo(f"error: {exc} (set CITYSTREAM_CITY__FILE)", err=True)
-            sys.exit(2)
+    settings, city = settings_and_city()  # the city file's feeds are kinds ingest accepts
+    if horizon_s is None:
+        horizon_s = city.windows.horizon_s
     group = settings.mqtt.shared_group or "plain"
     client_id = settings.mqtt.client_id or (
         f"citystream-ingest-{group}-{socket.gethostname()}-{instance}")

@@ -19,6 +19,8 @@ from pathlib import Path
 from sensors_sim import profiles
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "models" / "cities" / "milton-keynes.toml"
+FEEDS = Path(__file__).resolve().parent / "mk_feeds.toml"
+"""The city's declared feeds (CONTRACT section 5), appended to the file as they are."""
 
 HOME_WATER_L_H = 14.0
 """Mean draw of a household water meter (about 340 L a day, the UK household average)."""
@@ -171,6 +173,8 @@ def build_toml() -> str:
         *[f"  {{ id = {_q(s)}, lat = {lat!r}, lon = {lon!r} }},"
           for s, lat, lon in STATION_CENTRE_STOPS],
         "]",
+        "",
+        FEEDS.read_text(encoding="utf-8").rstrip(),
     ]
     return "\n".join(out) + "\n"
 

@@ -543,7 +543,14 @@ class Stack:
             "CITYSTREAM_DASHBOARD__TOKEN": creds.influxdb_read_token,
             "CITYSTREAM_INFLUX__READ_TOKEN": creds.influxdb_read_token,
         } | ({"CITYSTREAM_INFLUX__TOKEN": creds.influxdb_write_token}
-             if creds.influxdb_write_token else {})
+             if creds.influxdb_write_token else {}) | self.city_env()
+
+    @staticmethod
+    def city_env() -> dict[str, str]:
+        """`CITYSTREAM_CITY__FILE` as an absolute path when it is set: every component the
+        stack starts reads the same city file (and so the same declared feeds)."""
+        city = os.environ.get("CITYSTREAM_CITY__FILE")
+        return {"CITYSTREAM_CITY__FILE": str(Path(city).resolve())} if city else {}
 
     def dashboard_env(self) -> dict[str, str]:
         """Env for `citystream dashboard`: the read-only token and the stack's dashboard port;
