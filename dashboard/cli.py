@@ -28,7 +28,8 @@ def dashboard(host: str | None, port: int | None, poll_s: float | None) -> None:
 
     Reads the kpi bucket of InfluxDB (one poller for every open page) and pushes changes to the
     pages over Server-Sent Events; the page needs nothing from the internet. Districts,
-    junctions and routes come from the city file, so those without data yet are shown as such.
+    junctions and routes come from the city file, so those without data yet are shown as such,
+    and so does a panel per feed the city file declares.
 
     \b
     Settings (env):

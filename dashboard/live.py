@@ -2,7 +2,8 @@
 
 Events (each a JSON object, sent over Server-Sent Events by `dashboard.server`):
 
-- ``snapshot``: `views.Snapshot`, published when its content changed;
+- ``snapshot``: `views.Snapshot` (with a panel per feed the city declares), published when its
+  content changed;
 - ``history``: `views.History`, re-read when a KPI point changed, after InfluxDB came back, and
   at least every `history_refresh_s` (late corrections rewrite old windows);
 - ``tick``: ``{"checked_ms": ..., "ok": ...}`` after every poll, so a page knows the server is
@@ -138,9 +139,9 @@ class Poller:
         self._alerts: list[Row] = []
         self._kpis: bytes | None = None
         self._history_at: int | None = None
-        self._queries = (latest_query(self.o.bucket, self.o.lookback_d),
+        self._queries = (latest_query(self.o.bucket, self.o.lookback_d, city.feeds),
                          alerts_query(self.o.bucket, self.o.lookback_d),
-                         history_query(self.o.bucket, self.o.history_h))
+                         history_query(self.o.bucket, self.o.history_h, city.feeds))
 
     async def _query(self, flux: str) -> list[Row]:
         return await asyncio.to_thread(self.source.query, flux)
@@ -155,12 +156,14 @@ class Poller:
             recovered = not self.status.ok
             self.status = SourceStatus(ok=True)
             snapshot = self._publish_snapshot(now)
-            kpis = snapshot.model_dump_json(include={"districts", "junctions", "routes"}).encode()
+            kpis = snapshot.model_dump_json(
+                include={"districts", "junctions", "routes", "feeds"}).encode()
             stale = (self._history_at is None
                      or now - self._history_at >= self.o.history_refresh_s * 1000)
             if recovered or kpis != self._kpis or stale:
                 rows = await self._query(q_history)
-                history = build_history(rows, now - self.o.history_h * 3_600_000, now)
+                history = build_history(rows, now - self.o.history_h * 3_600_000, now,
+                                        self.city.feeds)
                 self.hub.publish("history", history.model_dump_json().encode())
                 self._history_at, self._kpis = now, kpis
             if recovered:

@@ -3,21 +3,34 @@
 `build_snapshot` is pure: given the city, the rows of `latest_query` and `alerts_query` and the
 InfluxDB status, it lists every district, junction and route of the city file (with `None` where
 InfluxDB has no point yet, so the page can say "no data yet for Bletchley"), then any entity
-InfluxDB knows that the city file does not (`in_city` false), the active alerts (newest first)
-and the pipeline components' counters. `build_history` does the same for the small charts.
+InfluxDB knows that the city file does not (`in_city` false), one `FeedView` per feed the city
+declares (built from its `FeedSpec` alone: no code knows a feed by name), the active alerts
+(newest first) and the pipeline components' counters. `build_history` does the same for the
+small charts.
 
 Names and ids are data, never markup: the page renders every string with `textContent`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final
+import re
+from collections.abc import Iterable, Sequence
+from typing import Final, Literal
 
 from pydantic import BaseModel
 
-from dashboard.queries import FieldValue, LatestPoint, Row, newest_points, series
+from dashboard.queries import (
+    FieldValue,
+    LatestPoint,
+    Row,
+    chart_field,
+    entity_tags,
+    newest_points,
+    series,
+)
 from models.city import City
+from models.feeds import FeedSpec
+from models.kinds import BUILTIN
 
 # Pipeline components that have not reported for this long are left out.
 PIPELINE_STALE_MS: Final = 3_600_000
@@ -61,9 +74,11 @@ class RouteView(BaseModel):
 
 class AlertView(BaseModel):
     kind: str
+    kind_title: str
     entity: str
     entity_name: str
     rule: str
+    rule_title: str
     time_ms: int
     value: float | None
     threshold: float | None
@@ -75,6 +90,64 @@ class ComponentView(BaseModel):
     instance: str
     time_ms: int
     fields: dict[str, FieldValue]
+
+
+class FeedKpiView(BaseModel):
+    """One KPI of a feed: its field name, a readable title and unit, and whether it is a count
+    (shown as a whole number)."""
+
+    name: str
+    title: str
+    unit: str
+    integer: bool
+
+
+class FeedTargetView(BaseModel):
+    """A feed's target: `field` (`<kpi>_24h`) judged `at_most` or `at_least` `limit`."""
+
+    kpi: str
+    title: str
+    unit: str
+    field: str
+    direction: Literal["at_most", "at_least"]
+    limit: float
+
+
+class FeedRuleView(BaseModel):
+    """An alert rule of a feed: raised when `kpi` is `above` or `below` `threshold`."""
+
+    rule: str
+    title: str
+    kpi: str
+    op: Literal["above", "below"]
+    threshold: float
+
+
+class FeedEntityView(BaseModel):
+    """One entity of a feed. `in_city`: for a district feed, whether the city file lists the
+    district; None for other entities (car parks, bus routes: the city file does not list
+    them, so they appear once they report)."""
+
+    id: str
+    name: str
+    in_city: bool | None
+    point: Point | None = None
+
+
+class FeedView(BaseModel):
+    """A declared feed (contract section 5) and the newest point of each of its entities."""
+
+    kind: str
+    title: str
+    measurement: str
+    entity: str
+    entity_title: str
+    window: str
+    kpis: list[FeedKpiView]
+    target: FeedTargetView | None
+    chart: str
+    rules: list[FeedRuleView]
+    entities: list[FeedEntityView]
 
 
 class SourceStatus(BaseModel):
@@ -96,6 +169,7 @@ class Snapshot(BaseModel):
     districts: list[DistrictView]
     junctions: list[JunctionView]
     routes: list[RouteView]
+    feeds: list[FeedView]
     alerts: list[AlertView]
     pipeline: list[ComponentView]
 
@@ -116,6 +190,34 @@ class History(BaseModel):
     series: list[SeriesView]
 
 
+# Readable names: `pm25_mean_ugm3` -> ("PM2.5 mean", "µg/m³"). The last word is a unit when it
+# is one of these and not the only word; a few words are spelt as people write them.
+UNITS: Final[dict[str, str]] = {
+    "pct": "%", "ugm3": "µg/m³", "mgm3": "mg/m³", "ppm": "ppm", "ppb": "ppb", "db": "dB",
+    "dba": "dB(A)", "kwh": "kWh", "mwh": "MWh", "wh": "Wh", "kw": "kW", "mw": "MW", "w": "W",
+    "l": "L", "m3": "m³", "kmh": "km/h", "mph": "mph", "s": "s", "min": "min", "c": "°C",
+    "kg": "kg", "km": "km", "m": "m", "mm": "mm", "lux": "lx", "hz": "Hz", "v": "V",
+}
+WORDS: Final[dict[str, str]] = {
+    "pm1": "PM1", "pm25": "PM2.5", "pm10": "PM10", "no2": "NO₂", "nox": "NOₓ", "co2": "CO₂",
+    "co": "CO", "o3": "O₃", "so2": "SO₂", "laeq": "LAeq", "lamax": "LAmax", "aqi": "AQI",
+    "ev": "EV", "id": "ID", "24h": "24 h", "1h": "1 h",
+}
+
+
+def readable(name: str) -> tuple[str, str]:
+    """A field or rule name as a title and a unit: `occupancy_pct` -> ("Occupancy", "%"),
+    `no2_hours_above` -> ("NO₂ hours above", ""), `full` -> ("Full", "")."""
+    words = [w for w in re.split(r"[_\-\s]+", name) if w]
+    unit = ""
+    if len(words) > 1 and words[-1].lower() in UNITS:
+        unit = UNITS[words.pop().lower()]
+    words = [WORDS.get(w.lower(), w) for w in words]
+    if words and words[0].islower():
+        words[0] = words[0][:1].upper() + words[0][1:]
+    return " ".join(words) or name, unit
+
+
 def _point(p: LatestPoint | None) -> Point | None:
     if p is None:
         return None
@@ -133,10 +235,48 @@ def _extra(latest: dict[tuple[str, str], LatestPoint], measurements: tuple[str, 
     return sorted({e for (m, e) in latest if m in measurements} - known)
 
 
+def _feed_view(city: City, feed: FeedSpec,
+               latest: dict[tuple[str, str], LatestPoint]) -> FeedView:
+    """A feed's panel: its spec in readable words and the newest point of every entity. A
+    district feed lists every district of the city file (`point` None while one has not
+    reported), then districts only InfluxDB knows; any other feed lists the entities InfluxDB
+    knows, sorted."""
+    m = feed.measurement
+    known = sorted(e for (measurement, e) in latest if measurement == m)
+    if feed.entity == "district":
+        entities = [FeedEntityView(id=d.slug, name=d.name, in_city=True,
+                                   point=_point(latest.get((m, d.slug))))
+                    for d in city.districts]
+        listed = {d.slug for d in city.districts}
+        entities += [FeedEntityView(id=e, name=e, in_city=False, point=_point(latest[(m, e)]))
+                     for e in known if e not in listed]
+    else:
+        entities = [FeedEntityView(id=e, name=e, in_city=None, point=_point(latest[(m, e)]))
+                    for e in known]
+    units = {k.name: readable(k.name) for k in feed.kpis}
+    target = None
+    if feed.target is not None:
+        title, unit = units[feed.target.kpi]
+        target = FeedTargetView(
+            kpi=feed.target.kpi, title=title, unit=unit, field=f"{feed.target.kpi}_24h",
+            direction="at_most" if feed.target.at_most is not None else "at_least",
+            limit=feed.target.limit)
+    return FeedView(
+        kind=feed.kind, title=feed.title, measurement=m, entity=feed.entity,
+        entity_title=readable(feed.entity)[0], window=feed.window_tag,
+        kpis=[FeedKpiView(name=k.name, title=units[k.name][0], unit=units[k.name][1],
+                          integer=k.is_integer) for k in feed.kpis],
+        target=target, chart=chart_field(feed),
+        rules=[FeedRuleView(rule=a.rule, title=readable(a.rule)[0], kpi=a.kpi,
+                            op="above" if a.above is not None else "below",
+                            threshold=a.threshold) for a in feed.alerts],
+        entities=entities)
+
+
 def build_snapshot(city: City, latest_rows: Iterable[Row], alert_rows: Iterable[Row],
                    status: SourceStatus, now_ms: int) -> Snapshot:
     """The page's state from the rows of `latest_query` and `alerts_query` (see module doc)."""
-    latest = newest_points(latest_rows)
+    latest = newest_points(latest_rows, entity_tags(city.feeds))
 
     def point(measurement: str, entity: str) -> Point | None:
         return _point(latest.get((measurement, entity)))
@@ -181,6 +321,7 @@ def build_snapshot(city: City, latest_rows: Iterable[Row], alert_rows: Iterable[
     return Snapshot(city=city.name, timezone=city.timezone, influx=status,
                     latest_ms=max(kpi_times) if kpi_times else None,
                     districts=districts, junctions=junctions, routes=routes,
+                    feeds=[_feed_view(city, feed, latest) for feed in city.feeds],
                     alerts=active_alerts(city, alert_rows), pipeline=pipeline)
 
 
@@ -193,16 +334,26 @@ def entity_names(city: City) -> dict[str, str]:
 
 
 def active_alerts(city: City, rows: Iterable[Row]) -> list[AlertView]:
-    """Alerts whose newest point has `active` true, newest first."""
+    """Alerts whose newest point has `active` true, newest first. Alerts of any kind: the
+    built-in ones and the city's feeds (`kind` = the feed's kind), titled by their kind."""
     names = entity_names(city)
+    districts = {d.slug: d.name for d in city.districts}
+    titles = {name: spec.title for name, spec in BUILTIN.items()}
+    feeds = {feed.kind: feed for feed in city.feeds}
+    titles.update({kind: feed.title for kind, feed in feeds.items()})
     out = []
     for p in newest_points(rows).values():
         if p.fields.get("active") is not True:
             continue
-        entity = p.tags.get("entity", "")
+        kind, entity, rule = (p.tags.get(t, "") for t in ("kind", "entity", "rule"))
+        feed = feeds.get(kind)
+        # a feed's entity is a district or its own id (car park, bus route): never a junction
+        # or shuttle route that happens to have the same id
+        name = (names.get(entity, entity) if feed is None
+                else districts.get(entity, entity) if feed.entity == "district" else entity)
         message = p.fields.get("message")
-        out.append(AlertView(kind=p.tags.get("kind", ""), entity=entity,
-                             entity_name=names.get(entity, entity), rule=p.tags.get("rule", ""),
+        out.append(AlertView(kind=kind, kind_title=titles.get(kind, kind), entity=entity,
+                             entity_name=name, rule=rule, rule_title=readable(rule)[0],
                              time_ms=p.time_ms, value=_float(p.fields.get("value")),
                              threshold=_float(p.fields.get("threshold")),
                              message=message if isinstance(message, str) else ""))
@@ -210,8 +361,9 @@ def active_alerts(city: City, rows: Iterable[Row]) -> list[AlertView]:
     return out
 
 
-def build_history(rows: Iterable[Row], start_ms: int, end_ms: int) -> History:
-    """The small charts' series from the rows of `history_query`."""
+def build_history(rows: Iterable[Row], start_ms: int, end_ms: int,
+                  feeds: Sequence[FeedSpec] = ()) -> History:
+    """The small charts' series from the rows of `history_query` (given the same `feeds`)."""
     return History(start_ms=start_ms, end_ms=end_ms,
                    series=[SeriesView(measurement=s.measurement, entity=s.entity, field=s.field,
-                                      t=s.t, v=s.v) for s in series(rows)])
+                                      t=s.t, v=s.v) for s in series(rows, entity_tags(feeds))])

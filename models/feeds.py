@@ -21,6 +21,9 @@ NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,62}$"
 RESERVED_KINDS: Final = frozenset({*KINDS, "alerts"})
 READING_KEYS: Final = frozenset({"sensor_id", "ts", "ts_ms", "seq", "district", "kind"})
 KPI_EXTRAS: Final = frozenset({"target", "on_track", "window", "window_end_ms"})
+FLUX_COLUMNS: Final = frozenset({"result", "table"})
+"""Column names of InfluxDB query results besides the `_`-prefixed ones: a tag or field of that
+name would be shadowed for every reader."""
 STRING_MAX: Final = 256
 
 FieldType = Literal["number", "integer", "boolean", "string"]
@@ -166,7 +169,7 @@ class FeedSpec(_Frozen):
         for name in self.fields:
             if not _matches(NAME_PATTERN, name):
                 raise ValueError(f"fields.{name}: a field name is [a-z][a-z0-9_]{{0,62}}")
-            if name in READING_KEYS or name in reserved:
+            if name in READING_KEYS or name in reserved or name in FLUX_COLUMNS:
                 raise ValueError(f"fields.{name}: {name!r} is reserved; choose another name")
         if self.entity != "district":
             spec = self.fields.get(self.entity)
@@ -181,7 +184,8 @@ class FeedSpec(_Frozen):
             where = f"kpis[{i}]"
             if kpi.name in names:
                 raise ValueError(f"{where}.name: {kpi.name!r} is declared twice")
-            if kpi.name in KPI_EXTRAS or kpi.name == self.entity or kpi.name in reserved:
+            if (kpi.name in KPI_EXTRAS or kpi.name == self.entity or kpi.name in reserved
+                    or kpi.name in FLUX_COLUMNS):
                 raise ValueError(f"{where}.name: {kpi.name!r} is reserved; choose another name")
             names.add(kpi.name)
             for param in ("field", "of"):

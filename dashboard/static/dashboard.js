@@ -52,6 +52,15 @@
   const int = (v) => (num(v) === null ? "–" : Math.round(v).toLocaleString("en-GB"));
   const trim = (v) => (num(v) === null ? "–" : String(Number(v.toFixed(1))));
 
+  // A feed's KPI: counts (and figures of 1000 or more) whole with separators, others with one
+  // decimal, below 1 with two.
+  function kpiValue(v, integer) {
+    v = num(v);
+    if (v === null) return "–";
+    if (integer || Math.abs(v) >= 1000) return int(v).replace("-", "\u2212");
+    return fixed(v, v === 0 || Math.abs(v) >= 1 ? 1 : 2);
+  }
+
   let timeFmt = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", hourCycle: "h23", timeZone: "UTC" });
   let clockFmt = timeFmt;
   let zoneFmt = null;
@@ -339,10 +348,109 @@
     }));
   }
 
+  // ---- declared feeds (one panel each, built from the feed's spec in the snapshot) ---------
+  function feedDomain(feed) {
+    const t = feed.target;
+    const vals = feed.entities.map((e) => (e.point ? num(e.point.fields[t.field]) : null)).filter((v) => v !== null);
+    const limits = feed.entities.map((e) => (e.point ? num(e.point.fields.target) : null)).filter((v) => v !== null);
+    const lo = Math.min(0, ...vals), hi = Math.max(...vals, ...[t.limit, ...limits].map((l) => l * 1.3), 1e-9);
+    const pad = (hi - lo) * 0.03;
+    return [lo - pad, hi + pad];
+  }
+
+  const withUnit = (text, unit) => (unit ? `${text} ${unit}` : text);
+
+  function feedTarget(feed, e, p, dom) {
+    const t = feed.target, f = p.fields;
+    const v = num(f[t.field]);
+    const limit = num(f.target) ?? t.limit;
+    const onTrack = typeof f.on_track === "boolean" ? f.on_track : null;
+    const cls = onTrack === true ? "good" : onTrack === false ? "warn" : "";
+    const dir = t.direction === "at_most" ? "at most" : "at least";
+    const goal = withUnit(`${dir} ${trim(limit)}`, t.unit);
+    return el("div", { class: "kpi feed-target", data: { target: t.kpi } },
+      el("div", { class: "kpi-head" }, el("span", { class: "kpi-name feed" }, `${t.title} · 24 h`), badge(onTrack)),
+      el("div", { class: "kpi-main" },
+        el("span", { class: `big ${cls}`, data: { field: `${feed.kind}.${t.field}` } }, kpiValue(v, false)),
+        t.unit ? el("span", { class: "unit" }, t.unit) : null,
+        el("span", { class: "vs", data: { field: `${feed.kind}.target` } }, `target ${goal}`)),
+      bullet(v, limit, dom, cls || "neutral", `${e.name}: ${t.title} over 24 h ${withUnit(kpiValue(v, false), t.unit)}, target ${goal}`));
+  }
+
+  function feedCard(feed, e, dom, alerts) {
+    const card = el("article", { class: `card feed-entity${alerts.length ? " alerting" : ""}`, data: { entity: e.id } },
+      el("header", { class: "card-head" }, el("h3", { title: e.name }, e.name),
+        e.in_city === false ? el("span", { class: "tag" }, "not in city file") : null,
+        alerts.length ? el("span", { class: "tag alert-tag" }, alerts.length === 1 ? "1 alert" : `${alerts.length} alerts`) : null));
+    const p = e.point;
+    if (!p) {
+      card.append(el("div", { class: "empty" }, `No data yet for ${e.name}`));
+      return card;
+    }
+    if (feed.target) card.append(feedTarget(feed, e, p, dom));
+    const chart = feed.kpis.find((k) => k.name === feed.chart) || { title: feed.chart, unit: "" };
+    const limit = feed.target ? num(p.fields.target) ?? feed.target.limit : null;
+    card.append(el("div", { class: "spark-title" }, `${withUnit(chart.title, chart.unit ? `(${chart.unit})` : "")} · last 24 h`),
+      spark(seriesOf(feed.measurement, e.id, feed.chart), {
+        cls: "feed", refs: limit === null ? [] : [{ v: limit, cls: "target" }],
+        label: `${e.name}: ${chart.title}, last 24 h`,
+      }));
+    card.append(el("dl", { class: "feed-kpis" }, ...feed.kpis.map((k) => el("div", { data: { kpi: k.name } },
+      el("dt", { title: k.name }, k.title),
+      el("dd", null, el("span", { data: { field: `${feed.kind}.${k.name}` } }, kpiValue(p.fields[k.name], k.integer)),
+        k.unit ? el("span", { class: "unit" }, ` ${k.unit}`) : null)))));
+    card.append(el("div", { class: `kpi-foot${isStale(p) ? " stale" : ""}` }, `last ${p.window || "window"}: to ${hhmm(p.time_ms)}`));
+    return card;
+  }
+
+  function feedSub(feed) {
+    const parts = [`per ${feed.entity_title.toLowerCase()}`, `${feed.window} windows`];
+    const t = feed.target;
+    if (t) parts.push(`target: ${t.title} over 24 h ${t.direction === "at_most" ? "at most" : "at least"} ${withUnit(trim(t.limit), t.unit)}`);
+    parts.push("chart: last 24 h");
+    return parts.join(" · ");
+  }
+
+  function renderFeeds(snap) {
+    const box = $("feeds");
+    const feeds = snap.feeds || [];
+    box.hidden = !feeds.length;
+    box.replaceChildren(...feeds.map((feed) => {
+      const alerts = snap.alerts.filter((a) => a.kind === feed.kind);
+      const count = el("span", { class: `count${alerts.length ? "" : " zero"}`, title: "active alerts" }, String(alerts.length));
+      const panel = el("section", { class: "panel feed", data: { feed: feed.kind }, "aria-label": feed.title },
+        el("header", { class: "panel-head" }, el("h2", null, el("span", { class: "feed-title" }, feed.title), count),
+          el("p", { class: "sub" }, feedSub(feed))));
+      if (!feed.entities.length) {
+        panel.append(el("div", { class: "empty" }, `No data yet for ${feed.title}`));
+      } else {
+        const dom = feed.target ? feedDomain(feed) : null;
+        panel.append(el("div", { class: "cards feed-cards" }, ...feed.entities.map((e) => feedCard(feed, e, dom, alerts.filter((a) => a.entity === e.id)))));
+      }
+      if (alerts.length) {
+        panel.append(el("ol", { class: "alert-list feed-alerts" }, ...alerts.map((a) => {
+          const [title, sev] = alertLook(a, snap);
+          return el("li", { class: `alert ${sev}`, data: { feedAlert: `${a.kind}/${a.entity}/${a.rule}` } },
+            el("div", { class: "alert-head" }, el("span", { class: "rule" }, title), el("span", { class: "when" }, `since ${hhmm(a.time_ms)}`)),
+            el("div", { class: "entity" }, a.entity_name),
+            a.message ? el("div", { class: "msg" }, a.message) : null);
+        })));
+      }
+      return panel;
+    }));
+  }
+
   const RULES = {
     leak: ["Possible leak", "high"], congestion: ["Congestion", "high"], battery_low: ["Low battery", "high"],
     off_track: ["Off track", "medium"], silent: ["Sensor silent", "low"],
   };
+
+  // The rule in words and its severity: the built-in rules' own, a feed's declared rules amber.
+  function alertLook(a, snap) {
+    const feed = (snap.feeds || []).find((f) => f.kind === a.kind);
+    const declared = feed && feed.rules.some((r) => r.rule === a.rule);
+    return (!declared && RULES[a.rule]) || [a.rule_title || a.rule, "medium"];
+  }
 
   function renderAlerts(snap) {
     const list = snap.alerts;
@@ -354,10 +462,10 @@
       return;
     }
     $("alerts").replaceChildren(...list.map((a) => {
-      const [title, sev] = RULES[a.rule] || [a.rule, "medium"];
+      const [title, sev] = alertLook(a, snap);
       return el("li", { class: `alert ${sev}`, data: { alert: `${a.kind}/${a.entity}/${a.rule}` } },
         el("div", { class: "alert-head" }, el("span", { class: "rule" }, title), el("span", { class: "when" }, `since ${hhmm(a.time_ms)}`)),
-        el("div", { class: "entity" }, a.entity_name, el("span", { class: "kind" }, a.kind)),
+        el("div", { class: "entity" }, a.entity_name, el("span", { class: "kind" }, a.kind_title || a.kind)),
         a.message ? el("div", { class: "msg" }, a.message) : null);
     }));
   }
@@ -430,6 +538,7 @@
     renderDistricts(snap);
     renderJunctions(snap);
     renderRoutes(snap);
+    renderFeeds(snap);
     renderAlerts(snap);
     renderPipeline(snap);
     renderStatus();

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from citystream.settings import InfluxSettings
 from deploy.local.stack import Stack, read_authorization
 from models.city import City
+from models.feeds import FeedSpec, kpi_model
 from models.records import (
     Alert,
     EnergyKpi,
@@ -156,6 +157,45 @@ def city_kpis(city: City, end_ms: int, hours: int = 3, seed: int = 5,
     return out
 
 
+def feed_entities(city: City, feed: FeedSpec, skip_districts: tuple[str, ...] = ()) -> list[str]:
+    """The entities `feed_kpis` writes for a feed: the city's districts (but `skip_districts`)
+    for a district feed, else two made-up ids such as `car-park-1`."""
+    if feed.entity == "district":
+        return [d.slug for d in city.districts if d.slug not in skip_districts]
+    return [f"{feed.entity.replace('_', '-')}-{n}" for n in (1, 2)]
+
+
+def feed_kpis(city: City, end_ms: int, hours: int = 3, seed: int = 7,
+              skip_districts: tuple[str, ...] = (), skip_feeds: tuple[str, ...] = ()
+              ) -> list[Record]:
+    """Points of every declared feed of `city` (but `skip_feeds`) for each of its
+    `feed_entities` over the `hours` before `end_ms`, built from the feed's spec alone: counts
+    whole, other KPIs floats; with a target, the first entity is on track and the others off."""
+    rnd = random.Random(seed)
+    out: list[Record] = []
+    for feed in city.feeds:
+        if feed.kind in skip_feeds:
+            continue
+        model = kpi_model(feed)
+        step = feed.window_s * 1000
+        last = end_ms // step * step
+        for i, entity in enumerate(feed_entities(city, feed, skip_districts)):
+            for k in range(max(1, hours * 3600 // feed.window_s)):
+                fields: dict[str, Any] = {
+                    kpi.name: (rnd.randint(1, 40) if kpi.is_integer
+                               else round(rnd.uniform(5, 95), 3)) for kpi in feed.kpis}
+                if feed.target is not None:
+                    limit = feed.target.limit
+                    good = i == 0
+                    at_most = feed.target.at_most is not None
+                    factor = 0.9 if good == at_most else 1.1
+                    fields[f"{feed.target.kpi}_24h"] = round(limit * factor + 0.123, 3)
+                    fields["on_track"] = good
+                out.append(model.model_validate({feed.entity: entity,
+                                                 "window_end_ms": last - k * step, **fields}))
+    return out
+
+
 def shown(value: float, digits: int) -> str:
     """A number as the page shows it: JavaScript's toFixed (exact value, halves away from
     zero), a real minus sign, no negative zero."""
@@ -169,3 +209,11 @@ def shown_count(value: float) -> str:
     """A non-negative number as the page shows a count or rate: rounded (halves up), with
     thousands separators."""
     return f"{int(Decimal(value).quantize(Decimal(1), rounding=ROUND_HALF_UP)):,}"
+
+
+def shown_kpi(value: float, integer: bool) -> str:
+    """A feed KPI as the page shows it: counts and figures of 1000 or more whole, others with
+    one decimal, below 1 with two."""
+    if integer or abs(value) >= 1000:
+        return shown_count(value)
+    return shown(value, 1 if value == 0 or abs(value) >= 1 else 2)

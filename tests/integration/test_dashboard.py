@@ -17,7 +17,7 @@ from dashboard.queries import alerts_query, history_query, latest_query
 from dashboard.source import InfluxSource, SourceError
 from deploy.local.stack import Credentials, Stack
 from models.city import load_city
-from tests.integration.dashboard_data import MIN, city_kpis, new_bucket
+from tests.integration.dashboard_data import MIN, city_kpis, feed_entities, feed_kpis, new_bucket
 from tests.integration.helpers import create_bucket
 
 pytestmark = [pytest.mark.influxdb]
@@ -91,6 +91,7 @@ def test_the_dashboard_shows_what_influxdb_holds(stack: Stack) -> None:
     end = int(time.time() * 1000) - 5 * MIN
     records = city_kpis(city, end, skip_districts=("stony-stratford",))
     bucket.write(records)
+    bucket.write(feed_kpis(city, end, skip_districts=("stony-stratford",)))
     url = stack.client_info()["influxdb"]["url"]
     source = InfluxSource(url, "citystream", bucket.read_token)
     hub = Hub()
@@ -122,6 +123,21 @@ def test_the_dashboard_shows_what_influxdb_holds(stack: Stack) -> None:
     # 36 five-minute traffic windows averaged into 15-minute points (12 or 13 of them)
     assert 12 <= len(by_key[("traffic_kpi", "j-portway-h5", "congestion_index")]["t"]) <= 13
     assert ("shuttle_kpi", "station-centre", "mean_battery_pct") in by_key
+    # every declared feed: its panel holds what InfluxDB holds, its chart KPI is charted
+    assert [f["kind"] for f in snap["feeds"]] == [f.kind for f in city.feeds]
+    for feed, view in zip(city.feeds, snap["feeds"], strict=True):
+        written = bucket.latest(feed.measurement, feed.entity)
+        shown = {e["id"]: e["point"] for e in view["entities"]}
+        if feed.entity == "district":
+            assert list(shown) == [d.slug for d in city.districts]
+            assert shown.pop("stony-stratford") is None
+        assert list(shown) == feed_entities(city, feed, ("stony-stratford",))
+        for entity, point in shown.items():
+            ts, fields = written[entity]
+            assert point["time_ms"] == ts and point["fields"] == fields
+            assert point["window"] == feed.window_tag
+            chart = by_key[(feed.measurement, entity, view["chart"])]
+            assert len(chart["t"]) == 3 * 3600 // feed.window_s
 
 
 def test_each_query_parses_and_runs(stack: Stack) -> None:
@@ -129,8 +145,10 @@ def test_each_query_parses_and_runs(stack: Stack) -> None:
     source = InfluxSource(stack.client_info()["influxdb"]["url"], "citystream",
                           bucket.read_token)
     try:
+        feeds = load_city().feeds
         for query in (latest_query(bucket.name, 7), alerts_query(bucket.name, 30),
-                      history_query(bucket.name, 24)):
+                      history_query(bucket.name, 24), latest_query(bucket.name, 7, feeds),
+                      history_query(bucket.name, 24, feeds)):
             assert source.query(query) == []
     finally:
         source.close()
@@ -154,3 +172,22 @@ def test_influxdb_refusals_name_the_fix_and_never_the_token(stack: Stack) -> Non
     read = Credentials.load_or_create(stack.home).influxdb_read_token
     message = refusal(stack, read, "no-such-bucket")
     assert "HTTP 404" in message and "CITYSTREAM_INFLUX__BUCKET_KPI" in message
+
+
+def test_a_feed_with_short_windows_is_charted_in_15_minute_means(stack: Stack) -> None:
+    city = load_city()
+    feed = city.feeds[0].model_copy(update={"kind": "noise", "window_s": 300})
+    bucket = new_bucket(stack)
+    end = int(time.time() * 1000) - 5 * MIN
+    bucket.write(feed_kpis(city.model_copy(update={"feeds": [feed]}), end, hours=2))
+    source = InfluxSource(stack.client_info()["influxdb"]["url"], "citystream",
+                          bucket.read_token)
+    try:
+        rows = source.query(history_query(bucket.name, 24, (feed,)))
+    finally:
+        source.close()
+    points = {(r["_measurement"], r["district"]) for r in rows}
+    assert points == {("noise_kpi", d.slug) for d in city.districts}
+    per_district = len(rows) // len(city.districts)
+    assert {r["_field"] for r in rows} == {"pm25_mean_ugm3"}
+    assert 8 <= per_district <= 9          # 24 five-minute windows in 15-minute means

@@ -1,6 +1,7 @@
 """The dashboard in a real browser (headless Chromium) against the real InfluxDB: the values shown
-are the ones InfluxDB holds, a new window appears without a reload, hostile names render as text
-and run nothing, no secret reaches the browser, and InfluxDB going down is shown as such.
+are the ones InfluxDB holds (the built-in kinds and a panel per feed the city file declares), a
+new window appears without a reload, hostile names render as text and run nothing, no secret
+reaches the browser, and InfluxDB going down is shown as such.
 
 KPI points are written through the sink's path (records -> `to_line_protocol` ->
 `InfluxWriter`) into a bucket of this module, read by `citystream dashboard` with a token that
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
+from dashboard.views import readable
 from deploy.local.stack import Credentials, Stack, free_port
 from models.city import DEFAULT_CITY_FILE, City, load_city
+from models.feeds import kpi_model
 from models.records import Alert, WaterKpi
 from tests.integration.browser import (
     DashboardProcess,
@@ -31,9 +34,12 @@ from tests.integration.dashboard_data import (
     MIN,
     Bucket,
     city_kpis,
+    feed_entities,
+    feed_kpis,
     new_bucket,
     shown,
     shown_count,
+    shown_kpi,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.influxdb]
@@ -43,7 +49,10 @@ HOSTILE_ROUTE = '<img src=x onerror="window.__xss = 2"> Station & centre:mk'
 HOSTILE_JUNCTION = "<svg onload=window.__xss=3>Elder Gate</svg>"
 HOSTILE_TAG = "<img/src=x/onerror=window.__xss=4>"
 HOSTILE_MESSAGE = "<script>window.__xss = 5</script><b>bold?</b>"
+HOSTILE_FEED = 'Car parks <img src=x onerror="window.__xss = 6"> & <b>co</b>'
+HOSTILE_ENTITY = "<svg/onload=window.__xss=7>cp</svg>"
 EMPTY = "stony-stratford"
+NO_DATA_FEED = "bus_occupancy"
 
 
 @dataclass
@@ -63,7 +72,8 @@ def hostile_city(path: Path) -> Path:
                      ('name = "Milton Keynes Central station - centre:mk"',
                       f"name = '{HOSTILE_ROUTE}'"),
                      ('name = "Elder Gate / Portway (H5) roundabout, Milton Keynes Central"',
-                      f"name = '{HOSTILE_JUNCTION}'")):
+                      f"name = '{HOSTILE_JUNCTION}'"),
+                     ('title = "Car parks"', f"title = '{HOSTILE_FEED}'")):
         assert old in text, old
         text = text.replace(old, new)
     path.write_text(text)
@@ -79,13 +89,21 @@ def env(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
     bucket = new_bucket(stack)
     end = int(time.time() * 1000) - 20 * MIN
     bucket.write(city_kpis(city, end, skip_districts=(EMPTY,)))
+    bucket.write(feed_kpis(city, end, skip_districts=(EMPTY,), skip_feeds=(NO_DATA_FEED,)))
     bucket.write([Alert(kind="water", entity="bletchley", rule="silent", ts_ms=end - 5 * MIN,
-                        value=900.0, threshold=300.0, message=HOSTILE_MESSAGE, active=True)])
+                        value=900.0, threshold=300.0, message=HOSTILE_MESSAGE, active=True),
+                  Alert(kind="car_park", entity="car-park-2", rule="full", ts_ms=end - 10 * MIN,
+                        value=97.0, threshold=95.0,
+                        message=f"{HOSTILE_FEED}: occupancy_pct is 97, above 95", active=True)])
     tag = HOSTILE_TAG.replace("=", "\\=")
     bucket.write_lines([f"traffic_kpi,district=bletchley,junction={tag},window=5m "
                         f"congestion_index=0.25,baseline_congestion_index=0.5,vehicles=10i,"
                         f"flow_veh_h=120.0,reduction_pct_24h=55.0,target_pct=50.0,"
                         f"on_track=true {end - 5 * MIN}"])
+    entity = HOSTILE_ENTITY.replace("=", "\\=")
+    bucket.write_lines([f"car_park_kpi,car_park={entity},window=15m occupancy_pct=50.0,"
+                        f"sensors_reporting=2i,target=85.0,occupancy_pct_24h=48.5,"
+                        f"on_track=true {end - 15 * MIN}"])
     dashboard = DashboardProcess({
         **stack.dashboard_env(),
         "CITYSTREAM_INFLUX__BUCKET_KPI": bucket.name,
@@ -151,8 +169,58 @@ def test_values_shown_equal_influxdb(env: Env) -> None:
                 shuttle[r.id][1][name], 0)
     shown_alerts = {a.get_attribute("data-alert") for a in page.locator("[data-alert]").all()}
     assert shown_alerts == {"water/central-mk/leak", "energy/bletchley/off_track",
-                            "water/bletchley/silent"}
-    assert text(page, "#alert-count") == "3"
+                            "water/bletchley/silent", "car_park/car-park-2/full"}
+    assert text(page, "#alert-count") == "4"
+    assert env.errors == []
+
+
+def test_each_declared_feed_has_a_panel_with_its_kpis_and_target(env: Env) -> None:
+    page = env.page
+    assert [p.get_attribute("data-feed") for p in page.locator("[data-feed]").all()] == [
+        f.kind for f in env.city.feeds]
+    names = {d.slug: d.name for d in env.city.districts}
+    for feed in env.city.feeds:
+        panel = f"[data-feed='{feed.kind}']"
+        assert text(page, f"{panel} .feed-title") == feed.title
+        if feed.kind == NO_DATA_FEED:
+            assert f"No data yet for {feed.title}" in text(page, panel)
+            continue
+        written = env.bucket.latest(feed.measurement, feed.entity)
+        for entity in feed_entities(env.city, feed):
+            card = f"{panel} [data-entity='{entity}']"
+            if entity == EMPTY:
+                assert f"No data yet for {names[entity]}" in text(page, card)
+                continue
+            fields = written[entity][1]
+            for kpi in feed.kpis:
+                assert field(page, card, f"{feed.kind}.{kpi.name}") == shown_kpi(
+                    fields[kpi.name], kpi.is_integer), (feed.kind, entity, kpi.name)
+                assert text(page, f"{card} [data-kpi='{kpi.name}'] dt") == readable(
+                    kpi.name)[0]
+            assert page.locator(f"{card} svg.spark").count() == 1   # the 24 h chart
+            if feed.target is None:
+                continue
+            rolling = f"{feed.target.kpi}_24h"
+            assert field(page, card, f"{feed.kind}.{rolling}") == shown_kpi(
+                fields[rolling], False)
+            direction = "at most" if feed.target.at_most is not None else "at least"
+            assert field(page, card, f"{feed.kind}.target").startswith(
+                f"target {direction} {feed.target.limit:g}")
+            badge = text(page, f"{card} [data-target] .badge").lower()
+            assert badge == ("on track" if fields["on_track"] else "off track")
+    car_parks = "[data-feed='car_park']"
+    assert text(page, f"{car_parks} [data-entity='car-park-1'] .badge").lower() == "on track"
+    assert text(page, f"{car_parks} [data-entity='car-park-2'] .badge").lower() == "off track"
+    assert field(page, f"{car_parks} [data-entity='car-park-1']",
+                 "car_park.target") == "target at most 85 %"
+    assert text(page, f"{car_parks} .count") == "1"
+    alert = f"{car_parks} [data-feed-alert='car_park/car-park-2/full']"
+    assert text(page, f"{alert} .rule") == "Full"
+    air = "[data-feed='air_quality']"
+    assert text(page, f"{air} [data-entity='bletchley'] h3") == HOSTILE_DISTRICT
+    pm25 = f"{air} [data-entity='central-mk'] [data-kpi='pm25_mean_ugm3']"
+    assert text(page, f"{pm25} dt") == "PM2.5 mean"
+    assert text(page, f"{pm25} dd").endswith(" µg/m³")
     assert env.errors == []
 
 
@@ -163,10 +231,19 @@ def test_hostile_names_render_as_text_and_run_nothing(env: Env) -> None:
     assert text(page, "[data-junction='j-elder-gate'] .name") == HOSTILE_JUNCTION
     assert page.locator(f"[data-junction='{HOSTILE_TAG}'] .name").text_content() == HOSTILE_TAG
     assert HOSTILE_MESSAGE in text(page, "[data-alert='water/bletchley/silent'] .msg")
+    car_parks = "[data-feed='car_park']"
+    assert text(page, f"{car_parks} .feed-title") == HOSTILE_FEED
+    assert page.locator(f"{car_parks}").get_attribute("aria-label") == HOSTILE_FEED
+    assert text(page, f"{car_parks} [data-entity='{HOSTILE_ENTITY}'] h3") == HOSTILE_ENTITY
+    assert field(page, f"{car_parks} [data-entity='{HOSTILE_ENTITY}']",
+                 "car_park.occupancy_pct_24h") == "48.5"
+    assert text(page, "[data-alert='car_park/car-park-2/full'] .kind") == HOSTILE_FEED
+    assert HOSTILE_FEED in text(page, f"{car_parks} [data-feed-alert] .msg")
     assert page.evaluate("window.__xss") is None
     assert page.evaluate("document.scripts.length") == 1
     assert page.evaluate("document.images.length") == 1              # the logo
-    assert page.evaluate("document.querySelectorAll('[onerror], [onload], #alerts b').length") == 0
+    assert page.evaluate("document.querySelectorAll('[onerror], [onload], #alerts b, "
+                         "#feeds b, #feeds img, #feeds script').length") == 0
     assert env.errors == []
 
 
@@ -185,6 +262,17 @@ def test_a_new_window_appears_without_reload(env: Env) -> None:
     assert int(page.evaluate("document.body.dataset.snapshotEvents")) > before
     assert field(page, "[data-district='central-mk']", "water.saving_pct") == "30.0 %"
     assert re.fullmatch(r"\d\d:\d\d", text(page, "#latest"))
+    car_park = next(f for f in env.city.feeds if f.kind == "car_park")
+    env.bucket.write([kpi_model(car_park).model_validate({
+        "car_park": "car-park-1", "window_end_ms": new_end, "occupancy_pct": 42.25,
+        "sensors_reporting": 3, "occupancy_pct_24h": 88.0, "on_track": False})])
+    card = "[data-feed='car_park'] [data-entity='car-park-1']"
+    page.wait_for_function(
+        f"document.querySelector(\"{card} [data-field='car_park.occupancy_pct']\")"
+        ".textContent === '42.3'", timeout=20_000)     # toFixed: an exact half rounds up
+    assert field(page, card, "car_park.occupancy_pct_24h") == "88.0"
+    assert text(page, f"{card} .badge").lower() == "off track"
+    assert field(page, card, "car_park.entries") == "–"          # left out of the new window
     screenshot(page, "dashboard-test.png")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dashboard.live import Hub, HubFull, Poller, PollerOptions
-from tests.unit.dashboard.fakes import FakeSource, row, small_city
+from tests.unit.dashboard.fakes import FakeSource, feed_city, row, small_city
 
 T0 = 1_800_000_000_000
 
@@ -70,6 +70,36 @@ def test_history_is_read_again_only_for_new_points_or_when_old() -> None:
     clock.now += 60_000                                   # late corrections: re-read anyway
     asyncio.run(poller.poll_once())
     assert source.asked.count("history") == 3
+
+
+def car_park(occupancy: float, time_ms: int) -> list[dict[str, Any]]:
+    return [row("car_park_kpi", "occupancy_pct", occupancy, time_ms, car_park="cp-1",
+                window="5m")]
+
+
+def test_the_city_s_feeds_are_polled_and_a_new_feed_window_redraws_the_charts() -> None:
+    source = FakeSource(rows={"latest": car_park(80.0, T0 - 60_000),
+                              "history": car_park(80.0, T0 - 60_000)})
+    hub, clock = Hub(), Clock()
+    poller = Poller(source, feed_city(), hub, PollerOptions(history_refresh_s=60), clock)
+    asyncio.run(poller.poll_once())
+    latest, _alerts, history = source.flux
+    assert 'r._measurement == "car_park_kpi"' in latest and '"noise_kpi"' in latest
+    assert 'r._measurement == "car_park_kpi" and (r._field == "occupancy_pct")' in history
+    snap = last(hub, "snapshot")
+    assert [f["kind"] for f in snap["feeds"]] == ["noise", "car_park"]
+    entity = snap["feeds"][1]["entities"][0]
+    assert (entity["id"], entity["point"]["fields"]) == ("cp-1", {"occupancy_pct": 80.0})
+    assert last(hub, "history")["series"] == [{
+        "measurement": "car_park_kpi", "entity": "cp-1", "field": "occupancy_pct",
+        "t": [T0 - 60_000], "v": [80.0]}]
+    clock.now += 5000
+    asyncio.run(poller.poll_once())
+    assert source.asked.count("history") == 1
+    source.rows["latest"] = car_park(85.0, T0 + 240_000)  # a new car park window
+    clock.now += 5000
+    asyncio.run(poller.poll_once())
+    assert source.asked.count("history") == 2
 
 
 def test_influxdb_down_keeps_the_last_data_and_says_since_when() -> None:

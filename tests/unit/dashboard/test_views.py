@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from dashboard.views import PIPELINE_STALE_MS, SourceStatus, build_history, build_snapshot
-from tests.unit.dashboard.fakes import row, small_city
+import pytest
+
+from dashboard.views import (
+    PIPELINE_STALE_MS,
+    SourceStatus,
+    build_history,
+    build_snapshot,
+    readable,
+)
+from tests.unit.dashboard.fakes import HOSTILE_TITLE, feed_city, row, small_city
 
 NOW = 1_800_000_000_000
 OK = SourceStatus(ok=True)
@@ -83,3 +91,107 @@ def test_history_series_carry_their_range() -> None:
     history = build_history(rows, NOW - 86_400_000, NOW)
     assert (history.start_ms, history.end_ms) == (NOW - 86_400_000, NOW)
     assert [(s.entity, s.t, s.v) for s in history.series] == [("bletchley", [NOW - 10], [3.0])]
+
+
+@pytest.mark.parametrize(("name", "title", "unit"), [
+    ("occupancy_pct", "Occupancy", "%"),
+    ("pm25_mean_ugm3", "PM2.5 mean", "µg/m³"),
+    ("no2_hours_above", "NO₂ hours above", ""),
+    ("laeq_mean_db", "LAeq mean", "dB"),
+    ("sensors_reporting", "Sensors reporting", ""),
+    ("entries", "Entries", ""),
+    ("s", "S", ""),                                # a lone word is a name, not a unit
+    ("car_park", "Car park", ""),
+    ("no2_high", "NO₂ high", ""),
+    ("crowded-AM", "Crowded AM", ""),
+])
+def test_names_are_made_readable(name: str, title: str, unit: str) -> None:
+    assert readable(name) == (title, unit)
+
+
+def test_a_feed_panel_is_built_from_its_spec() -> None:
+    snap = build_snapshot(feed_city(), [], [], OK, NOW)
+    noise, car_park = snap.feeds
+    assert (noise.kind, noise.title, noise.measurement) == ("noise", HOSTILE_TITLE, "noise_kpi")
+    assert (noise.entity, noise.entity_title, noise.window) == ("district", "District", "1h")
+    assert [(k.name, k.title, k.unit, k.integer) for k in noise.kpis] == [
+        ("laeq_mean_db", "LAeq mean", "dB", False), ("readings", "Readings", "", True)]
+    assert noise.target is not None
+    assert noise.target.model_dump() == {
+        "kpi": "laeq_mean_db", "title": "LAeq mean", "unit": "dB", "field": "laeq_mean_db_24h",
+        "direction": "at_most", "limit": 55.0}
+    assert noise.chart == "laeq_mean_db"
+    assert [(r.rule, r.title, r.kpi, r.op, r.threshold) for r in noise.rules] == [
+        ("loud", "Loud", "laeq_mean_db", "above", 65.0)]
+    # every district of the city file, none reported yet
+    assert [(e.id, e.name, e.in_city, e.point) for e in noise.entities] == [
+        ("bletchley", "Bletchley", True, None), ("wolverton", "Wolverton", True, None)]
+    # car parks are not in the city file: none known yet
+    assert (car_park.entity, car_park.entity_title, car_park.window) == (
+        "car_park", "Car park", "5m")
+    assert car_park.target is None and car_park.chart == "occupancy_pct"
+    assert car_park.entities == []
+
+
+def test_feed_points_land_on_their_entities() -> None:
+    latest = [
+        row("noise_kpi", "laeq_mean_db", 58.5, NOW - 60_000, district="wolverton", window="1h"),
+        row("noise_kpi", "readings", 12, NOW - 60_000, district="wolverton", window="1h"),
+        row("noise_kpi", "laeq_mean_db_24h", 54.0, NOW - 60_000, district="wolverton",
+            window="1h"),
+        row("noise_kpi", "target", 55.0, NOW - 60_000, district="wolverton", window="1h"),
+        row("noise_kpi", "on_track", True, NOW - 60_000, district="wolverton", window="1h"),
+        row("noise_kpi", "laeq_mean_db", 40.0, NOW - 60_000, district="zeta", window="1h"),
+        row("car_park_kpi", "occupancy_pct", 91.0, NOW - 30_000, car_park="cp-theatre",
+            window="5m"),
+        row("car_park_kpi", "occupancy_pct", 60.0, NOW - 30_000, car_park="<b>cp</b>",
+            window="5m"),
+        row("car_park_kpi", "sensors_reporting", 2, NOW - 330_000, car_park="cp-theatre",
+            window="5m"),                                     # an older window: left out
+    ]
+    snap = build_snapshot(feed_city(), latest, [], OK, NOW)
+    noise, car_park = snap.feeds
+    assert [(e.id, e.in_city, e.point is not None) for e in noise.entities] == [
+        ("bletchley", True, False), ("wolverton", True, True), ("zeta", False, True)]
+    wolverton = noise.entities[1].point
+    assert wolverton is not None and (wolverton.time_ms, wolverton.window) == (
+        NOW - 60_000, "1h")
+    assert wolverton.fields == {"laeq_mean_db": 58.5, "readings": 12, "laeq_mean_db_24h": 54.0,
+                                "target": 55.0, "on_track": True}
+    assert [(e.id, e.name, e.in_city) for e in car_park.entities] == [
+        ("<b>cp</b>", "<b>cp</b>", None), ("cp-theatre", "cp-theatre", None)]
+    theatre = car_park.entities[1].point
+    assert theatre is not None and theatre.fields == {"occupancy_pct": 91.0}
+    assert snap.latest_ms == NOW - 30_000                  # feeds count for "Data to"
+
+
+def test_feed_alerts_are_active_alerts_titled_by_their_feed() -> None:
+    alerts = [
+        row("alert", "active", True, NOW - 3000, kind="noise", entity="bletchley", rule="loud"),
+        row("alert", "message", f"{HOSTILE_TITLE}: laeq_mean_db is 70, above 65", NOW - 3000,
+            kind="noise", entity="bletchley", rule="loud"),
+        # a car park whose id is also a shuttle route's: named as itself, not as the route
+        row("alert", "active", True, NOW - 2000, kind="car_park", entity="r-1", rule="full"),
+        row("alert", "active", True, NOW - 1000, kind="car_park", entity="cp-1", rule="full"),
+        row("alert", "active", False, NOW - 500, kind="car_park", entity="cp-1", rule="full"),
+        row("alert", "active", True, NOW - 4000, kind="shuttle", entity="r-1",
+            rule="battery_low"),
+    ]
+    snap = build_snapshot(feed_city(), [], alerts, OK, NOW)
+    assert [(a.kind, a.kind_title, a.entity, a.entity_name, a.rule, a.rule_title)
+            for a in snap.alerts] == [
+        ("car_park", "Car parks", "r-1", "r-1", "full", "Full"),
+        ("noise", HOSTILE_TITLE, "bletchley", "Bletchley", "loud", "Loud"),
+        ("shuttle", "Shuttle", "r-1", "Station - centre", "battery_low", "Battery low")]
+    assert snap.alerts[1].message.startswith(HOSTILE_TITLE)
+
+
+def test_feed_history_series() -> None:
+    city = feed_city()
+    rows = [row("car_park_kpi", "occupancy_pct", 80.0, NOW - 10, car_park="cp-1"),
+            row("noise_kpi", "laeq_mean_db", 50, NOW - 20, district="bletchley")]
+    history = build_history(rows, NOW - 86_400_000, NOW, city.feeds)
+    assert [(s.measurement, s.entity, s.field, s.v) for s in history.series] == [
+        ("car_park_kpi", "cp-1", "occupancy_pct", [80.0]),
+        ("noise_kpi", "bletchley", "laeq_mean_db", [50.0])]
+    assert build_history(rows, NOW - 86_400_000, NOW).series == []

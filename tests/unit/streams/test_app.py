@@ -14,6 +14,7 @@ from faust.types import TP
 import streams.app
 from bench.worker_bench import rss_mb
 from citystream.settings import Settings
+from models import kinds
 from models.city import load_city
 from models.readings import READING_TYPES
 from streams.app import WorkerOptions, create_app, release_freed_memory, rocksdb_options
@@ -33,7 +34,7 @@ def test_every_table_partition_stays_within_its_memory(tmp_path: Path) -> None:
                                                             table_memory_mb=4),
                      with_sink=False)
     tables = list(app.tables.values())
-    assert len(tables) == 8
+    assert len(tables) == 2 * len(kinds.names())  # entities and state, per kind and feed
     for table in tables:
         assert table.data.rocksdb_options.write_buffer_size == 1 << 20  # type: ignore[attr-defined]
     db = tables[0].data.rocksdb_options.open(tmp_path / "db")  # type: ignore[attr-defined]

@@ -367,6 +367,8 @@ def test_engine_equals_oracle(city: City, kind: str, data: st.DataObject) -> Non
      "feeds[0] (noise).kpis[3].name: 'laeq_mean_db' is declared twice"),
     (('name = "readings"', 'name = "target"'), "feeds[0] (noise).kpis[3].name: 'target' is "
      "reserved"),
+    (('name = "readings"', 'name = "result"'), "feeds[0] (noise).kpis[3].name: 'result' is "
+     "reserved"),
     (("at_most = 55.0", "at_most = 55.0\nat_least = 1.0"),
      "feeds[0] (noise).target: a target has exactly one of"),
     (('kpi = "laeq_mean_db"\nat_most', 'kpi = "nope"\nat_most'),
