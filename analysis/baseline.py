@@ -21,8 +21,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from kinds.energy import EnergyKpi
+from kinds.shuttle import ShuttleKpi
+from kinds.traffic import TrafficKpi
+from kinds.water import WaterKpi
 from models.city import HOURS_PER_WEEK, City, hour_of_week
-from models.records import EnergyKpi, ShuttleKpi, TrafficKpi, WaterKpi
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _WINDOW_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}

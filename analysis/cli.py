@@ -14,9 +14,11 @@ from typing import NoReturn
 import click
 
 from analysis.influx import KpiReader, ReadError
-from analysis.report import KINDS, Kind, Period, Selection
+from analysis.report import Kind, Period, Selection
 from citystream.settings import ConfigError, Settings
+from models import kinds as registry
 from models.city import ID_PATTERN, SLUG_PATTERN
+from models.kinds import PYTHON_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -108,61 +110,115 @@ def _with_period(fn: click.decorators.FC) -> click.decorators.FC:
     return fn
 
 
+def _load_city(_ctx: click.Context, _param: click.Parameter, path: Path | None) -> Path | None:
+    """Load the city file first (the option is eager): its declared feeds become registered
+    kinds, which `--kind` accepts and the report covers."""
+    from models.city import load_city
+    from models.errors import CityModelError
+
+    try:
+        load_city(path)
+    except CityModelError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    return path
+
+
+class KindType(click.ParamType):
+    """A registered kind: built-in or declared in the city file loaded by `--city` (read when
+    the value is converted, so the choices are the city's)."""
+
+    name = "kind"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "KIND"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        names = registry.names()
+        if not isinstance(value, str) or value not in names:
+            self.fail(f"{value!r} is not a kind of this city; choose from {', '.join(names)}",
+                      param, ctx)
+        return value
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter,
+                       incomplete: str) -> list[click.shell_completion.CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(k) for k in registry.names() if k.startswith(incomplete)]
+
+
 @click.command(context_settings=CONTEXT)
 @_with_period
+@click.option("--city", "city_file", type=click.Path(exists=True, dir_okay=False,
+                                                      path_type=Path),
+              envvar="CITYSTREAM_CITY__FILE", show_envvar=True, is_eager=True,
+              callback=_load_city,
+              help="The city file whose declared feeds are reported besides the built-in "
+                   "kinds [default: the Milton Keynes example].")
 @click.option("--district", "districts", multiple=True, metavar="SLUG",
               callback=_ids("district slug", SLUG_PATTERN),
-              help="Only this district (its water, energy and junctions); repeatable.")
+              help="Only this district (its water, energy, junctions and the figures of "
+                   "feeds per district); repeatable.")
 @click.option("--junction", "junctions", multiple=True, metavar="ID",
               callback=_ids("junction id", ID_PATTERN),
               help="Only this junction; repeatable.")
 @click.option("--route", "routes", multiple=True, metavar="ID",
               callback=_ids("route id", ID_PATTERN),
               help="Only this shuttle route; repeatable.")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS),
-              help="Only these KPIs; repeatable [default: all].")
+@click.option("--entity", "entities", multiple=True, metavar="ID",
+              callback=_ids("feed entity", ID_PATTERN),
+              help="Only this entity of the declared feeds (a car park, a bus route, a "
+                   "district ...); repeatable.")
+@click.option("--kind", "kinds", multiple=True, type=KindType(),
+              help=f"Only these kinds: {', '.join(PYTHON_KINDS)} or a feed kind of the city file; "
+                   "repeatable [default: all].")
 @click.option("--csv", "csv_path", metavar="PATH",
               help="Also write the rows as CSV to PATH ('-' for stdout instead of the table).")
 @click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also draw the figures against their targets as a PNG chart.")
 @click.option("--exit-code", is_flag=True,
-              help="Exit with status 3 when a selected district or junction is off track "
-                   "(for scripts and cron).")
-def report(start: str | None, stop: str | None, last: str | None, districts: tuple[str, ...],
-           junctions: tuple[str, ...], routes: tuple[str, ...], kinds: tuple[Kind, ...],
-           csv_path: str | None, png_path: Path | None, exit_code: bool) -> None:
+              help="Exit with status 3 when a selected district, junction or feed entity is "
+                   "off track (for scripts and cron).")
+def report(start: str | None, stop: str | None, last: str | None, city_file: Path | None,
+           districts: tuple[str, ...], junctions: tuple[str, ...], routes: tuple[str, ...],
+           entities: tuple[str, ...], kinds: tuple[Kind, ...], csv_path: str | None,
+           png_path: Path | None, exit_code: bool) -> None:
     """Are we on track? Savings and congestion against target for a period, from InfluxDB.
 
     For each district (water, energy) the period's saving = 100 x (1 - use / baseline), for
     each junction the congestion reduction against its baseline, each against its target and
     marked on or off track, with the share of windows whose rolling 24 h figure was on track;
-    for each shuttle route its occupancy, punctuality, availability and battery. A window
-    belongs to the period when its end lies in (--from, --to]. Default period: the last 7 days.
+    for each shuttle route its occupancy, punctuality, availability and battery. For each feed
+    declared in the city file, per entity, each KPI over the period (the mean of the windows'
+    values; totals for count, count_above, sum, delta and increase KPIs, the maximum for
+    sensors) and its target KPI's mean against the target. A window belongs to the period when
+    its end lies in (--from, --to]. Default period: the last 7 days.
 
     \b
     Examples:
       citystream report --last 7d
       citystream report --from 2026-10-01 --to 2026-11-01 --district bletchley
       citystream report --last 30d --kind water --csv water.csv --png water.png
+      citystream report --last 7d --kind car_park --entity cp-station
       citystream report --last 24h --csv - | column -s, -t
 
     Reads InfluxDB with CITYSTREAM_INFLUX__URL, __ORG, __TOKEN and __BUCKET_KPI (against the
     local stack: eval "$(citystream env)"). Exit status 1 when InfluxDB cannot be read.
     """
     from analysis.report import render_table, summarise, write_csv
-    from models.records import EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterKpi
+    from models.records import Kpi
 
     period = _period(start, stop, last)
-    selection = Selection(frozenset(kinds or KINDS), frozenset(districts), frozenset(junctions),
-                          frozenset(routes))
+    selection = Selection(frozenset(kinds), frozenset(districts), frozenset(junctions),
+                          frozenset(routes), frozenset(entities))
     reader = _reader()
-    classes: dict[Kind, type[Kpi]] = {"water": WaterKpi, "energy": EnergyKpi,
-                                      "traffic": TrafficKpi, "shuttle": ShuttleKpi}
     records: list[Kpi] = []
     try:
-        for kind in selection.kinds:
-            records += reader.records(classes[kind], period.start_ms, period.stop_ms,
-                                      selection.tag_filter(kind))
+        for spec in registry.specs():
+            if spec.name in selection.selected_kinds():
+                records += reader.records(spec.kpi_type, period.start_ms, period.stop_ms,
+                                          selection.tag_filter(spec.name))
     except ReadError as exc:
         _fail(str(exc))
     rows = summarise(records, period, selection)
@@ -219,9 +275,11 @@ def learn(start: str | None, stop: str | None, last: str | None, city_file: Path
     Reads InfluxDB with CITYSTREAM_INFLUX__URL, __ORG, __TOKEN and __BUCKET_KPI.
     """
     from analysis.baseline import learn as learn_baselines
+    from kinds.energy import EnergyKpi
+    from kinds.traffic import TrafficKpi
+    from kinds.water import WaterKpi
     from models.city import dump_city, load_city, parse_city
     from models.errors import CityModelError
-    from models.records import EnergyKpi, TrafficKpi, WaterKpi
 
     period = _period(start, stop, last)
     try:

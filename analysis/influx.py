@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from typing import Any, TypeVar
 
 from citystream.settings import InfluxSettings
+from dashboard.queries import flux_string
 from models.errors import CitystreamError
 from models.records import Kpi
 
@@ -23,29 +25,39 @@ def _flux_time(ms: int) -> str:
     return f"time(v: {ms * 1_000_000})"
 
 
+def _column(name: str) -> str:
+    """`r.name` for a tag name (an identifier: tag names come from the contract and from
+    feed declarations, whose names are identifiers too)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"{name!r} is not a tag name")
+    return f"r.{name}"
+
+
 def _any_of(tag: str, values: frozenset[str]) -> str:
     """`r.tag == "a" or r.tag == "b"`: InfluxDB pushes this down to storage (contains() would
-    run per row, 40 times slower)."""
-    return " or ".join(f'r.{tag} == "{v}"' for v in sorted(values))
+    run per row, 40 times slower). Values are Flux string literals, escaped."""
+    return " or ".join(f"{_column(tag)} == {flux_string(v)}" for v in sorted(values))
 
 
 def kpi_query(bucket: str, measurement: str, start_ms: int, stop_ms: int,
               where: dict[str, frozenset[str]] | None = None) -> str:
     """Flux for the points of `measurement` whose window ends in (start_ms, stop_ms], one row
     per point with its fields as columns; `where` keeps only these tag values (an empty set
-    keeps none)."""
+    keeps none). Bucket, measurement and tag values are escaped Flux strings."""
     filters = "".join(f"\n  |> filter(fn: (r) => {_any_of(tag, values)})"
                       for tag, values in sorted((where or {}).items()))
-    return (f'from(bucket: "{bucket}")\n'
+    return (f"from(bucket: {flux_string(bucket)})\n"
             f"  |> range(start: {_flux_time(start_ms + 1)}, stop: {_flux_time(stop_ms + 1)})\n"
-            f'  |> filter(fn: (r) => r._measurement == "{measurement}"){filters}\n'
+            f"  |> filter(fn: (r) => r._measurement == {flux_string(measurement)}){filters}\n"
             f'  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")')
 
 
 def to_record(cls: type[K], row: dict[str, Any]) -> K:
-    """A pivoted row as a record; a field missing from the point is None (undefined)."""
+    """A pivoted row as a record; a field missing from the point is None (undefined) or, when
+    the record has one, its default (a feed's `target`)."""
     when: datetime = row["_time"]
-    data: dict[str, Any] = {name: row.get(name) for name in (*cls.tag_names, *cls.field_names())}
+    data: dict[str, Any] = {name: value for name in (*cls.tag_names, *cls.field_names())
+                            if (value := row.get(name)) is not None}
     data[cls.time_field] = int(when.timestamp() * 1000)
     return cls.model_validate(data, strict=False)
 

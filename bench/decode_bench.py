@@ -24,10 +24,11 @@ import orjson
 from pydantic import TypeAdapter
 
 from ingest.decode import decode
-from models.readings import READING_TYPES, Kind, topic_context
+from models.kinds import reading_types
+from models.readings import topic_context
 
 NOW = 1_795_241_700_000
-PAYLOADS: dict[Kind, dict[str, Any]] = {
+PAYLOADS: dict[str, dict[str, Any]] = {
     "water": {"sensor_id": "wm-0001", "ts": NOW - 1000, "seq": 41, "volume_m3": 1234.567,
               "flow_l_min": 3.2, "pressure_bar": 3.1},
     "energy": {"sensor_id": "wm-0001", "ts": NOW - 1000, "seq": 41, "energy_kwh": 98765.4,
@@ -53,8 +54,8 @@ def median_us(funcs: list[Callable[[], object]], readings: int, budget_s: float,
     return [statistics.median(out) for out in runs]
 
 
-def cases(kind: Kind, size: int, rfc3339: bool) -> dict[str, Callable[[], object]]:
-    model = READING_TYPES[kind]
+def cases(kind: str, size: int, rfc3339: bool) -> dict[str, Callable[[], object]]:
+    model = reading_types()[kind]
     many = TypeAdapter(list[model])  # type: ignore[valid-type]
     topic = f"city/central-mk/{kind}/wm-0001"
     context = topic_context("central-mk")
@@ -89,7 +90,7 @@ def main() -> None:
     budget, repeat = (0.01, 5) if args.quick else (0.03, 21)
     names = list(cases("water", 1, False))
     print(f"{'kind':16} {'payload':8} " + " ".join(f"{n:>22}" for n in names) + "  (µs/reading)")
-    rows = [(kind, False) for kind in READING_TYPES] + [("water", True)]
+    rows = [(kind, False) for kind in reading_types()] + [("water", True)]
     for kind, rfc3339 in rows:
         for size in (1, 50):
             figures = median_us(list(cases(kind, size, rfc3339).values()), size, budget, repeat)

@@ -120,7 +120,7 @@ async def end_to_end(settings: Settings, points: int, batch: int) -> tuple[float
     from aiokafka import AIOKafkaProducer
 
     from ingest.kafka_sink import MemorySink, ensure_topics
-    from models.readings import WaterReading
+    from kinds.water import WaterReading
     from streams.sink import Buckets, InfluxSink, SinkOptions, kafka_consumer, sink_topics
 
     run = uuid.uuid4().hex[:8]

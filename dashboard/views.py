@@ -30,7 +30,7 @@ from dashboard.queries import (
 )
 from models.city import City
 from models.feeds import FeedSpec
-from models.kinds import BUILTIN
+from models.kinds import python_kinds
 
 # Pipeline components that have not reported for this long are left out.
 PIPELINE_STALE_MS: Final = 3_600_000
@@ -338,7 +338,7 @@ def active_alerts(city: City, rows: Iterable[Row]) -> list[AlertView]:
     built-in ones and the city's feeds (`kind` = the feed's kind), titled by their kind."""
     names = entity_names(city)
     districts = {d.slug: d.name for d in city.districts}
-    titles = {name: spec.title for name, spec in BUILTIN.items()}
+    titles = {spec.name: spec.title for spec in python_kinds()}
     feeds = {feed.kind: feed for feed in city.feeds}
     titles.update({kind: feed.title for kind, feed in feeds.items()})
     out = []

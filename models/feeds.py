@@ -13,12 +13,13 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from models.readings import ID_PATTERN, INT64_MAX, KINDS, BaseReading
+from models.kinds import PYTHON_KINDS
+from models.readings import ID_PATTERN, INT64_MAX, BaseReading
 from models.records import Kpi, WindowTag
 
 KIND_PATTERN: Final = r"^[a-z][a-z0-9_]{0,30}$"
 NAME_PATTERN: Final = r"^[a-z][a-z0-9_]{0,62}$"
-RESERVED_KINDS: Final = frozenset({*KINDS, "alerts"})
+RESERVED_KINDS: Final = frozenset({*PYTHON_KINDS, "alerts"})
 READING_KEYS: Final = frozenset({"sensor_id", "ts", "ts_ms", "seq", "district", "kind"})
 KPI_EXTRAS: Final = frozenset({"target", "on_track", "window", "window_end_ms"})
 FLUX_COLUMNS: Final = frozenset({"result", "table"})

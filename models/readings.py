@@ -1,8 +1,10 @@
 """Sensor readings as they travel from ingest to the KPI workers (docs/contract.md, section 1).
 
-A reading is validated once, by `ingest.decode`, and then carried on Kafka as compact JSON
-(`to_json` / `reading_from_json`). Besides the payload's own fields every reading carries the
-`district` and `kind` of its MQTT topic, and its timestamp normalised to `ts_ms` (UTC epoch ms).
+Every kind's reading model (kinds/<kind>.py, or built from a declared feed by `models.feeds`)
+subclasses `BaseReading`. A reading is validated once, by `ingest.decode`, and then carried on
+Kafka as compact JSON (`to_json` / `models.kinds.reading_from_json`). Besides the payload's own
+fields every reading carries the `district` and `kind` of its MQTT topic, and its timestamp
+normalised to `ts_ms` (UTC epoch ms).
 Types are strict: a boolean is never a number and integer fields take JSON integers only.
 
 The models validate both shapes. A sensor payload is validated with
@@ -17,43 +19,26 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
-    TypeAdapter,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
-from pydantic_core import CoreSchema, PydanticCustomError, core_schema
-
-Kind = Literal["water", "energy", "traffic", "shuttle"]
-KINDS: Final[tuple[Kind, ...]] = get_args(Kind)
-Status = Literal["in_service", "charging", "out_of_service"]
+from pydantic_core import CoreSchema, core_schema
 
 SLUG_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"
 INT64_MAX: Final = 2**63 - 1
-TOPIC_RE: Final = re.compile(
-    r"city/([a-z0-9][a-z0-9-]{0,62})/(water|energy|traffic|shuttle)/([A-Za-z0-9_-]{1,64})")
 _RFC3339_RE: Final = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
     r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
-
-
-def parse_topic(topic: str) -> tuple[str, Kind, str] | None:
-    """`city/<district>/<kind>/<sensor_id>` -> (district, kind, sensor_id), or None if malformed."""
-    match = TOPIC_RE.fullmatch(topic) if type(topic) is str else None
-    if match is None:
-        return None
-    district, kind, sensor_id = match.groups()
-    return district, kind, sensor_id  # type: ignore[return-value]
 
 
 def parse_ts(value: str) -> int:
@@ -126,77 +111,3 @@ class BaseReading(BaseModel):
     def to_json(self) -> bytes:
         """Compact JSON for Kafka; None fields are left out. Inverse of `reading_from_json`."""
         return self.__pydantic_serializer__.to_json(self, exclude_none=True)
-
-
-class WaterReading(BaseReading):
-    """A water meter: cumulative register plus optional flow and pressure."""
-
-    kind: Literal["water"] = "water"
-    volume_m3: NonNegative
-    flow_l_min: NonNegative | None = None
-    pressure_bar: Annotated[float, Field(ge=0, le=25)] | None = None
-
-
-class EnergyReading(BaseReading):
-    """An electricity meter: cumulative import register plus optional demand."""
-
-    kind: Literal["energy"] = "energy"
-    energy_kwh: NonNegative
-    power_kw: NonNegative | None = None
-
-
-class TrafficReading(BaseReading):
-    """A junction counter: vehicles and mean spot speed over the interval ending at `ts`."""
-
-    kind: Literal["traffic"] = "traffic"
-    junction: EntityId
-    vehicle_count: Count
-    interval_s: Annotated[float, Field(gt=0, le=3600)]
-    mean_speed_kmh: Annotated[float, Field(ge=0, le=250)]
-    occupancy_pct: Pct | None = None
-
-    partition_field: ClassVar[str] = "junction"
-
-
-class ShuttleReading(BaseReading):
-    """An autonomous shuttle's position, load, battery and service state."""
-
-    kind: Literal["shuttle"] = "shuttle"
-    route_id: EntityId
-    lat: Annotated[float, Field(ge=-90, le=90)]
-    lon: Annotated[float, Field(ge=-180, le=180)]
-    speed_kmh: Annotated[float, Field(ge=0, le=120)]
-    passengers: Count
-    capacity: Annotated[int, Field(gt=0, le=INT64_MAX)]
-    battery_pct: Pct
-    status: Status
-    stop_id: Annotated[str, Field(pattern=r"^[^\n\r]*$")] | None = None
-    delay_s: float | None = None
-    disengaged: bool | None = None
-
-    partition_field: ClassVar[str] = "route_id"
-
-    @model_validator(mode="after")
-    def _within_capacity(self) -> ShuttleReading:
-        if self.passengers > self.capacity:
-            raise PydanticCustomError(
-                "passengers_over_capacity",
-                "passengers ({passengers}) exceeds capacity ({capacity})",
-                {"passengers": self.passengers, "capacity": self.capacity})
-        return self
-
-
-Reading = WaterReading | EnergyReading | TrafficReading | ShuttleReading
-READING_TYPES: Final[dict[Kind, type[Reading]]] = {
-    "water": WaterReading,
-    "energy": EnergyReading,
-    "traffic": TrafficReading,
-    "shuttle": ShuttleReading,
-}
-_ANY_READING: Final = TypeAdapter[Reading](
-    Annotated[Reading, Field(discriminator="kind")])
-
-
-def reading_from_json(data: bytes | str) -> Reading:
-    """Parse `BaseReading.to_json` output; raises pydantic's ValidationError if it is not one."""
-    return _ANY_READING.validate_json(data)

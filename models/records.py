@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,84 +61,24 @@ class Record(BaseModel):
         return {name: value for name, value in values if value is not None}
 
 
+AlertCheck = tuple[str, str, str, bool, float, float, str]
+"""One alert rule judged on a KPI point: (kind, entity, rule, firing, value, threshold,
+message)."""
+
+
 class Kpi(Record):
-    """A KPI point; its timestamp is `window_end_ms`, the end of its tumbling window."""
+    """A KPI point; its timestamp is `window_end_ms`, the end of its tumbling window. Each kind's
+    point (kinds/<kind>.py) is a subclass."""
 
     time_field: ClassVar[str] = "window_end_ms"
 
     window_end_ms: TimeMs
 
-
-class WaterKpi(Kpi):
-    """Water use of a district over one window against its baseline."""
-
-    measurement: ClassVar[str] = "water_kpi"
-    tag_names: ClassVar[tuple[str, ...]] = ("district", "window")
-
-    district: Slug
-    window: WindowTag = "15m"
-    consumption_l: float
-    baseline_l: float
-    saving_pct: float | None
-    saving_pct_24h: float | None
-    target_pct: float = 20.0
-    on_track: bool
-    meters_reporting: Count
-
-
-class EnergyKpi(Kpi):
-    """Electricity use and peak demand of a district over one window against its baseline."""
-
-    measurement: ClassVar[str] = "energy_kpi"
-    tag_names: ClassVar[tuple[str, ...]] = ("district", "window")
-
-    district: Slug
-    window: WindowTag = "30m"
-    energy_kwh: float
-    baseline_kwh: float
-    saving_pct: float | None
-    saving_pct_24h: float | None
-    target_pct: float = 3.0
-    on_track: bool
-    peak_kw: float | None
-    meters_reporting: Count
-
-
-class TrafficKpi(Kpi):
-    """Flow, speed and congestion at a junction over one window against its baseline."""
-
-    measurement: ClassVar[str] = "traffic_kpi"
-    tag_names: ClassVar[tuple[str, ...]] = ("district", "junction", "window")
-
-    district: Slug
-    junction: EntityId
-    window: WindowTag = "5m"
-    vehicles: Count
-    flow_veh_h: float
-    space_mean_speed_kmh: float | None
-    congestion_index: float | None
-    baseline_congestion_index: float | None
-    reduction_pct: float | None
-    reduction_pct_24h: float | None
-    target_pct: float = 50.0
-    on_track: bool
-
-
-class ShuttleKpi(Kpi):
-    """Service quality of a shuttle route over one window."""
-
-    measurement: ClassVar[str] = "shuttle_kpi"
-    tag_names: ClassVar[tuple[str, ...]] = ("route", "window")
-
-    route: EntityId
-    window: WindowTag = "15m"
-    boardings: Count
-    occupancy_pct: float | None
-    on_time_pct: float | None
-    availability_pct: float
-    mean_battery_pct: float | None
-    disengagements: Count
-    vehicles_reporting: Count
+    def alert_checks(self, settings: Any,
+                     night: list[tuple[float, float]] | None = None) -> list[AlertCheck]:
+        """The alert rules this point is judged by (`streams.kpi.alerts.AlertRules`), with the
+        thresholds of `settings` (an `AlertSettings`); none unless its kind says so."""
+        return []
 
 
 class Alert(Record):
@@ -235,11 +175,6 @@ def to_line_protocol(record: Record, precision: Precision = "ms") -> str:
     return f"{','.join(parts)} {field_set} {record.time_ms * mul // div}"
 
 
-RECORD_TYPES: Final[dict[str, type[Record]]] = {
-    cls.measurement: cls
-    for cls in (WaterKpi, EnergyKpi, TrafficKpi, ShuttleKpi, Alert, PipelineCounters)}
-
-
 def record_to_json(record: Record) -> bytes:
     """The Kafka value of a record on `kpi.records` / `pipeline.counters`:
     `{"measurement": ..., <every field of the record>}`. Inverse of `record_from_json`."""
@@ -248,11 +183,14 @@ def record_to_json(record: Record) -> bytes:
 
 
 def record_from_json(data: bytes | str,
-                     types: Mapping[str, type[Record]] = RECORD_TYPES) -> Record:
-    """Parse `record_to_json` output; `RecordError` for a measurement not in `types` (by
-    default the built-in ones; `models.kinds.record_types()` adds the declared feeds')."""
+                     types: Mapping[str, type[Record]] | None = None) -> Record:
+    """Parse `record_to_json` output; `RecordError` for a measurement not in `types` (default:
+    those of every registered kind, `models.kinds.record_types()`)."""
     import orjson
 
+    from models.kinds import record_types  # the registry builds on this module
+
+    types = record_types() if types is None else types
     raw = orjson.loads(data)
     cls = types.get(raw.pop("measurement", None))
     if cls is None:

@@ -14,7 +14,8 @@ is their schema. One point per reading, timestamp = the reading's `ts_ms` (write
                                                         delay_s, disengaged (bool)
 
 plus `seq` (int) on every kind when the reading has one. Optional fields are left out when the
-reading lacks them. `route` is the reading's `route_id`.
+reading lacks them. `route` is the reading's `route_id`. Each kind declares its schema (`RAW` in
+kinds/<kind>.py; a declared feed's from its fields, `kinds.feed.raw_schema`).
 
 Rules that keep the bucket consistent:
 - Tags come only from validated ids (`district` a slug, the others `[A-Za-z0-9_-]{1,64}`), so
@@ -35,15 +36,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from models import kinds
 from models.errors import RecordError
-from models.feeds import FeedSpec
-from models.readings import KINDS, Kind
-
-FieldType = Literal["float", "int", "bool", "str"]
+from models.raw import PointType, RawSchema
 
 _SLUG_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -55,44 +52,6 @@ _CACHE_MAX: Final = 100_000
 _KEY_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": "\\,", " ": "\\ "})
 _STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
-
-
-@dataclass(frozen=True, slots=True)
-class RawSchema:
-    """The point shape of one reading kind: tags as (tag key, reading key), fields typed."""
-
-    measurement: str
-    tags: tuple[tuple[str, str], ...]
-    fields: tuple[tuple[str, FieldType, bool], ...]  # (name, type, required)
-
-    def field_types(self) -> dict[str, FieldType]:
-        """Field name -> type."""
-        return {name: ftype for name, ftype, _ in self.fields}
-
-
-_SEQ: Final = ("seq", "int", False)
-RAW_SCHEMAS: Final[dict[Kind, RawSchema]] = {
-    "water": RawSchema(
-        "water", (("district", "district"), ("sensor_id", "sensor_id")),
-        (("volume_m3", "float", True), ("flow_l_min", "float", False),
-         ("pressure_bar", "float", False), _SEQ)),
-    "energy": RawSchema(
-        "energy", (("district", "district"), ("sensor_id", "sensor_id")),
-        (("energy_kwh", "float", True), ("power_kw", "float", False), _SEQ)),
-    "traffic": RawSchema(
-        "traffic",
-        (("district", "district"), ("junction", "junction"), ("sensor_id", "sensor_id")),
-        (("vehicle_count", "int", True), ("interval_s", "float", True),
-         ("mean_speed_kmh", "float", True), ("occupancy_pct", "float", False), _SEQ)),
-    "shuttle": RawSchema(
-        "shuttle",
-        (("district", "district"), ("route", "route_id"), ("sensor_id", "sensor_id")),
-        (("lat", "float", True), ("lon", "float", True), ("speed_kmh", "float", True),
-         ("passengers", "int", True), ("capacity", "int", True),
-         ("battery_pct", "float", True), ("status", "str", True), ("stop_id", "str", False),
-         ("delay_s", "float", False), ("disengaged", "bool", False), _SEQ)),
-}
-"""The raw-reading schema of the `telemetry` bucket, per kind (see the module docstring)."""
 
 
 class _ValidIds:
@@ -148,7 +107,7 @@ def _str_text(name: str, value: object) -> str:
     return '"' + value.translate(_STRING_ESCAPES) + '"'
 
 
-_FORMATTERS: Final[dict[FieldType, Callable[[str, object], str]]] = {
+_FORMATTERS: Final[dict[PointType, Callable[[str, object], str]]] = {
     "float": _float_text, "int": _int_text, "bool": _bool_text, "str": _str_text}
 
 ReadingLine = Callable[[Mapping[str, Any]], str]
@@ -190,35 +149,17 @@ def _builder(schema: RawSchema) -> ReadingLine:
     return build
 
 
-_BUILDERS: Final[dict[str, ReadingLine]] = {kind: _builder(RAW_SCHEMAS[kind]) for kind in KINDS}
-_FEED_TYPES: Final[dict[str, FieldType]] = {
-    "number": "float", "integer": "int", "boolean": "bool", "string": "str"}
-
-
-def feed_raw_schema(feed: FeedSpec) -> RawSchema:
-    """A declared feed's raw points: measurement `<kind>`, tags district, the entity field (when
-    it is not the district) and sensor_id; every other declared field a field of its type."""
-    tags = (("district", "district"), *((name, name) for name in feed.entity_fields),
-            ("sensor_id", "sensor_id"))
-    fields = tuple((name, _FEED_TYPES[spec.type], not spec.optional)
-                   for name, spec in feed.fields.items() if name not in feed.entity_fields)
-    return RawSchema(feed.kind, tags, (*fields, _SEQ))
-
-
-_FEED_BUILDERS: dict[tuple[str, int], ReadingLine] = {}
+_BUILDERS: dict[tuple[str, int], ReadingLine] = {}
 
 
 def _builder_of(kind: str) -> ReadingLine | None:
-    build = _BUILDERS.get(kind)
-    if build is not None:
-        return build
     key = (kind, kinds.generation())
-    build = _FEED_BUILDERS.get(key)
+    build = _BUILDERS.get(key)
     if build is None:
         spec = kinds.get(kind)
-        if spec is None or spec.feed is None:
+        if spec is None:
             return None
-        build = _FEED_BUILDERS[key] = _builder(feed_raw_schema(spec.feed))
+        build = _BUILDERS[key] = _builder(spec.raw)
     return build
 
 

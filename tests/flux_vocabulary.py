@@ -19,8 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from models.records import RECORD_TYPES
-from streams.lineproto import RAW_SCHEMAS
+from models.kinds import raw_schemas, record_types
 
 BUILTIN_COLUMNS = frozenset({"_time", "_value", "_field", "_measurement", "_start", "_stop",
                              "result", "table"})
@@ -35,8 +34,8 @@ class Schema:
 def contract_schema() -> dict[str, Schema]:
     """measurement -> tags and fields, for both buckets."""
     schema = {name: Schema(frozenset(cls.tag_names), frozenset(cls.field_names()))
-              for name, cls in RECORD_TYPES.items()}
-    for raw in RAW_SCHEMAS.values():
+              for name, cls in record_types().items()}
+    for raw in raw_schemas().values():
         schema[raw.measurement] = Schema(frozenset(tag for tag, _ in raw.tags),
                                          frozenset(raw.field_types()))
     return schema

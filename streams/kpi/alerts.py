@@ -4,12 +4,14 @@
 state changed (`active` true = raised, false = cleared); `active` is the caller's persisted
 set of currently raised (kind, entity, rule) keys, updated in place.
 
-Rules (thresholds in `AlertSettings`):
+Rules (thresholds in `AlertSettings`), each with its kind (kinds/<kind>.py, the KPI record's
+`alert_checks`):
 - `leak` (water): the district's minimum 15-minute consumption between 02:00 and 04:00 local
   time is above `leak_factor` × its baseline: water flowing when nobody uses it.
 - `off_track` (water, energy, traffic): the rolling 24 h saving or reduction is below target.
 - `congestion` (traffic): the congestion index is above `congestion_factor` × baseline.
 - `battery_low` (shuttle): the route's mean battery is below `battery_low_pct`.
+- declared feeds: their `[[feeds.alerts]]` rules, above or below a KPI (kinds/feed.py).
 - `silent` (any): a sensor sent nothing for `silent_intervals` × its usual interval of event
   time while its entity kept reporting (evaluated by the engine, see `silent_sensors`).
 """
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from models.records import Alert, EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterKpi
+from models.records import Alert, Kpi
 
 
 @dataclass(frozen=True)
@@ -44,42 +46,12 @@ class AlertRules:
 
     def evaluate(self, record: Kpi, active: set[AlertKey],
                  night: list[tuple[float, float]] | None = None) -> list[Alert]:
-        """Alerts that changed state because of `record`; `night` is the (consumption,
-        baseline) of the district's 02:00-04:00 local windows once that period is complete."""
-        checks: list[tuple[str, str, str, bool, float, float, str]] = []
+        """Alerts that changed state because of `record`, by the rules of its kind (its
+        `alert_checks`); `night` is the (consumption, baseline) of the district's 02:00-04:00
+        local windows once that period is complete (water's leak rule)."""
         ts = record.time_ms
-        if isinstance(record, WaterKpi | EnergyKpi):
-            kind = "water" if isinstance(record, WaterKpi) else "energy"
-            checks.append((kind, record.district, "off_track", not record.on_track,
-                           float(record.saving_pct_24h or 0.0), record.target_pct,
-                           f"{kind} saving over 24 h is {record.saving_pct_24h or 0:.1f} %, "
-                           f"target {record.target_pct:.0f} %"))
-            if night is not None and isinstance(record, WaterKpi):
-                minimum = min(c for c, _ in night)
-                baseline = min(b for _, b in night)
-                limit = self.s.leak_factor * baseline
-                checks.append(("water", record.district, "leak", baseline > 0 and minimum > limit,
-                               minimum, limit,
-                               f"minimum night flow {minimum:.0f} L per 15 min, "
-                               f"{minimum / baseline if baseline else 0:.1f}x baseline"))
-        elif isinstance(record, TrafficKpi):
-            index = float(record.congestion_index or 0.0)
-            baseline = float(record.baseline_congestion_index or 0.0)
-            limit = self.s.congestion_factor * baseline
-            checks.append(("traffic", record.junction, "congestion",
-                           baseline > 0 and index > limit, index, limit,
-                           f"congestion index {index:.2f} against baseline {baseline:.2f}"))
-            checks.append(("traffic", record.junction, "off_track", not record.on_track,
-                           float(record.reduction_pct_24h or 0.0), record.target_pct,
-                           f"congestion reduction over 24 h is "
-                           f"{record.reduction_pct_24h or 0:.1f} %, target "
-                           f"{record.target_pct:.0f} %"))
-        elif isinstance(record, ShuttleKpi) and record.mean_battery_pct is not None:
-            battery = float(record.mean_battery_pct)
-            checks.append(("shuttle", record.route, "battery_low",
-                           battery < self.s.battery_low_pct, battery, self.s.battery_low_pct,
-                           f"mean battery {battery:.0f} %"))
-        return [a for c in checks if (a := self.transition(ts, active, *c)) is not None]
+        return [a for c in record.alert_checks(self.s, night)
+                if (a := self.transition(ts, active, *c)) is not None]
 
     def silent(self, kind: str, sensor_id: str, ts_ms: int, silent: bool, gap_s: float,
                limit_s: float, active: set[AlertKey]) -> Alert | None:

@@ -31,15 +31,17 @@ from typing import Any, TypeVar
 
 import orjson
 
-from models.city import City, District, Junction, Route
+from models.city import City
+from models.kinds import engines_for
 from models.readings import BaseReading
-from models.records import Alert, EnergyKpi, Kpi, ShuttleKpi, TrafficKpi, WaterKpi
+from models.records import Alert, Kpi
 from streams.kpi.alerts import AlertKey, AlertRules
 
 Store = MutableMapping[str, bytes]
 K = TypeVar("K", bound=Kpi)
 DAY_MS = 86_400_000
-DEFAULT_FREE_FLOW_KMH = 48.0
+__all__ = ["DAY_MS", "Entity", "KindEngine", "Outcome", "Store", "bounded", "engines_for",
+           "fadd", "iadd", "saving_pct", "window_start"]
 
 
 def window_start(ts_ms: int, window_ms: int) -> int:
@@ -69,10 +71,11 @@ SEEN_CACHE_WINDOWS = 256
 
 
 class KindEngine:
-    """Shared window, dedupe, lateness, emission and state logic; subclasses hold the KPI maths.
+    """Shared window, dedupe, lateness, emission and state logic; each kind's subclass
+    (kinds/<kind>.py, `kinds.feed.FeedEngine` for a declared feed) holds its KPI maths.
 
     The engine keeps each entity's state in memory and writes, per applied batch, only what the
-    batch changed; see `_Entity` for the layout in the store.
+    batch changed; see `Entity` for the layout in the store.
     """
 
     kind: str = ""
@@ -89,7 +92,7 @@ class KindEngine:
         self.window_ms = self.window_s * 1000
         self.grace_ms = 1000 * (city.windows.grace_s if grace_s is None else grace_s)
         self.horizon_ms = 1000 * (city.windows.horizon_s if horizon_s is None else horizon_s)
-        self._entities: dict[tuple[int, str], _Entity] = {}
+        self._entities: dict[tuple[int, str], Entity] = {}
         self._seen: OrderedDict[tuple[int, str, int], _Seen] = OrderedDict()
 
     # -- per kind ----------------------------------------------------------------------------
@@ -148,7 +151,7 @@ class KindEngine:
                 raise
         return out
 
-    def _process_entity(self, entity: str, items: list[Any], ent: _Entity, store: Store,
+    def _process_entity(self, entity: str, items: list[Any], ent: Entity, store: Store,
                         out: Outcome, offset: int | None) -> None:
         wins, sensors = ent.wins, ent.sensors
         wms, late_after = self.window_ms, self.window_ms + self.grace_ms
@@ -230,7 +233,7 @@ class KindEngine:
         pruned = self._prune(ent)
         self._commit(store, entity, ent, offset, pending, touched, changed, pruned, alerts)
 
-    def _commit(self, store: Store, entity: str, ent: _Entity, offset: int | None,
+    def _commit(self, store: Store, entity: str, ent: Entity, offset: int | None,
                 pending: dict[int, list[list[Any]]], touched: set[int], changed: set[str],
                 pruned: dict[int, int], alerts: list[Alert]) -> None:
         """Write the batch: its dedupe chunks, then the delta (the commit point), then maybe a
@@ -288,7 +291,7 @@ class KindEngine:
             seen.count += 1
         return seen
 
-    def _state(self, store: Store, entity: str) -> _Entity:
+    def _state(self, store: Store, entity: str) -> Entity:
         """The entity's state: from memory while it matches the store, else read back."""
         key = (id(store), entity)
         ent = self._entities.get(key)
@@ -298,7 +301,7 @@ class KindEngine:
             if now == ent.seq and (after is None or after < ent.seq):
                 return ent
             self._forget(store)
-        ent = _Entity.read(store, entity)
+        ent = Entity.read(store, entity)
         self._entities[key] = ent
         return ent
 
@@ -316,7 +319,7 @@ class KindEngine:
         for k2 in [k for k in self._seen if k[0] == key]:
             del self._seen[k2]
 
-    def _alerts(self, entity: str, ent: _Entity, records: list[Kpi],
+    def _alerts(self, entity: str, ent: Entity, records: list[Kpi],
                 gaps: list[tuple[str, int, int, int]], changed: set[str]) -> list[Alert]:
         active: set[AlertKey] = {(k[0], k[1], k[2]) for k in ent.alerts}
         alerts: list[Alert] = []
@@ -333,20 +336,20 @@ class KindEngine:
         ent.alerts = sorted(list(k) for k in active)
         return alerts
 
-    def record_alerts(self, ent: _Entity, records: list[Kpi], active: set[AlertKey],
+    def record_alerts(self, ent: Entity, records: list[Kpi], active: set[AlertKey],
                       ) -> list[Alert]:
         """The alert transitions the batch's emitted records cause (`active` updated)."""
         alerts: list[Alert] = []
         for record in records:
-            night = None
-            if self.kind == "water" and self.rules.is_night_end(record.time_ms):
-                starts = self.rules.night_starts(record.time_ms, self.window_ms)
-                night = [tuple(ent.wins[s]["s"]) for s in starts if s in ent.wins]
-                night = night if len(night) == len(starts) else None
-            alerts.extend(self.rules.evaluate(record, active, night))
+            alerts.extend(self.rules.evaluate(record, active, self.night(ent.wins, record)))
         return alerts
 
-    def _silences(self, ent: _Entity, changed: set[str], active: set[AlertKey]) -> list[Alert]:
+    def night(self, wins: dict[int, dict[str, Any]],
+              record: Kpi) -> list[tuple[float, float]] | None:
+        """What a kind's night rule needs of the windows before `record` (water's leak)."""
+        return None
+
+    def _silences(self, ent: Entity, changed: set[str], active: set[AlertKey]) -> list[Alert]:
         """Silent-sensor transitions at the entity's newest event time. Until event time passes
         the earliest deadline (newest reading + limit) of a sensor not yet silent, only the
         sensors this batch heard from can change, so the full sweep is rarely needed."""
@@ -376,7 +379,7 @@ class KindEngine:
     def _final(self, newest: int | None, start: int) -> bool:
         return newest is not None and newest > start + self.window_ms + self.grace_ms
 
-    def _emissions(self, entity: str, ent: _Entity, touched: set[int]) -> list[Kpi]:
+    def _emissions(self, entity: str, ent: Entity, touched: set[int]) -> list[Kpi]:
         emitted = set(ent.emitted)
         emit: set[int] = {s for s in ent.wins if s not in emitted and self._final(ent.max, s)}
         emit |= touched & emitted
@@ -386,12 +389,12 @@ class KindEngine:
         ent.emitted = sorted(emitted | emit)
         return [self._record_at(entity, s, ent) for s in sorted(emit)]
 
-    def _record_at(self, entity: str, start: int, ent: _Entity) -> Kpi:
+    def _record_at(self, entity: str, start: int, ent: Entity) -> Kpi:
         acc = ent.wins.get(start)
         assert acc is not None, f"window {start} of {entity} has no state"
         return self.record(entity, start, acc, self._rolling(ent, start))
 
-    def _rolling(self, ent: _Entity, start: int) -> list[float]:
+    def _rolling(self, ent: Entity, start: int) -> list[float]:
         end = start + self.window_ms
         total: list[float] = []
         for s, acc in ent.wins.items():
@@ -400,10 +403,10 @@ class KindEngine:
                 if not total:
                     total = [0.0] * len(summary)
                 for i, v in enumerate(summary):
-                    total[i] = _fadd(total[i], v)
+                    total[i] = fadd(total[i], v)
         return total
 
-    def _prune(self, ent: _Entity) -> dict[int, int]:
+    def _prune(self, ent: Entity) -> dict[int, int]:
         """Drop windows beyond the horizon plus the 24 h they feed; {start: chunks} dropped."""
         assert ent.max is not None
         keep_from = ent.max - self.horizon_ms - DAY_MS - self.window_ms
@@ -431,7 +434,7 @@ class KindEngine:
         return seq or None
 
 
-class _Entity:
+class Entity:
     """One entity's state (district, junction or route).
 
     In memory: the newest event time, the last applied source offset, the windows (sums, a
@@ -484,7 +487,7 @@ class _Entity:
         self.sensors.update(data["sensors"])
 
     @classmethod
-    def read(cls, store: Store, entity: str) -> _Entity:
+    def read(cls, store: Store, entity: str) -> Entity:
         ent = cls()
         raw = store.get(_skey(entity))
         if raw is not None:
@@ -533,17 +536,17 @@ FLOAT_MAX = sys.float_info.max
 INT64_MAX = 2**63 - 1
 
 
-def _fadd(a: float, b: float) -> float:
+def fadd(a: float, b: float) -> float:
     """a + b, saturated at the largest float (absurd but valid registers must not give inf)."""
     return min(FLOAT_MAX, a + b)
 
 
-def _iadd(a: int, b: int) -> int:
+def iadd(a: int, b: int) -> int:
     """a + b, saturated at InfluxDB's largest integer."""
     return min(INT64_MAX, a + b)
 
 
-def _bounded(cls: type[K], **fields: Any) -> K:
+def bounded(cls: type[K], **fields: Any) -> K:
     """Build a KPI record with figures derived from saturated sums kept finite and in range
     (an overflowing ratio becomes the largest float of its sign, never inf or a refused
     point)."""
@@ -580,230 +583,3 @@ def _dkey(entity: str, slot: int) -> str:
 
 def _ckey(entity: str, start: int, n: int) -> str:
     return f"c|{entity}|{start}|{n}"
-
-
-# ---------------------------------------------------------------------------------------------
-# kinds
-
-
-class _RegisterEngine(KindEngine):
-    """Water and energy: register deltas per meter, saving against hour-of-week baselines."""
-
-    has_rolling = True
-
-    def entity(self, reading: Any) -> str:
-        return str(reading.district)
-
-    def _district(self, entity: str) -> District | None:
-        try:
-            return self.city.district(entity)
-        except KeyError:
-            return None
-
-    def new_acc(self, entity: str) -> dict[str, Any]:
-        return {"use": 0.0, "peak": None}
-
-    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
-        if delta is not None:
-            used = delta if delta >= 0 else getattr(reading, self.unit_field or "")
-            acc["use"] = _fadd(acc["use"], used)
-
-    def baseline(self, entity: str, start: int) -> float:
-        raise NotImplementedError
-
-    def actual(self, acc: dict[str, Any]) -> float:
-        return float(acc["use"])
-
-    def summary(self, entity: str, start: int, acc: dict[str, Any]) -> list[float]:
-        return [self.actual(acc), self.baseline(entity, start)]
-
-
-class WaterEngine(_RegisterEngine):
-    kind = "water"
-    window_s = 900
-    window_tag = "15m"
-    unit_field = "volume_m3"
-
-    def actual(self, acc: dict[str, Any]) -> float:
-        return 1000.0 * float(acc["use"])
-
-    def baseline(self, entity: str, start: int) -> float:
-        d = self._district(entity)
-        return d.water_baseline_l(start, self.window_s) if d else 0.0
-
-    def record(self, entity: str, start: int, acc: dict[str, Any],
-               rolling: list[float]) -> Kpi:
-        actual, baseline = self.actual(acc), self.baseline(entity, start)
-        target = (self.city.water_target_pct(entity) if self._district(entity)
-                  else self.city.targets.water_saving_pct)
-        rolling_pct = saving_pct(*rolling)
-        return _bounded(WaterKpi, district=entity, window=self.window_tag,
-                        window_end_ms=start + self.window_ms, consumption_l=actual,
-                        baseline_l=baseline, saving_pct=saving_pct(actual, baseline),
-                        saving_pct_24h=rolling_pct, target_pct=float(target),
-                        on_track=rolling_pct >= target, meters_reporting=acc["n"])
-
-
-class EnergyEngine(_RegisterEngine):
-    kind = "energy"
-    window_s = 1800
-    window_tag = "30m"
-    unit_field = "energy_kwh"
-
-    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
-        super().add(acc, reading, delta)
-        power = reading.power_kw
-        if power is not None and (acc["peak"] is None or power > acc["peak"]):
-            acc["peak"] = power
-
-    def baseline(self, entity: str, start: int) -> float:
-        d = self._district(entity)
-        return d.energy_baseline_kwh(start, self.window_s) if d else 0.0
-
-    def record(self, entity: str, start: int, acc: dict[str, Any],
-               rolling: list[float]) -> Kpi:
-        actual, baseline = self.actual(acc), self.baseline(entity, start)
-        target = (self.city.energy_target_pct(entity) if self._district(entity)
-                  else self.city.targets.energy_saving_pct)
-        rolling_pct = saving_pct(*rolling)
-        return _bounded(EnergyKpi, district=entity, window=self.window_tag,
-                         window_end_ms=start + self.window_ms, energy_kwh=actual,
-                         baseline_kwh=baseline, saving_pct=saving_pct(actual, baseline),
-                         saving_pct_24h=rolling_pct, target_pct=float(target),
-                         on_track=rolling_pct >= target,
-                         peak_kw=float(acc["peak"] or 0.0), meters_reporting=acc["n"])
-
-
-class TrafficEngine(KindEngine):
-    """Flow, vehicle-weighted harmonic space-mean speed, congestion against free flow."""
-
-    kind = "traffic"
-    window_s = 300
-    window_tag = "5m"
-    has_rolling = True
-
-    def entity(self, reading: Any) -> str:
-        return f"{reading.district}/{reading.junction}"
-
-    def _junction(self, entity: str) -> Junction | None:
-        try:
-            return self.city.junction(entity.split("/", 1)[1])
-        except KeyError:
-            return None
-
-    def new_acc(self, entity: str) -> dict[str, Any]:
-        return {"vehicles": 0, "weights": 0, "inverse": 0.0}
-
-    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
-        count, speed = reading.vehicle_count, reading.mean_speed_kmh
-        acc["vehicles"] = _iadd(acc["vehicles"], count)
-        if count > 0 and speed > 0:
-            acc["weights"] = _iadd(acc["weights"], count)
-            acc["inverse"] = _fadd(acc["inverse"], count / speed)
-
-    def _free_flow(self, entity: str) -> float:
-        j = self._junction(entity)
-        return j.free_flow_speed_kmh if j else DEFAULT_FREE_FLOW_KMH
-
-    def _speed_and_index(self, entity: str, acc: dict[str, Any]) -> tuple[float, float]:
-        free_flow = self._free_flow(entity)
-        speed = acc["weights"] / acc["inverse"] if acc["weights"] else free_flow
-        return speed, max(0.0, free_flow / speed - 1.0)
-
-    def _baseline(self, entity: str, start: int) -> float:
-        j = self._junction(entity)
-        return j.baseline_congestion_index(start) if j else 0.0
-
-    def summary(self, entity: str, start: int, acc: dict[str, Any]) -> list[float]:
-        return [self._speed_and_index(entity, acc)[1], self._baseline(entity, start)]
-
-    def record(self, entity: str, start: int, acc: dict[str, Any],
-               rolling: list[float]) -> Kpi:
-        district, junction = entity.split("/", 1)
-        speed, index = self._speed_and_index(entity, acc)
-        baseline = self._baseline(entity, start)
-        j = self._junction(entity)
-        target = (self.city.congestion_target_pct(junction) if j
-                  else self.city.targets.congestion_reduction_pct)
-        rolling_pct = saving_pct(*rolling)
-        return _bounded(TrafficKpi, district=district, junction=junction, window=self.window_tag,
-                          window_end_ms=start + self.window_ms, vehicles=acc["vehicles"],
-                          flow_veh_h=3600.0 * acc["vehicles"] / self.window_s,
-                          space_mean_speed_kmh=speed, congestion_index=index,
-                          baseline_congestion_index=baseline,
-                          reduction_pct=saving_pct(index, baseline),
-                          reduction_pct_24h=rolling_pct, target_pct=float(target),
-                          on_track=rolling_pct >= target)
-
-
-ON_TIME_RANGE_S = (-60.0, 180.0)
-
-
-class ShuttleEngine(KindEngine):
-    """Boardings, occupancy, punctuality, availability, battery and disengagements per route."""
-
-    kind = "shuttle"
-    window_s = 900
-    window_tag = "15m"
-    unit_field = "passengers"
-
-    def entity(self, reading: Any) -> str:
-        return str(reading.route_id)
-
-    def _route(self, entity: str) -> Route | None:
-        try:
-            return self.city.route(entity)
-        except KeyError:
-            return None
-
-    def new_acc(self, entity: str) -> dict[str, Any]:
-        return {"boardings": 0, "passengers": 0, "capacity": 0, "battery": 0.0,
-                "readings": 0, "disengagements": 0, "arrivals": 0, "on_time": 0,
-                "in_service": []}
-
-    def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
-        if delta is not None and delta > 0:
-            acc["boardings"] = _iadd(acc["boardings"], int(delta))
-        if reading.status == "in_service":
-            acc["passengers"] = _iadd(acc["passengers"], reading.passengers)
-            acc["capacity"] = _iadd(acc["capacity"], reading.capacity)
-            if reading.sensor_id not in acc["in_service"]:
-                acc["in_service"].append(reading.sensor_id)
-        acc["battery"] += reading.battery_pct
-        acc["readings"] += 1
-        acc["disengagements"] += reading.disengaged is True
-        if reading.stop_id is not None and reading.delay_s is not None:
-            acc["arrivals"] += 1
-            low, high = ON_TIME_RANGE_S
-            acc["on_time"] += low <= reading.delay_s <= high
-
-    def record(self, entity: str, start: int, acc: dict[str, Any],
-               rolling: list[float]) -> Kpi:
-        route = self._route(entity)
-        fleet = route.fleet_size if route else 0
-        available = min(len(acc["in_service"]), fleet)
-        return _bounded(
-            ShuttleKpi,
-            route=entity, window=self.window_tag, window_end_ms=start + self.window_ms,
-            boardings=acc["boardings"],
-            occupancy_pct=100.0 * acc["passengers"] / acc["capacity"] if acc["capacity"] else 0.0,
-            on_time_pct=100.0 * acc["on_time"] / acc["arrivals"] if acc["arrivals"] else 100.0,
-            availability_pct=100.0 * available / fleet if fleet > 0 else 0.0,
-            mean_battery_pct=acc["battery"] / acc["readings"] if acc["readings"] else 0.0,
-            disengagements=acc["disengagements"], vehicles_reporting=acc["n"])
-
-
-ENGINES: dict[str, type[KindEngine]] = {
-    "water": WaterEngine, "energy": EnergyEngine, "traffic": TrafficEngine,
-    "shuttle": ShuttleEngine,
-}
-
-
-def engines_for(city: City, **kw: Any) -> dict[str, KindEngine]:
-    """One engine per reading kind: the built-in ones and the city's declared feeds."""
-    from streams.kpi.feeds import feed_engines  # it builds on this module
-
-    return {**{kind: cls(city, **kw) for kind, cls in ENGINES.items()},
-            **feed_engines(city, **kw)}
-
-

@@ -15,18 +15,13 @@ from pydantic import SecretStr
 
 from citystream.settings import InfluxSettings
 from deploy.local.stack import Stack, read_authorization
+from kinds.energy import EnergyKpi
+from kinds.shuttle import ShuttleKpi
+from kinds.traffic import TrafficKpi
+from kinds.water import WaterKpi
 from models.city import City
 from models.feeds import FeedSpec, kpi_model
-from models.records import (
-    Alert,
-    EnergyKpi,
-    PipelineCounters,
-    Record,
-    ShuttleKpi,
-    TrafficKpi,
-    WaterKpi,
-    to_line_protocol,
-)
+from models.records import Alert, PipelineCounters, Record, to_line_protocol
 from streams.sink import InfluxWriter
 from tests.integration.helpers import create_bucket, influx_points
 

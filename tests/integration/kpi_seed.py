@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import random
 
-from models.records import (
-    Alert,
-    EnergyKpi,
-    PipelineCounters,
-    Record,
-    ShuttleKpi,
-    TrafficKpi,
-    WaterKpi,
-)
+from kinds.energy import EnergyKpi
+from kinds.shuttle import ShuttleKpi
+from kinds.traffic import TrafficKpi
+from kinds.water import WaterKpi
+from models.records import Alert, PipelineCounters, Record
 
 DISTRICTS = ("central-mk", "bletchley")
 JUNCTIONS = {"j-portway-h5": "central-mk", "j-bletcham-way-v7": "bletchley"}

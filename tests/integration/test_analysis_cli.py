@@ -1,23 +1,34 @@
 """`citystream report` and `citystream baseline learn` against a real InfluxDB with seeded KPI
-windows; the answers are computed here from the seeded records, independently of the code."""
+windows, the built-in kinds and the shipped city's declared feeds; the answers are computed here
+from the seeded records, independently of the code. The Flux example for feeds in
+docs/analysts.md is run here too."""
 
 from __future__ import annotations
 
 import csv
 import io
+import random
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import fmean
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from citystream.cli import main
 from deploy.local.stack import Stack
-from models.city import HOURS_PER_WEEK, load_city, parse_city
-from models.records import EnergyKpi, Record, ShuttleKpi, TrafficKpi, WaterKpi
+from kinds.energy import EnergyKpi
+from kinds.shuttle import ShuttleKpi
+from kinds.traffic import TrafficKpi
+from kinds.water import WaterKpi
+from models.city import DEFAULT_CITY_FILE, HOURS_PER_WEEK, load_city, parse_city
+from models.feeds import FeedSpec, KpiSpec, kpi_model
+from models.records import Record
+from tests.flux_vocabulary import Schema, check, contract_schema
 from tests.integration import kpi_seed
 from tests.integration.influx import HOUR_MS, Influx, influx_for_test
 
@@ -48,11 +59,61 @@ def env(influx: Influx, monkeypatch: pytest.MonkeyPatch) -> Influx:
     return influx
 
 
+# the shipped city's (air_quality, car_park, bus_occupancy), which the report reads by default
+FEEDS = parse_city(DEFAULT_CITY_FILE.read_text(encoding="utf-8")).feeds
+FEED_ENTITIES = {"district": kpi_seed.DISTRICTS, "car_park": ("cp-station", "cp-theatre"),
+                 "route": ("300", "41")}
+
+
+def feed_records(start_ms: int, end_ms: int, seed: int) -> list[Record]:
+    """Every window ending in (start_ms, end_ms] of each feed and entity, with random values;
+    about one KPI in ten is left out of a window (as a KPI whose field no reading carried),
+    the target KPI of the first entity sits mostly below its limit, of the second above."""
+    rng = random.Random(seed)
+    out: list[Record] = []
+    for feed in FEEDS:
+        cls = kpi_model(feed)
+        window_ms = feed.window_s * 1000
+        for i, entity in enumerate(FEED_ENTITIES[feed.entity]):
+            for end in range((start_ms // window_ms + 1) * window_ms, end_ms + 1, window_ms):
+                data: dict[str, Any] = {feed.entity: entity, "window_end_ms": end}
+                for kpi in feed.kpis:
+                    if rng.random() < 0.1:
+                        continue
+                    if kpi.is_integer:
+                        data[kpi.name] = rng.randint(0, 30)
+                    elif feed.target is not None and kpi.name == feed.target.kpi:
+                        data[kpi.name] = feed.target.limit * rng.uniform(0.5, 1.1) * (1 + i / 2)
+                    else:
+                        data[kpi.name] = rng.uniform(0.0, 100.0)
+                if feed.target is not None and rng.random() < 0.9:
+                    rolling = feed.target.limit * rng.uniform(0.7, 1.3)
+                    data[f"{feed.target.kpi}_24h"] = rolling
+                    data["on_track"] = feed.target.met(rolling)
+                out.append(cls.model_validate(data))
+    # each feed's first alert rule raised and cleared on its first entity
+    for feed in FEEDS:
+        entity = FEED_ENTITIES[feed.entity][0]
+        for k, active in enumerate((True, False)):
+            out.append(kpi_seed.alert(entity, feed.alerts[0].rule, ms(P0) + (k + 1) * HOUR_MS,
+                                      active, kind=feed.kind))
+    # another series of car_park (points of a window length it had before): not reported
+    car_park = next(f for f in FEEDS if f.kind == "car_park")
+    out += [kpi_model(car_park).model_validate({
+        "car_park": "cp-station", "window": "5m", "window_end_ms": ms(P0) + k * 300_000 + 60_000,
+        "occupancy_pct": 1000.0, "sensors_reporting": 99}) for k in range(3)]
+    return out
+
+
 @pytest.fixture(scope="module")
 def report_records(influx: Influx) -> list[Record]:
     records = kpi_seed.kpi_records(ms(P0) - 2 * HOUR_MS, ms(P1) + 2 * HOUR_MS, seed=3)
+    records += feed_records(ms(P0) - 2 * HOUR_MS, ms(P1) + 2 * HOUR_MS, seed=4)
     influx.write(influx.kpi, records)
     return records
+
+
+BUILTIN = ("water", "energy", "traffic", "shuttle")
 
 
 def in_period(records: list[Record], cls: type[Record]) -> list[Record]:
@@ -70,7 +131,8 @@ def test_report_answers_from_influxdb(env: Influx, report_records: list[Record],
                             "--csv", str(tmp_path / "r.csv"), "--png", str(tmp_path / "r.png"))
     assert code == 0, err
     rows = {(r["kind"], r["entity"]): r
-            for r in csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8"))}
+            for r in csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8"))
+            if r["kind"] in BUILTIN}
     assert len(rows) == 2 * len(kpi_seed.DISTRICTS) + len(kpi_seed.JUNCTIONS) + 1
 
     for kind, cls, actual, base in (("water", WaterKpi, "consumption_l", "baseline_l"),
@@ -113,12 +175,182 @@ def test_report_selection_and_exit_code(env: Influx, report_records: list[Record
                             "--district", "bletchley", "--csv", "-")
     assert code == 0, err
     got = [(r["kind"], r["entity"]) for r in csv.DictReader(io.StringIO(out))]
+    air_quality = next(f for f in FEEDS if f.kind == "air_quality")
     assert got == [("water", "bletchley"), ("energy", "bletchley"),
-                   ("traffic", "j-bletcham-way-v7")]
+                   ("traffic", "j-bletcham-way-v7"),
+                   *[("air_quality", "bletchley")] * len(air_quality.kpis)]
     code, out, _ = invoke("report", "--from", "2026-10-05", "--to", "2026-10-07",
                           "--kind", "traffic", "--exit-code")
     statuses = [("off track" in line) for line in out.splitlines() if line.startswith("traffic ")]
     assert code == (3 if any(statuses) else 0)
+
+
+# -- declared feeds -----------------------------------------------------------------------------
+
+ADDITIVE = {"count", "count_above", "sum", "delta", "increase"}
+
+
+def period_figure(feed: FeedSpec, kpi: KpiSpec, values: list[float]) -> float | None:
+    """The report's period figure of a feed KPI, by the rule docs/analysts.md states."""
+    if not values:
+        return None
+    if feed.target is not None and kpi.name == feed.target.kpi:
+        return fmean(values)
+    if kpi.agg in ADDITIVE:
+        return sum(values)
+    if kpi.agg in ("sensors", "max"):
+        return max(values)
+    return min(values) if kpi.agg == "min" else fmean(values)
+
+
+def feed_rows_expected(records: list[Record], feed: FeedSpec,
+                       entity: str) -> tuple[int, dict[str, tuple[float | None, float | None]]]:
+    """(windows, kpi -> (period figure, share of windows on track)) of one feed entity."""
+    mine = [r for r in records if r.measurement == feed.measurement
+            and r.tags()["window"] == feed.window_tag and r.tags()[feed.entity] == entity
+            and ms(P0) < r.time_ms <= ms(P1)]
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for kpi in feed.kpis:
+        values = [float(v) for r in mine if (v := r.fields().get(kpi.name)) is not None]
+        flags = [bool(r.fields()["on_track"]) for r in mine if "on_track" in r.fields()]
+        share = 100 * sum(flags) / len(flags) if feed.target and flags else None
+        out[kpi.name] = (period_figure(feed, kpi, values), share)
+    return len(mine), out
+
+
+def test_report_covers_the_declared_feeds(env: Influx, report_records: list[Record],
+                                          tmp_path: Path) -> None:
+    code, out, err = invoke("report", "--from", "2026-10-05", "--to", "2026-10-07",
+                            "--csv", str(tmp_path / "r.csv"), "--png", str(tmp_path / "r.png"))
+    assert code == 0, err
+    rows = {(r["kind"], r["entity"], r["kpi"]): r
+            for r in csv.DictReader((tmp_path / "r.csv").open(encoding="utf-8"))
+            if r["kind"] not in BUILTIN}
+    assert len(rows) == sum(len(FEED_ENTITIES[f.entity]) * len(f.kpis) for f in FEEDS)
+    for feed in FEEDS:
+        assert feed.target is not None
+        on = 0
+        for entity in FEED_ENTITIES[feed.entity]:
+            windows, want = feed_rows_expected(report_records, feed, entity)
+            assert windows == 2 * 86400 // feed.window_s
+            for kpi in feed.kpis:
+                row = rows[(feed.kind, entity, kpi.name)]
+                figure, share = want[kpi.name]
+                assert int(row["windows"]) == windows
+                assert figure is not None
+                assert float(row["value"]) == pytest.approx(figure, rel=1e-9), (feed.kind, kpi)
+                if kpi.is_integer and kpi.name != feed.target.kpi:
+                    assert row["value"] == str(int(figure))  # counts stay integers
+                if kpi.name == feed.target.kpi:
+                    on_track = feed.target.met(figure)
+                    on += on_track
+                    assert row["status"] == ("on track" if on_track else "off track")
+                    assert float(row["target"]) == feed.target.limit
+                    assert share is not None
+                    assert float(row["windows_on_track_pct"]) == pytest.approx(share)
+                else:
+                    assert row["status"] == "no target" and row["target"] == ""
+        noun = {"district": "districts", "car_park": "car parks", "route": "routes"}
+        assert (f"{feed.kind}: {on} of {len(FEED_ENTITIES[feed.entity])} "
+                f"{noun[feed.entity]} on track") in out
+        assert f"{feed.title} ({feed.kind}, per {feed.entity}" in out
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_feed_selection(env: Influx, report_records: list[Record]) -> None:
+    code, out, err = invoke("report", "--from", "2026-10-05", "--to", "2026-10-07",
+                            "--kind", "car_park", "--entity", "cp-theatre", "--csv", "-")
+    assert code == 0, err
+    got = [(r["kind"], r["entity"], r["kpi"]) for r in csv.DictReader(io.StringIO(out))]
+    car_park = next(f for f in FEEDS if f.kind == "car_park")
+    assert got == [("car_park", "cp-theatre", k.name) for k in car_park.kpis]
+    code, _, err = invoke("report", "--last", "1d", "--kind", "noise")
+    assert code == 2 and "'noise' is not a kind of this city" in err
+    code, out, err = invoke("report", "--from", "2026-10-05", "--to", "2026-10-07",
+                            "--kind", "bus_occupancy", "--exit-code")
+    statuses = [r for r in out.splitlines() if "off track" in r]
+    assert code == (3 if statuses else 0), err
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "analysts.md"
+
+
+def feed_schema() -> dict[str, Schema]:
+    schema = contract_schema()
+    for feed in FEEDS:
+        model = kpi_model(feed)
+        schema[feed.measurement] = Schema(frozenset(model.tag_names),
+                                          frozenset(model.field_names()))
+    return schema
+
+
+def test_the_feed_flux_example_of_the_analysts_page(env: Influx,
+                                                    report_records: list[Record]) -> None:
+    """The page's Flux example for a feed answers what the report and this test compute."""
+    (query,) = [q for q in re.findall(r"^```flux\n(.*?)^```", DOC.read_text(), re.M | re.S)
+                if "car_park_kpi" in q]
+    assert check(query, schema=feed_schema()) == []
+    rows = env.flux(query.replace('bucket: "kpi"', f'bucket: "{env.kpi}"'))
+    car_park = next(f for f in FEEDS if f.kind == "car_park")
+    assert car_park.target is not None and car_park.target.kpi == "occupancy_pct"
+    want = {e: feed_rows_expected(report_records, car_park, e)[1]["occupancy_pct"][0]
+            for e in FEED_ENTITIES["car_park"]}
+    assert [r["car_park"] for r in rows] == sorted(want)
+    for row in rows:
+        figure = want[row["car_park"]]
+        assert figure is not None
+        assert row["occupancy_pct"] == pytest.approx(figure, rel=1e-9)
+        assert row["on_track"] == (figure <= car_park.target.limit)
+
+
+def test_feed_dashboard_queries_run_on_feed_points(env: Influx,
+                                                   report_records: list[Record]) -> None:
+    """The generated Grafana panels and variables of the feeds (deploy/dashboards.py) answer
+    from the seeded feed points (test_influx_setup's seed has none)."""
+    import json
+
+    from deploy import dashboards
+
+    board = json.loads((dashboards.GRAFANA_DIR / "citystream-kpis.json").read_text())
+    values = {f"{feed.kind}_entity": FEED_ENTITIES[feed.entity] for feed in FEEDS}
+    p0, p1 = (t.isoformat().replace("+00:00", "Z") for t in (P0, P1))
+    option = (f"option now = () => {p1}\n"
+              f"option v = {{timeRangeStart: {p0}, timeRangeStop: {p1}, windowPeriod: 1h}}\n")
+
+    def run(query: str) -> list[dict[str, Any]]:
+        query = re.sub(r"\$\{(\w+):regex\}", lambda m: "(" + "|".join(values[m.group(1)]) + ")",
+                       query).replace('bucket: "kpi"', f'bucket: "{env.kpi}"')
+        head = re.match(r"(?:\s*import [^\n]*\n)*", query)
+        imports = head.group(0) if head else ""
+        return env.flux(imports + option + query[len(imports):])
+
+    titles = {f.title for f in FEEDS}
+    current = ""
+    ran = 0
+    for panel in board["panels"]:
+        current = panel["title"] if panel["type"] == "row" else current
+        if panel["type"] == "row" or current not in titles:
+            continue
+        feed = next(f for f in FEEDS if f.title == current)
+        rows = run(panel["targets"][0]["query"])
+        assert rows, panel["title"]
+        column = "entity" if panel["type"] == "table" else feed.entity
+        assert {r[column] for r in rows} <= set(FEED_ENTITIES[feed.entity]), panel["title"]
+        if panel["type"] == "stat":  # the newest on_track of each entity, as 1 / 0
+            newest: dict[str, Record] = {}
+            for r in report_records:
+                if (r.measurement == feed.measurement and "on_track" in r.fields()
+                        and r.tags()["window"] == feed.window_tag
+                        and ms(P0) <= r.time_ms < ms(P1)):
+                    key = r.tags()[feed.entity]
+                    if key not in newest or r.time_ms > newest[key].time_ms:
+                        newest[key] = r
+            assert {r[feed.entity]: r["_value"] for r in rows} == {
+                k: int(bool(r.fields()["on_track"])) for k, r in newest.items()}
+        ran += 1
+    assert ran == sum(len(f.kpis) + 3 for f in FEEDS)
+    for var in board["templating"]["list"][3:]:
+        assert {r["_value"] for r in run(var["query"])} == set(values[var["name"]])
 
 
 def test_report_names_the_setting_when_influxdb_refuses(env: Influx,

@@ -22,7 +22,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from deploy.local.stack import Stack
-from models.records import Alert, Record, ShuttleKpi, TrafficKpi, WaterKpi
+from kinds.shuttle import ShuttleKpi
+from kinds.traffic import TrafficKpi
+from kinds.water import WaterKpi
+from models.records import Alert, Record
 from tests.flux_vocabulary import check
 from tests.integration import kpi_seed
 from tests.integration.influx import HOUR_MS, Influx, influx_for_test

@@ -20,9 +20,10 @@ from playwright.sync_api import Page
 
 from dashboard.views import readable
 from deploy.local.stack import Credentials, Stack, free_port
+from kinds.water import WaterKpi
 from models.city import DEFAULT_CITY_FILE, City, load_city
 from models.feeds import kpi_model
-from models.records import Alert, WaterKpi
+from models.records import Alert
 from tests.integration.browser import (
     DashboardProcess,
     chromium,

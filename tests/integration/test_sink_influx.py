@@ -22,8 +22,10 @@ from citystream.settings import InfluxSettings, KafkaSettings
 from citystream.topics import Topics
 from deploy.local.stack import Stack
 from ingest.kafka_sink import KafkaSink, ensure_topics
-from models.readings import ShuttleReading, TrafficReading, WaterReading
-from models.records import Alert, WaterKpi, record_to_json
+from kinds.shuttle import ShuttleReading
+from kinds.traffic import TrafficReading
+from kinds.water import WaterKpi, WaterReading
+from models.records import Alert, record_to_json
 from streams.sink import (
     GROUP_ID,
     Buckets,

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 import pytest
 
 from analysis.baseline import describe_hours, learn, week_profile, window_seconds
+from kinds.energy import EnergyKpi
+from kinds.traffic import TrafficKpi
+from kinds.water import WaterKpi
 from models.city import HOURS_PER_WEEK, dump_city, hour_of_week, load_city, parse_city
-from models.records import EnergyKpi, TrafficKpi, WaterKpi
 
 H = 3_600_000
 MONDAY = int(datetime(2026, 10, 5, tzinfo=UTC).timestamp() * 1000)  # a Monday 00:00 UTC

@@ -9,8 +9,10 @@ import orjson
 import pytest
 
 from ingest.decode import Decoded, decode
+from kinds.shuttle import ShuttleReading
+from kinds.traffic import TrafficReading
+from kinds.water import WaterReading
 from models.deadletter import DeadLetter, Reason
-from models.readings import ShuttleReading, TrafficReading, WaterReading
 
 TS = 1_795_241_700_000  # 2026-11-21T06:15:00Z
 NOW = TS + 1_000

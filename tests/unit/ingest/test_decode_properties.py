@@ -11,14 +11,15 @@ from hypothesis import strategies as st
 
 from ingest.decode import Decoded, _careful, decode
 from models.deadletter import DeadLetter, Reason
-from models.readings import READING_TYPES, parse_topic, reading_from_json, topic_context
+from models.kinds import PYTHON_KINDS, parse_topic, reading_from_json
+from models.readings import topic_context
 
 NOW = 1_795_241_700_000
 MESSAGE_REASONS = {Reason.BAD_TOPIC, Reason.TOO_LARGE, Reason.INVALID_JSON}
 ELEMENT_REASONS = set(Reason) - MESSAGE_REASONS
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-kinds = st.sampled_from(sorted(READING_TYPES))
+kinds = st.sampled_from(sorted(PYTHON_KINDS))
 topics = st.one_of(
     st.text(max_size=80),
     st.builds(lambda d, k, s: f"city/{d}/{k}/{s}",

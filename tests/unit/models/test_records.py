@@ -8,15 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from kinds.energy import EnergyKpi
+from kinds.shuttle import ShuttleKpi
+from kinds.traffic import TrafficKpi
+from kinds.water import WaterKpi
 from models.errors import RecordError
 from models.records import (
     Alert,
-    EnergyKpi,
     PipelineCounters,
     Record,
-    ShuttleKpi,
-    TrafficKpi,
-    WaterKpi,
     record_from_json,
     record_to_json,
     to_line_protocol,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from kinds.shuttle import ShuttleKpi
+from kinds.traffic import TrafficKpi
+from kinds.water import WaterEngine, WaterKpi
 from models.city import parse_city
-from models.readings import READING_TYPES, Reading
-from models.records import Alert, ShuttleKpi, TrafficKpi, WaterKpi
+from models.kinds import reading_types
+from models.readings import BaseReading
+from models.records import Alert
 from streams.kpi.alerts import AlertKey, AlertRules, AlertSettings
-from streams.kpi.engine import WaterEngine
 from tests.unit.streams.test_engine import CITY_TOML, MIN, MONDAY
 
 NIGHT_END = MONDAY + 4 * 3_600_000  # 04:00 UTC = 04:00 Europe/London in November
@@ -61,8 +64,8 @@ def test_engine_raises_silent_sensor_and_clears_it() -> None:
                          rules=AlertRules(AlertSettings(silent_intervals=3)))
     state: dict[str, bytes] = {}
 
-    def read(sensor: str, minute: int) -> Reading:
-        model: Any = READING_TYPES["water"]
+    def read(sensor: str, minute: int) -> BaseReading:
+        model: Any = reading_types()["water"]
         return model.model_validate({"district": "north", "kind": "water", "sensor_id": sensor,
                                      "ts_ms": MONDAY + minute * MIN, "volume_m3": 1.0 + minute})
 
@@ -82,7 +85,7 @@ def test_a_silence_inside_one_batch_is_still_reported() -> None:
     engine = WaterEngine(parse_city(CITY_TOML),
                          rules=AlertRules(AlertSettings(silent_intervals=3)))
     state: dict[str, bytes] = {}
-    model: Any = READING_TYPES["water"]
+    model: Any = reading_types()["water"]
     batch = [model.model_validate({"district": "north", "kind": "water", "sensor_id": "m1",
                                    "ts_ms": MONDAY + minute * MIN, "volume_m3": 1.0 + minute})
              for minute in (0, 1, 2, 12, 13)]
@@ -95,7 +98,7 @@ def test_a_redelivered_batch_sends_its_alert_transitions_again() -> None:
     engine = WaterEngine(parse_city(CITY_TOML),
                          rules=AlertRules(AlertSettings(silent_intervals=3)))
     state: dict[str, bytes] = {}
-    model: Any = READING_TYPES["water"]
+    model: Any = reading_types()["water"]
     batches = [[model.model_validate({"district": "north", "kind": "water", "sensor_id": "m1",
                                       "ts_ms": MONDAY + minute * MIN, "volume_m3": 1.0 + minute})
                 for minute in minutes] for minutes in ((0, 1, 2), (12, 13), (14,))]

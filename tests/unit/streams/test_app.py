@@ -16,7 +16,7 @@ from bench.worker_bench import rss_mb
 from citystream.settings import Settings
 from models import kinds
 from models.city import load_city
-from models.readings import READING_TYPES
+from models.kinds import reading_types
 from streams.app import WorkerOptions, create_app, release_freed_memory, rocksdb_options
 from streams.kpi.engine import KindEngine, engines_for
 
@@ -61,7 +61,7 @@ def test_a_revocation_drops_the_engines_cached_entities(tmp_path: Path,
                      with_sink=False)
     engine = built[0]["water"]
     store: dict[str, bytes] = {}
-    reading = READING_TYPES["water"].model_validate(
+    reading = reading_types()["water"].model_validate(
         {"district": "bletchley", "kind": "water", "sensor_id": "wm-1", "ts_ms": 1_795_219_200_000,
          "volume_m3": 1.0})
     engine.process([reading], store)

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.city import City, parse_city
-from models.readings import READING_TYPES, Reading
+from models.kinds import reading_types
+from models.readings import BaseReading
 from models.records import Kpi
 from streams.kpi.engine import DAY_MS, KindEngine, engines_for
 from tests.oracle import compute_from_readings
@@ -70,8 +71,8 @@ def city() -> City:
     return parse_city(CITY_TOML)
 
 
-def reading(kind: str, district: str, **fields: Any) -> Reading:
-    return READING_TYPES[kind].model_validate({"district": district, "kind": kind, **fields})  # type: ignore[attr-defined,no-any-return]
+def reading(kind: str, district: str, **fields: Any) -> BaseReading:
+    return reading_types()[kind].model_validate({"district": district, "kind": kind, **fields})  # type: ignore[attr-defined,no-any-return]
 
 
 class Run:
@@ -83,7 +84,7 @@ class Run:
         self.points: dict[tuple[str, tuple[tuple[str, str], ...], int], dict[str, Any]] = {}
         self.writes = 0
 
-    def feed(self, readings: list[Reading]) -> None:
+    def feed(self, readings: list[BaseReading]) -> None:
         out = self.engine.process(readings, self.state)
         self._keep(out.records)
 
@@ -98,7 +99,7 @@ class Run:
             self.points[key] = r.fields()
 
 
-def oracle_points(readings: list[Reading], city_toml: str = CITY_TOML) -> dict[Any, Any]:
+def oracle_points(readings: list[BaseReading], city_toml: str = CITY_TOML) -> dict[Any, Any]:
     flat = [{**r.model_dump(exclude_none=True, exclude={"ts_ms"}), "ts": r.ts_ms}
             for r in readings]
     return compute_from_readings(flat, tomllib.loads(city_toml)).points
@@ -206,7 +207,7 @@ def test_replaying_the_same_readings_changes_nothing(city: City) -> None:
 
 
 @st.composite
-def streams_of_readings(draw: st.DrawFn) -> tuple[str, list[Reading], list[int]]:
+def streams_of_readings(draw: st.DrawFn) -> tuple[str, list[BaseReading], list[int]]:
     kind = draw(st.sampled_from(["water", "energy", "traffic", "shuttle"]))
     rng = random.Random(draw(st.integers(0, 2**32)))
     n = draw(st.integers(1, 120))
@@ -216,7 +217,7 @@ def streams_of_readings(draw: st.DrawFn) -> tuple[str, list[Reading], list[int]]
     home = {s: (rng.choice(["north", "south", "elsewhere"]), rng.choice(["j1", "j2", "j9"]),
                 rng.choice(["r1", "r9"])) for s in sensors}
     registers = {s: rng.uniform(0, 50) for s in sensors}
-    out: list[Reading] = []
+    out: list[BaseReading] = []
     for _ in range(n):
         s = rng.choice(sensors)
         ts = MONDAY + rng.randrange(span_min * MIN)
@@ -253,7 +254,7 @@ def streams_of_readings(draw: st.DrawFn) -> tuple[str, list[Reading], list[int]]
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams_of_readings())
-def test_engine_equals_oracle(city: City, case: tuple[str, list[Reading], list[int]]) -> None:
+def test_engine_equals_oracle(city: City, case: tuple[str, list[BaseReading], list[int]]) -> None:
     kind, readings, cuts = case
     run = Run(engines_for(city)[kind])
     bounds = [0, *cuts, len(readings)]
@@ -294,7 +295,7 @@ class CrashingStore(dict[str, bytes]):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams_of_readings(), st.integers(0, 400), st.integers(0, 30))
 def test_a_crash_mid_batch_then_redelivery_equals_the_oracle(
-        city: City, case: tuple[str, list[Reading], list[int]], budget: int, at: int) -> None:
+        city: City, case: tuple[str, list[BaseReading], list[int]], budget: int, at: int) -> None:
     kind, readings, cuts = case
     engine = engines_for(city)[kind]
     bounds = [0, *cuts, len(readings)]

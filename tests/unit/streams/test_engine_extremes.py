@@ -11,7 +11,8 @@ import math
 from typing import Any
 
 from models.city import load_city
-from models.readings import READING_TYPES, Reading
+from models.kinds import reading_types
+from models.readings import BaseReading
 from models.records import to_line_protocol
 from streams.kpi.engine import engines_for
 
@@ -20,12 +21,12 @@ MIN = 60_000
 INT64_MAX = 2**63 - 1
 
 
-def readings(kind: str, district: str, rows: list[dict[str, Any]]) -> list[Reading]:
-    model = READING_TYPES[kind]  # type: ignore[index]
+def readings(kind: str, district: str, rows: list[dict[str, Any]]) -> list[BaseReading]:
+    model = reading_types()[kind]  # type: ignore[index]
     return [model.model_validate(r, context={"district": district}) for r in rows]
 
 
-def emit_all(kind: str, items: list[Reading]) -> list[Any]:
+def emit_all(kind: str, items: list[BaseReading]) -> list[Any]:
     engine = engines_for(load_city(None))[kind]
     store: dict[str, bytes] = {}
     out = engine.process(items, store, offset=0)

@@ -23,8 +23,9 @@ from pydantic import SecretStr
 from citystream.settings import InfluxSettings
 from citystream.topics import KPI_RECORDS, PIPELINE_COUNTERS, SINK_DEADLETTER, TELEMETRY, Topics
 from ingest.kafka_sink import MemorySink
+from kinds.water import WaterKpi
 from models.errors import RecordError
-from models.records import Alert, WaterKpi, record_to_json
+from models.records import Alert, record_to_json
 from streams.sink import (
     InfluxSink,
     InfluxWriter,

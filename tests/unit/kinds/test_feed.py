@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kinds.feed import FeedEngine
 from models import kinds
 from models.city import City, parse_city
 from models.errors import CityModelError
 from models.readings import BaseReading
-from streams.kpi.feeds import FeedEngine
 from tests.oracle.feeds import compute_feed_points
 from tests.unit.streams.test_engine import CITY_TOML, MIN, MONDAY, Run, assert_same
 
@@ -154,7 +154,11 @@ def feed_table(kind: str) -> dict[str, Any]:
 
 
 def engine_of(city: City, kind: str) -> FeedEngine:
-    return FeedEngine(next(f for f in city.feeds if f.kind == kind), city)
+    spec = kinds.get(kind)
+    assert spec is not None and spec.feed is not None
+    engine = spec.engine(city)
+    assert isinstance(engine, FeedEngine)
+    return engine
 
 
 def reading(city: City, kind: str, district: str, **fields: Any) -> BaseReading:

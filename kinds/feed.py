@@ -1,6 +1,8 @@
-"""The KPI maths of a declared feed (CONTRACT section 5): the aggregation vocabulary.
+"""A feed declared in the city file (CONTRACT section 5) as a kind: `feed_kind(spec)`.
 
-`FeedEngine` is a `KindEngine` built from a `FeedSpec`: windows, dedupe, lateness, late
+Its reading model and KPI record come from `models.feeds`; its raw points are measurement
+`<kind>` with tags district, sensor_id and the entity field. `FeedEngine`, its KPI maths, is a
+`KindEngine` built from the `FeedSpec`: windows, dedupe, lateness, late
 correction, the quiet-window timer and the store layout are the shared engine's; this module
 only says what a window accumulates and how its KPIs, target figures and alerts follow.
 
@@ -18,14 +20,16 @@ Boolean fields count as 1 and 0.
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
-from models import kinds
 from models.city import City
-from models.feeds import FeedSpec
+from models.feeds import FeedSpec, FieldType, kpi_model, reading_model
+from models.kinds import KindSpec
+from models.raw import SEQ, PointType, RawSchema
 from models.records import Alert, Kpi
 from streams.kpi.alerts import AlertKey, AlertRules
-from streams.kpi.engine import KindEngine, _bounded, _Entity
+from streams.kpi.engine import Entity, KindEngine, bounded
 
 _STAT_AGGS = ("sum", "mean", "min", "max")
 
@@ -35,16 +39,15 @@ class FeedEngine(KindEngine):
 
     carries_values = True
 
-    def __init__(self, feed: FeedSpec, city: City, *, grace_s: int | None = None,
-                 horizon_s: int | None = None, rules: AlertRules | None = None) -> None:
+    def __init__(self, feed: FeedSpec, kpi_type: type[Kpi], city: City, *,
+                 grace_s: int | None = None, horizon_s: int | None = None,
+                 rules: AlertRules | None = None) -> None:
         self.feed = feed
         self.kind = feed.kind
         self.window_s = feed.window_s
         self.window_tag = feed.window_tag
         self.has_rolling = feed.target is not None
-        registered = kinds.get(feed.kind)
-        self.kpi_type: type[Kpi] = (registered.kpi_type if registered and registered.feed == feed
-                                    else kinds.feed_kind(feed).kpi_type)
+        self.kpi_type = kpi_type
         super().__init__(city, grace_s=grace_s, horizon_s=horizon_s, rules=rules)
         self._entity_field = feed.entity
         stat_fields = sorted({k.field for k in feed.kpis if k.agg in _STAT_AGGS and k.field})
@@ -197,15 +200,15 @@ class FeedEngine(KindEngine):
             mean = rolling[0] / rolling[1]
             fields[f"{target.kpi}_24h"] = mean
             fields["on_track"] = target.met(mean)
-        return _bounded(self.kpi_type, **fields)
+        return bounded(self.kpi_type, **fields)
 
     # -- alerts ------------------------------------------------------------------------------
 
-    def _emissions(self, entity: str, ent: _Entity, touched: set[int]) -> list[Kpi]:
+    def _emissions(self, entity: str, ent: Entity, touched: set[int]) -> list[Kpi]:
         self._newest_before = max(ent.emitted, default=-1)
         return super()._emissions(entity, ent, touched)
 
-    def record_alerts(self, ent: _Entity, records: list[Kpi], active: set[AlertKey],
+    def record_alerts(self, ent: Entity, records: list[Kpi], active: set[AlertKey],
                       ) -> list[Alert]:
         """Rules are judged on windows newer than every window emitted before, in order; a
         late correction of an older window does not raise or clear an alert again."""
@@ -233,6 +236,22 @@ class FeedEngine(KindEngine):
         return alerts
 
 
-def feed_engines(city: City, **kw: Any) -> dict[str, KindEngine]:
-    """One engine per declared feed of the city."""
-    return {feed.kind: FeedEngine(feed, city, **kw) for feed in city.feeds}
+_POINT_TYPES: Final[dict[FieldType, PointType]] = {
+    "number": "float", "integer": "int", "boolean": "bool", "string": "str"}
+
+
+def raw_schema(feed: FeedSpec) -> RawSchema:
+    """A declared feed's raw points: measurement `<kind>`, tags district, the entity field (when
+    it is not the district) and sensor_id; every other declared field a field of its type."""
+    tags = (("district", "district"), *((name, name) for name in feed.entity_fields),
+            ("sensor_id", "sensor_id"))
+    fields = tuple((name, _POINT_TYPES[spec.type], not spec.optional)
+                   for name, spec in feed.fields.items() if name not in feed.entity_fields)
+    return RawSchema(feed.kind, tags, (*fields, SEQ))
+
+
+def feed_kind(feed: FeedSpec) -> KindSpec:
+    """The registry entry of a declared feed."""
+    kpi_type = kpi_model(feed)
+    return KindSpec(feed.kind, feed.title, reading_model(feed), kpi_type, feed.entity,
+                    raw_schema(feed), partial(FeedEngine, feed, kpi_type), feed=feed)
