@@ -78,7 +78,8 @@ class FeedEngine(KindEngine):
     # -- accumulating ------------------------------------------------------------------------
 
     def entity(self, reading: Any) -> str:
-        return str(getattr(reading, self._entity_field))
+        entity: str = getattr(reading, self._entity_field)  # a validated str field
+        return entity
 
     def new_acc(self, entity: str) -> dict[str, Any]:
         acc: dict[str, Any] = {"r": 0}
@@ -135,7 +136,7 @@ class FeedEngine(KindEngine):
         self.add(acc, reading, None)
         if not self._deltas:
             return None
-        latest = list(carried) if carried else [None] * len(self._deltas)
+        latest = carried if carried is not None else [None] * len(self._deltas)
         for i, (name, keys) in enumerate(self._deltas):
             value = getattr(reading, name)
             if value is None:

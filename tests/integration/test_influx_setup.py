@@ -5,6 +5,7 @@ roll-up task's output equal to hourly aggregates computed here."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from collections import defaultdict
@@ -25,7 +26,8 @@ from deploy.influxdb.provision import (
     task_name,
 )
 from deploy.local.stack import Stack
-from models.records import Record
+from models.feeds import FeedSpec, kpi_model
+from models.records import Alert, Record
 from tests.integration import kpi_seed
 from tests.integration.influx import HOUR_MS, Influx, hour_floor, influx_for_test
 from tests.unit.deploy.test_dashboards import grafana_queries
@@ -35,6 +37,57 @@ pytestmark = pytest.mark.influxdb
 NOW_MS = int(time.time() * 1000)
 HOUR = hour_floor(NOW_MS)
 SEED_START = HOUR - 30 * HOUR_MS
+
+# the shipped city's feeds (air_quality, car_park, bus_occupancy), which the committed dashboards
+# show; their entities are none of the built-in kinds', so a feed panel that filtered by a
+# built-in variable (or the wrong measurement) would find no rows
+FEEDS = dashboards.shipped_feeds()
+FEED_ENTITIES = {"air_quality": ("wolverton", "newport-pagnell"),
+                 "car_park": ("cp-station", "cp-theatre"), "bus_occupancy": ("300", "41")}
+
+
+def feed_entities(feed: FeedSpec) -> tuple[str, str]:
+    return FEED_ENTITIES.get(feed.kind, (f"{feed.kind.replace('_', '-')}-a",
+                                         f"{feed.kind.replace('_', '-')}-b"))
+
+
+def feed_kpis(feed: FeedSpec, start_ms: int, end_ms: int, seed: int) -> list[Record]:
+    """Every window of `feed` ending in (start_ms, end_ms] for its two entities, every KPI
+    set (counts integer), with a target also its rolling figure and on_track."""
+    rng = random.Random(seed)
+    cls = kpi_model(feed)
+    window_ms = feed.window_s * 1000
+    out: list[Record] = []
+    for entity in feed_entities(feed):
+        for end in range((start_ms // window_ms + 1) * window_ms, end_ms + 1, window_ms):
+            data: dict[str, Any] = {feed.entity: entity, "window_end_ms": end}
+            for kpi in feed.kpis:
+                if kpi.is_integer:
+                    data[kpi.name] = rng.randint(0, 30)
+                elif feed.target is not None and kpi.name == feed.target.kpi:
+                    data[kpi.name] = feed.target.limit * rng.uniform(0.5, 1.5)
+                else:
+                    data[kpi.name] = rng.uniform(0.0, 100.0)
+            if feed.target is not None:
+                rolling = feed.target.limit * rng.uniform(0.7, 1.3)
+                data[f"{feed.target.kpi}_24h"] = rolling
+                data["on_track"] = feed.target.met(rolling)
+            out.append(cls.model_validate(data))
+    return out
+
+
+def feed_alerts(feed: FeedSpec, at_ms: int) -> list[Record]:
+    """The feed's first alert rule raised and cleared on its first entity, its last rule
+    raised (and still active) on its second."""
+    first, second = feed_entities(feed)
+    out: list[Record] = []
+    for entity, rule, ts_ms, active in (
+            (first, feed.alerts[0], at_ms, True), (first, feed.alerts[0], at_ms + 600_000, False),
+            (second, feed.alerts[-1], at_ms + 1_200_000, True)):
+        beyond = 1.0 if rule.above is not None else -1.0
+        out.append(kpi_seed.alert(entity, rule.rule, ts_ms, active, kind=feed.kind,
+                                  value=rule.threshold + beyond, threshold=rule.threshold))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +102,10 @@ def seeded(stack: Stack) -> Iterator[tuple[Influx, list[Record]]]:
         kpi_seed.alert("j-portway-h5", "congestion", HOUR - 2 * HOUR_MS, True, kind="traffic",
                        value=1.2, threshold=0.8),
     ]
+    for n, feed in enumerate(FEEDS):
+        records += feed_kpis(feed, SEED_START, HOUR, seed=10 + n)
+        if feed.alerts:
+            records += feed_alerts(feed, HOUR - (12 - n) * HOUR_MS)
     records += kpi_seed.counters("ingest", "0", HOUR - 2 * HOUR_MS, 30)
     records += kpi_seed.counters("ingest", "1", HOUR - 2 * HOUR_MS, 20)
     records += kpi_seed.counters("worker", "0", HOUR - 2 * HOUR_MS, 25)
@@ -58,7 +115,9 @@ def seeded(stack: Stack) -> Iterator[tuple[Influx, list[Record]]]:
 
 
 VARIABLE_VALUES = {"district": list(kpi_seed.DISTRICTS), "junction": list(kpi_seed.JUNCTIONS),
-                   "route": list(kpi_seed.ROUTES)}
+                   "route": list(kpi_seed.ROUTES),
+                   **{dashboards.feed_variable(feed).var: list(feed_entities(feed))
+                      for feed in FEEDS}}
 
 
 def runnable(query: str, bucket: str) -> str:
@@ -162,9 +221,47 @@ def test_bar_panels_show_each_entitys_newest_figure(seeded: tuple[Influx, list[R
 def test_active_alerts_panel(seeded: tuple[Influx, list[Record]]) -> None:
     influx, _ = seeded
     rows = influx.flux(runnable(dashboards.ACTIVE_ALERTS, influx.kpi))
+    # the feeds' alerts are older than the built-in kinds', the later feed's the newer
+    feeds = [(f.kind, feed_entities(f)[1], f.alerts[-1].rule) for f in reversed(FEEDS)
+             if f.alerts]
     assert [(r["kind"], r["entity"], r["rule"]) for r in rows] == [
-        ("traffic", "j-portway-h5", "congestion"), ("water", "central-mk", "leak")]
+        ("traffic", "j-portway-h5", "congestion"), ("water", "central-mk", "leak"), *feeds]
     assert rows[0]["value"] == 1.2 and rows[0]["message"] == "congestion on j-portway-h5"
+
+
+def test_variables_list_the_seeded_entities(seeded: tuple[Influx, list[Record]]) -> None:
+    influx, _ = seeded
+    variables = [v for d in dashboards.DASHBOARDS for v in d.variables]
+    assert {v.var for v in variables} == set(VARIABLE_VALUES)
+    for variable in variables:
+        rows = influx.flux(runnable(variable.query, influx.kpi))
+        assert sorted(r["_value"] for r in rows) == sorted(VARIABLE_VALUES[variable.var]), \
+            variable.var
+
+
+@pytest.mark.parametrize("feed", [f for f in FEEDS if f.target is not None],
+                         ids=lambda f: f.kind)
+def test_feed_on_track_panel_shows_each_entitys_newest(seeded: tuple[Influx, list[Record]],
+                                                       feed: FeedSpec) -> None:
+    influx, records = seeded
+    panel = _panel(f"{feed.title}: on track")
+    rows = influx.flux(runnable(dashboards.render_query(panel.query, True), influx.kpi))
+    want = _latest(records, feed.measurement, feed.entity, "on_track")
+    assert len(want) == 2
+    assert {r[feed.entity]: r["_value"] for r in rows} == {k: int(v) for k, v in want.items()}
+
+
+@pytest.mark.parametrize("feed", [f for f in FEEDS if f.alerts], ids=lambda f: f.kind)
+def test_feed_alerts_panel_lists_the_feeds_alerts(seeded: tuple[Influx, list[Record]],
+                                                  feed: FeedSpec) -> None:
+    influx, records = seeded
+    panel = _panel(f"{feed.title}: alerts")
+    rows = influx.flux(runnable(dashboards.render_query(panel.query, True), influx.kpi))
+    mine = sorted((r for r in records if isinstance(r, Alert) and r.kind == feed.kind),
+                  key=lambda r: r.ts_ms, reverse=True)
+    assert len(mine) == 3
+    assert [(r["entity"], r["rule"], r["active"], r["value"], r["threshold"]) for r in rows] == [
+        (a.entity, a.rule, a.active, a.value, a.threshold) for a in mine]
 
 
 def test_pipeline_counters_panel(seeded: tuple[Influx, list[Record]]) -> None:
