@@ -111,7 +111,8 @@ def _env(name: str) -> str:
               show_default=True, envvar=_env("SIZE"), show_envvar=True,
               help="Multiply the city file's meters and traffic counters by this. District and "
                    "junction totals stay on their baselines (each sensor's share shrinks), so "
-                   "KPIs are unchanged while the message rate grows.")
+                   "KPIs are unchanged while the message rate grows. Declared feeds keep their "
+                   "sensor count.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               envvar=_env("BATCH"), show_envvar=True,
               help="Readings per message: a gateway buffers N readings of one sensor and "
@@ -151,8 +152,9 @@ def _env(name: str) -> str:
               help="Inject a fault: KIND=RATE, repeatable. Message faults (probability per "
                    "message): invalid_json, too_large, bad_topic, schema, non_finite, "
                    "out_of_range, sensor_mismatch, future_timestamp, too_old, duplicate, "
-                   "reorder. Sensor faults (probability per reading): meter_reset, silent, "
-                   "clock_skew. See docs/simulator.md.")
+                   "reorder. Sensor faults (probability per reading): meter_reset (registers "
+                   "and feed counters), silent, clock_skew. Declared feeds get them all. See "
+                   "docs/simulator.md.")
 @click.option("--faults", "all_faults", type=click.FloatRange(0, 0.09),
               envvar=_env("FAULTS"), show_envvar=True,
               help="Every fault kind at this rate (--fault overrides single kinds).")
@@ -187,8 +189,12 @@ def sim(city_file: Path | None, seed: int, start_text: str | None, speed: float,
 
     Water and energy meters, junction traffic counters and autonomous shuttles, modelled on
     Milton Keynes' MK:Smart programme, publish on city/<district>/<kind>/<sensor_id> exactly as
-    the contract says, from --gateways connections. Faults on demand (--fault), each recorded
-    with the dead-letter reason ingest must give (--record).
+    the contract says, from --gateways connections. Every feed the city file declares
+    ([[feeds]], e.g. air_quality, car_park, bus_occupancy in the shipped city) is simulated too,
+    from its field definitions: plausible values within each field's min/max, counters that
+    only grow (until a meter_reset), ratio fields within their `of`, a reading every max(60,
+    window_s / 4) s. Faults on demand (--fault, for feeds too), each recorded with the
+    dead-letter reason ingest must give (--record).
 
     \b
     Examples:
@@ -282,9 +288,12 @@ def sim(city_file: Path | None, seed: int, start_text: str | None, speed: float,
                                   keepalive_s=mqtt.keepalive_s, tls_ca=mqtt.tls_ca)
         target = f"mqtt://{host or mqtt.host}:{port or mqtt.port} via {gateways} gateways"
     per_min = _readings_per_sim_minute(simulation)
-    click.echo(f"sim: {city.name}, {simulation.n_sensors} sensors (~{per_min:,.0f} readings "
-               f"per simulated minute) -> {target}; start {iso_utc(start_ms)}, speed "
-               f"{speed:g}, seed {seed}" + (f", faults {rates}" if rates else ""), err=True)
+    declared = [k.name for k in simulation.kinds if k.feed is not None]
+    click.echo(f"sim: {city.name}, {simulation.n_sensors} sensors"
+               + (f" (declared feeds: {', '.join(declared)})" if declared else "")
+               + f" (~{per_min:,.0f} readings per simulated minute) -> {target}; start "
+               f"{iso_utc(start_ms)}, speed {speed:g}, seed {seed}"
+               + (f", faults {rates}" if rates else ""), err=True)
     show = stderr_if_tty() if progress is None else (sys.stderr if progress else None)
     recorder = Recorder(record_path) if record_path is not None else None
     pacing = Pacing(speed=speed, rate=rate, realtime=not dry_run, horizon_ms=horizon_ms)
@@ -308,11 +317,7 @@ def _scenario(text: str) -> Scenario:
 
 
 def _readings_per_sim_minute(simulation: Simulation) -> float:
-    c = simulation.config
-    counts = {k.name: len(k.ids) for k in simulation.kinds}
-    return 60 * ((counts["water"] + counts["energy"]) / c.meter_interval_s
-                 + counts["traffic"] / c.traffic_interval_s
-                 + counts["shuttle"] / c.shuttle_interval_s)
+    return sum(60_000 * len(k.ids) / k.interval_ms for k in simulation.kinds)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -14,17 +14,22 @@ Two families, each drawn with its own rate (a probability):
   `silent` (share of readings lost to sensors that go quiet for 10-60 simulated minutes; the
   last reading before the gap carries the label), `clock_skew` (share of readings from
   sensors whose clock is off by 5-91 s, never a whole second, for 15-90 minutes). The `leak`
-  label (from --leak-district) belongs to this family too.
+  label (from --leak-district) belongs to this family too. For declared feeds `meter_reset`
+  restarts the feed's counter fields (a counter rolling over at its `max` is labelled the same).
 
-The functions here are pure: randomness comes in as uniforms in [0, 1).
+The functions here are pure: randomness comes in as uniforms in [0, 1). The reading faults of a
+declared feed (`FeedFaults`) are derived from its field definitions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
 import orjson
+
+from models.feeds import FeedSpec
 
 INVALID_FAULTS: Final = ("bad_topic", "too_large", "invalid_json", "schema", "non_finite",
                          "out_of_range", "sensor_mismatch", "future_timestamp", "too_old")
@@ -202,6 +207,71 @@ def out_of_range(kind: str, reading: dict[str, Any], u: float) -> dict[str, Any]
     name, value = options[int(u * len(options))]
     broken[name] = value
     return broken
+
+
+class FeedFaults:
+    """`schema`, `non_finite` and `out_of_range` for a declared feed, from its field definitions
+    (the built-in kinds' tables above, derived instead of written down).
+
+    schema: `ts`, `sensor_id` or a required field missing, or a wrong JSON type in any field
+    (`"twelve"` for a number, `12.5` for an integer, `"yes"` for a boolean, `42` for a
+    string). non_finite: NaN or +-Infinity in a number or integer field (`seq` when there is
+    none). out_of_range: a number or integer field just outside its `min` or `max` (`seq`
+    negative when no field has a bound).
+    """
+
+    _WRONG: Final[dict[str, Any]] = {
+        "number": "twelve", "integer": 12.5, "boolean": "yes", "string": 42}
+    _LIMIT: Final = 2.0 ** 52
+    """Bounds beyond this are not broken: a float cannot step just outside them."""
+
+    def __init__(self, feed: FeedSpec) -> None:
+        fields = feed.fields
+        self.missing = ("ts", "sensor_id", *(n for n, f in fields.items() if not f.optional))
+        self.wrong: tuple[tuple[str, Any], ...] = (
+            ("ts", "yesterday"), ("ts", "2026-11-21 06:15"),
+            *((n, self._WRONG[f.type]) for n, f in fields.items()))
+        self.finite = tuple(n for n, f in fields.items()
+                            if f.type in ("number", "integer")) or ("seq",)
+        bounds: list[tuple[str, bool, float, bool]] = []  # (field, above, bound, integer)
+        for name, spec in fields.items():
+            integer = spec.type == "integer"
+            if spec.min is not None and abs(spec.min) < self._LIMIT:
+                bounds.append((name, False, spec.min, integer))
+            if spec.max is not None and abs(spec.max) < self._LIMIT:
+                bounds.append((name, True, spec.max, integer))
+        self.bounds = tuple(bounds) or (("seq", False, 0.0, True),)
+
+    def schema(self, reading: dict[str, Any], u: float) -> dict[str, Any]:
+        """A reading with a required field missing or a field of the wrong JSON type."""
+        broken = dict(reading)
+        i = int(u * (len(self.missing) + len(self.wrong)))
+        if i < len(self.missing):
+            broken.pop(self.missing[i], None)
+        else:
+            name, value = self.wrong[i - len(self.missing)]
+            broken[name] = value
+        return broken
+
+    def non_finite(self, reading: dict[str, Any], u: float) -> dict[str, Any]:
+        """A reading with NaN, Infinity or -Infinity in one number field (serialise it with
+        `dumps`)."""
+        broken = dict(reading)
+        i = int(u * len(self.finite) * len(_NON_FINITE))
+        broken[self.finite[i // len(_NON_FINITE)]] = _NAN_MARK + _NON_FINITE[i % len(_NON_FINITE)]
+        return broken
+
+    def out_of_range(self, reading: dict[str, Any], u: float) -> dict[str, Any]:
+        """A well-typed reading with one value just outside its field's bounds."""
+        broken = dict(reading)
+        name, above, bound, integer = self.bounds[int(u * len(self.bounds))]
+        if integer:
+            step = 1 + int(u * 30)
+            broken[name] = math.floor(bound) + step if above else math.ceil(bound) - step
+        else:
+            v = 0.5 + round(u * 37, 2)
+            broken[name] = bound + v if above else bound - v
+        return broken
 
 
 def sensor_mismatch(reading: dict[str, Any], other_id: str) -> dict[str, Any]:

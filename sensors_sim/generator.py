@@ -1,18 +1,25 @@
 """The simulation: a deterministic stream of MQTT messages for simulated time, no transport.
 
-`Simulation(city, config).messages()` yields `Message`s in publish order. Simulated time
-advances in ticks (the greatest common divisor of the sensor intervals); every sensor reports
-once per interval at a fixed phase and a fixed sub-tick jitter, so a reading's `ts` is at most
-one tick before the simulated clock (`Message.sim_time_ms`) and never after it. Everything
-random comes from one seed through separate numpy generators (meters, traffic, shuttles, sensor
-faults, message faults, layout), so the stream depends only on the city, the config and the
-seed: the same inputs give the same bytes. Faults follow `sensors_sim.faults`.
+`Simulation(city, config).messages()` yields `Message`s in publish order. Sensors form two
+lanes: the built-in kinds (water, energy, traffic, shuttle) and the city file's declared feeds
+(`sensors_sim.feeds`, every `[[feeds]]` table, no code per feed). A lane advances in ticks (the
+greatest common divisor of its sensor intervals; the feed lane's also divides the built-in
+one); every sensor reports once per interval at a fixed phase and a fixed sub-tick jitter, so a
+reading's `ts` is at most one tick of its lane before the simulated clock
+(`Message.sim_time_ms`) and never after it. Everything random comes from one seed through
+separate numpy generators (meters, traffic, shuttles, sensor faults, message faults, layout;
+the feed lane has its own sensor-fault, message-fault and layout generators and one value
+generator per feed), so the stream depends only on the city, the config and the seed: the same
+inputs give the same bytes, and the built-in kinds' messages are the same whatever feeds the
+city declares (feed messages are interleaved in publish order). Faults follow
+`sensors_sim.faults`.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,8 +32,9 @@ import numpy as np
 import orjson
 
 from models.city import City
-from sensors_sim import faults, profiles
-from sensors_sim.faults import DUPLICATE, VALID, Expected
+from sensors_sim import faults, feeds, profiles
+from sensors_sim.faults import DUPLICATE, VALID, Expected, FeedFaults
+from sensors_sim.feeds import FeedFleet
 from sensors_sim.fleets import MeterFleet, TrafficCounters
 from sensors_sim.profiles import F64, I64, Bools
 from sensors_sim.shuttle import ShuttleFleet
@@ -37,6 +45,10 @@ TsFormat = Literal["ms", "utc", "local"]
 TS_FORMATS: Final[dict[str, TsFormat]] = {
     "water": "ms", "energy": "utc", "traffic": "ms", "shuttle": "local"}
 """How each kind writes `ts`: epoch ms, RFC 3339 in UTC (`Z`), RFC 3339 with the city's offset."""
+FEED_TS_FORMAT: Final[TsFormat] = "ms"
+"""How declared feeds write `ts`."""
+FEED_SEEDS: Final = 7
+"""Spawn key of the feed lane's generators: the built-in ones are children 0-6 of the seed."""
 SILENT_S: Final = (600, 3600)
 SKEW_S: Final = (900, 5400)
 SKEW_MS: Final = (5_001, 90_999)
@@ -68,7 +80,11 @@ class SimConfig:
 def lookback_ms(config: SimConfig) -> int:
     """How much older than its sim time a message's oldest reading can be: a batch spans
     `batch` intervals, a reordered message is held up to 3 more, a duplicate repeats a message
-    at most this old, and clock skew adds up to 91 s."""
+    at most this old, and clock skew adds up to 91 s.
+
+    Declared feeds stay within the same bound whatever their interval: a feed sensor's batch
+    never spans more than `batch` built-in intervals and its reordered messages are held for
+    at most 3 of those (`Simulation`), so the city's feeds never narrow `--start`."""
     longest = max(config.meter_interval_s, config.traffic_interval_s, config.shuttle_interval_s)
     return (4 * config.batch * longest + 91) * 1000
 
@@ -89,23 +105,51 @@ class Message:
     """The simulated clock when the message is handed to the broker (never before any `ts`)."""
 
 
+class _Lane:
+    """Kinds that tick together and share their fault streams: the sensor-fault generator, the
+    message-fault uniforms, the pool duplicates come from and the queue of held messages."""
+
+    def __init__(self, step_ms: int, rng_sensor: np.random.Generator,
+                 rng_msg: np.random.Generator, pool_age_ms: int) -> None:
+        self.step_ms = step_ms
+        self.rng_sensor = rng_sensor
+        self.uniform = _Uniforms(rng_msg)
+        self.pool: deque[Message] = deque(maxlen=POOL_SIZE)
+        self.pool_age_ms = pool_age_ms  # duplicates repeat recent messages
+        self.held: list[tuple[int, int, Message]] = []  # (due sim ms, order, message)
+        self.held_count = 0
+        self.kinds: list[_Kind] = []
+
+
 class _Kind:
     """The sensors of one kind: ids, topics, phases and the fleet that makes their readings."""
 
     def __init__(self, name: str, ids: list[str], districts: list[str], interval_s: int,
-                 step_ms: int, offset: int, layout: np.random.Generator) -> None:
+                 lane: _Lane, offset: int, layout: np.random.Generator, *, batch: int,
+                 longest_s: int, counters: bool, feed: FeedFleet | None = None) -> None:
         self.name = name
         self.ids = ids
         self.topics = [f"city/{d}/{name}/{s}" for d, s in zip(districts, ids, strict=True)]
         self.districts = districts
         self.interval_ms = interval_s * 1000
+        self.batch = max(1, min(batch, batch * longest_s // interval_s))
+        """Readings per message: `--batch`, but never spanning more than `--batch` intervals of
+        the longest built-in kind (so long-interval feeds keep within `lookback_ms`)."""
+        self.hold_interval_ms = min(interval_s, longest_s) * 1000
+        """A reordered message is held for 1-3 x batch of these."""
+        self.lane = lane
         self.offset = offset
-        self.fmt = TS_FORMATS[name]
+        self.fmt = TS_FORMATS.get(name, FEED_TS_FORMAT)
+        self.counters = counters
+        """Whether `meter_reset` applies (registers, feed counters)."""
+        self.feed = feed
+        self.feed_faults = FeedFaults(feed.feed) if feed is not None else None
         self.sensor_cuts = (0.0, 0.0, 0.0)
-        self.phases = self.interval_ms // step_ms
+        self.phases = self.interval_ms // lane.step_ms
         phase = layout.integers(0, self.phases, len(ids))
         self.groups = {p: np.flatnonzero(phase == p).astype(np.int64)
                        for p in range(self.phases) if np.any(phase == p)}
+        lane.kinds.append(self)
 
 
 class _Uniforms:
@@ -149,12 +193,14 @@ class Simulation:
         self.horizon_ms = 1000 * (config.horizon_s if config.horizon_s is not None
                                   else city.windows.horizon_s)
         self.tz = ZoneInfo(city.timezone)
-        self.step_ms = 1000 * math.gcd(*intervals)
+        self.step_ms = 1000 * math.gcd(*intervals)  # the built-in lane's tick
         seeds = np.random.SeedSequence(config.seed).spawn(7)
         rng_water, rng_energy, rng_traffic, rng_shuttle, rng_sensor, rng_msg, rng_layout = (
             np.random.default_rng(s) for s in seeds)
-        self.rng_sensor = rng_sensor
-        self.uniform = _Uniforms(rng_msg)
+        self.longest_s = max(intervals)
+        self.builtin = _Lane(self.step_ms, rng_sensor, rng_msg,
+                             config.batch * 1000 * self.longest_s)
+        self.lanes = [self.builtin]
         self.message_rates = {k: v for k, v in rates.items() if k in faults.MESSAGE_FAULTS}
         self.sensor_rates = {k: v for k, v in rates.items() if k in faults.SENSOR_FAULTS}
 
@@ -190,9 +236,14 @@ class Simulation:
                 ("traffic", self.traffic.ids, self.traffic.districts,
                  config.traffic_interval_s),
                 ("shuttle", shuttle_ids, shuttle_districts, config.shuttle_interval_s)):
-            self.kinds.append(_Kind(name, ids, districts, interval, self.step_ms, offset,
-                                    rng_layout))
+            self.kinds.append(_Kind(name, ids, districts, interval, self.builtin, offset,
+                                    rng_layout, batch=config.batch, longest_s=self.longest_s,
+                                    counters=name in ("water", "energy")))
             offset += len(ids)
+        jitters = [rng_layout.integers(0, self.step_ms, offset).astype(np.int64)]
+        self.loop_step_ms = self.step_ms
+        if city.feeds:
+            offset = self._add_feeds(city, offset, jitters)
         self.n_sensors = offset
         for kind in self.kinds:
             kind.sensor_cuts = self._sensor_cuts(kind)
@@ -201,28 +252,54 @@ class Simulation:
         all_ids = [s for k in self.kinds for s in k.ids]
         if len(set(all_ids)) != len(all_ids):
             raise ValueError("sensor ids collide; shorten district or junction ids")
-        self.jitter = rng_layout.integers(0, self.step_ms, offset).astype(np.int64)
+        self.jitter = np.concatenate(jitters)
         self.gateway = self._gateways(config.gateways)
         self.gateway_of: list[int] = self.gateway.tolist()
         self.seq = np.zeros(offset, dtype=np.int64)
         self.silent_until = np.full(offset, -1, dtype=np.int64)
         self.skew_until = np.full(offset, -1, dtype=np.int64)
         self.skew_ms = np.zeros(offset, dtype=np.int64)
-        batch = config.batch
         self._buffers: list[list[dict[str, Any]]] = [[] for _ in range(offset)]
         self._buffer_ts: list[list[int]] = [[] for _ in range(offset)]
         self._buffer_labels: list[set[str] | None] = [None] * offset
-        self._flush_at = [(g % batch) + 1 for g in range(offset)]  # staggered first batches
+        self._flush_at = [(g % k.batch) + 1 for k in self.kinds  # staggered first batches
+                          for g in range(k.offset, k.offset + len(k.ids))]
         self._out: list[Message] = []
-        self._pool: deque[Message] = deque(maxlen=POOL_SIZE)
-        self._held: list[tuple[int, int, Message]] = []  # (due sim ms, order, message)
-        self._held_count = 0
-        self.pool_age_ms = batch * 1000 * max(intervals)  # duplicates repeat recent messages
         self._tick = 0
         self._valid: dict[int, tuple[Expected, ...]] = {}
-        self.first_tick_ms = (config.start_ms // self.step_ms + 1) * self.step_ms
+        self.first_tick_ms = (config.start_ms // self.loop_step_ms + 1) * self.loop_step_ms
 
     # -- set-up helpers -------------------------------------------------------------------
+
+    def _add_feeds(self, city: City, offset: int, jitters: list[I64]) -> int:
+        """The declared feeds' kinds, on a lane of their own with generators of their own
+        (children of the seed that the built-in kinds never use), so the built-in kinds'
+        messages stay the same byte for byte. Returns the new sensor count."""
+        seed = self.config.seed
+        rng_sensor, rng_msg, rng_layout = (
+            np.random.default_rng(s)
+            for s in np.random.SeedSequence(seed, spawn_key=(FEED_SEEDS,)).spawn(3))
+        intervals = [feeds.interval_s(f) for f in city.feeds]
+        step_ms = 1000 * math.gcd(self.step_ms // 1000, *intervals)
+        lane = _Lane(step_ms, rng_sensor, rng_msg, self.config.batch * 1000 * self.longest_s)
+        prefixes = feeds.sensor_prefixes(f.kind for f in city.feeds)
+        start = offset
+        for feed, interval in zip(city.feeds, intervals, strict=True):
+            rng = np.random.default_rng(np.random.SeedSequence(
+                seed, spawn_key=(FEED_SEEDS + 1, zlib.crc32(feed.kind.encode()))))
+            fleet = FeedFleet(feed, city, rng, prefixes[feed.kind])
+            if not fleet.ids:
+                continue
+            self.kinds.append(_Kind(feed.kind, fleet.ids, fleet.districts, interval, lane,
+                                    offset, rng_layout, batch=self.config.batch,
+                                    longest_s=self.longest_s, counters=fleet.has_counters,
+                                    feed=fleet))
+            offset += len(fleet.ids)
+        if offset > start:
+            jitters.append(rng_layout.integers(0, step_ms, offset - start).astype(np.int64))
+            self.lanes.append(lane)
+            self.loop_step_ms = step_ms
+        return offset
 
     def _progress_fn(self) -> Callable[[I64], F64]:
         start, ramp_ms = self.config.start_ms, max(self.config.ramp_s, 1.0) * 1000
@@ -246,7 +323,7 @@ class Simulation:
             episode = max(1.0, (seconds[0] + seconds[1]) / 2 / interval_s)
             return min(1.0, rate / (episode * max(1e-9, 1.0 - rate)))
 
-        reset = rates.get("meter_reset", 0.0) if kind.name in ("water", "energy") else 0.0
+        reset = rates.get("meter_reset", 0.0) if kind.counters else 0.0
         silent = start_p(rates.get("silent", 0.0), SILENT_S)
         skew = start_p(rates.get("clock_skew", 0.0), SKEW_S)
         return reset, reset + silent, reset + silent + skew
@@ -273,17 +350,23 @@ class Simulation:
     # -- the stream -----------------------------------------------------------------------
 
     def messages(self) -> Iterator[Message]:
-        """Messages in publish order, tick after tick, for ever."""
-        step = self.step_ms
+        """Messages in publish order, tick after tick, for ever (at a tick of both lanes the
+        built-in kinds' messages come first)."""
+        step = self.loop_step_ms
+        lanes = self.lanes
         t = self.first_tick_ms
         while True:
             self._tick = t
-            for kind in self.kinds:
-                group = kind.groups.get((t // step) % kind.phases)
-                if group is not None:
-                    self._emit(kind, group, t)
-            if self._held:
-                self._release_held(t)
+            for lane in lanes:
+                lane_step = lane.step_ms
+                if t % lane_step:
+                    continue
+                for kind in lane.kinds:
+                    group = kind.groups.get((t // lane_step) % kind.phases)
+                    if group is not None:
+                        self._emit(kind, group, t)
+                if lane.held:
+                    self._release_held(lane, t)
             if self._out:
                 out, self._out = self._out, []
                 yield from out
@@ -299,9 +382,10 @@ class Simulation:
         skewed: Bools | None = None
         ts_out = ts
         if self.sensor_rates:
+            rng_sensor = kind.lane.rng_sensor
             silent = self.silent_until[g] > ts
             skewed_now = self.skew_until[g] > ts
-            u = self.rng_sensor.random(n)
+            u = rng_sensor.random(n)
             eligible = ~silent & ~skewed_now
             c1, c2, c3 = kind.sensor_cuts
             reset = eligible & (u < c1)
@@ -309,16 +393,16 @@ class Simulation:
             new_skew = eligible & (u >= c2) & (u < c3)
             if new_silent.any():
                 hit = g[new_silent]
-                self.silent_until[hit] = ts[new_silent] + 1000 * self.rng_sensor.integers(
+                self.silent_until[hit] = ts[new_silent] + 1000 * rng_sensor.integers(
                     *SILENT_S, len(hit))
             if new_skew.any():
                 hit = g[new_skew]
                 size = len(hit)
-                self.skew_until[hit] = ts[new_skew] + 1000 * self.rng_sensor.integers(
+                self.skew_until[hit] = ts[new_skew] + 1000 * rng_sensor.integers(
                     *SKEW_S, size)
-                amount = self.rng_sensor.integers(*SKEW_MS, size)
+                amount = rng_sensor.integers(*SKEW_MS, size)
                 amount += amount % 1000 == 0  # never a whole second: no clash with other ts
-                sign = np.where(self.rng_sensor.random(size) < 0.5, -1, 1)
+                sign = np.where(rng_sensor.random(size) < 0.5, -1, 1)
                 self.skew_ms[hit] = sign * amount
                 skewed_now = skewed_now | new_skew
             if not reset.any():
@@ -330,7 +414,11 @@ class Simulation:
         ids = [kind.ids[i] for i in local.tolist()]
         seqs = self.seq[g].tolist()
         leaking: I64 | None = None
-        if kind.name == "water":
+        if kind.feed is not None:
+            readings, rolled = kind.feed.step(local, ts, ids, ts_values, seqs, reset)
+            if rolled is not None:  # a counter rolled over at its max: a reset too
+                reset = rolled if reset is None else reset | rolled
+        elif kind.name == "water":
             readings, leaking = self.water.step(local, ts, ids, ts_values, seqs, reset, tick)
         elif kind.name == "energy":
             readings, _ = self.energy.step(local, ts, ids, ts_values, seqs, reset, tick)
@@ -392,7 +480,7 @@ class Simulation:
                 self._buffers[gi] = []
                 self._buffer_ts[gi] = []
                 self._buffer_labels[gi] = None
-                self._flush_at[gi] = self.config.batch
+                self._flush_at[gi] = kind.batch
 
     def _shuttle_step(self, local: I64, ts: I64, ids: list[str], ts_values: list[Any],
                       seqs: list[int]) -> list[dict[str, Any]]:
@@ -431,6 +519,7 @@ class Simulation:
     def _finish(self, kind: _Kind, local: int, readings: list[dict[str, Any]],
                 ts_list: list[int], labels: set[str] | None) -> None:
         tick = self._tick
+        lane = kind.lane
         gi = kind.offset + local
         topic = kind.topics[local]
         gateway = self.gateway_of[gi]
@@ -442,14 +531,15 @@ class Simulation:
             self._put(Message(topic, orjson.dumps(doc), gateway, n, tags, self._valid_for(n),
                               oldest))
             return
-        fault = faults.pick(self.message_rates, faults.MESSAGE_FAULTS, self.uniform()) \
+        uniform = lane.uniform
+        fault = faults.pick(self.message_rates, faults.MESSAGE_FAULTS, uniform()) \
             if self.message_rates else None
         if fault is None or fault == "duplicate":
             msg = Message(topic, orjson.dumps(doc), gateway, n, (), self._valid_for(n), oldest)
-            pool = self._pool
-            while pool and pool[0].sim_time_ms < tick - self.pool_age_ms:
+            pool = lane.pool
+            while pool and pool[0].sim_time_ms < tick - lane.pool_age_ms:
                 pool.popleft()
-            source = pool[int(self.uniform() * len(pool))] \
+            source = pool[int(uniform() * len(pool))] \
                 if fault == "duplicate" and pool else None
             self._put(msg)
             pool.append(msg)
@@ -458,14 +548,14 @@ class Simulation:
                                   source.readings, ("duplicate",),
                                   (DUPLICATE,) * len(source.expected), source.oldest_ts_ms))
             return
-        u = self.uniform()
+        u = uniform()
         if fault == "reorder":
             msg = Message(topic, orjson.dumps(doc), gateway, n, ("reorder",),
                           self._valid_for(n), oldest)
             lo, hi = HOLD_INTERVALS
-            hold_ms = int((lo + u * (hi - lo)) * self.config.batch * kind.interval_ms)
-            heapq.heappush(self._held, (tick + hold_ms, self._held_count, msg))
-            self._held_count += 1
+            hold_ms = int((lo + u * (hi - lo)) * self.config.batch * kind.hold_interval_ms)
+            heapq.heappush(lane.held, (tick + hold_ms, lane.held_count, msg))
+            lane.held_count += 1
             return
         bad = (Expected(False, fault, False),)
         if fault == "bad_topic":
@@ -480,14 +570,17 @@ class Simulation:
             self._put(Message(topic, faults.invalid_json(orjson.dumps(doc), u), gateway, n,
                               (fault,), bad, oldest))
             return
-        i = int(self.uniform() * n)
+        i = int(uniform() * n)
         r = readings[i]
+        custom = kind.feed_faults
         if fault == "schema":
-            broken = faults.schema(kind.name, r, u)
+            broken = faults.schema(kind.name, r, u) if custom is None else custom.schema(r, u)
         elif fault == "non_finite":
-            broken = faults.non_finite(kind.name, r, u)
+            broken = faults.non_finite(kind.name, r, u) if custom is None \
+                else custom.non_finite(r, u)
         elif fault == "out_of_range":
-            broken = faults.out_of_range(kind.name, r, u)
+            broken = faults.out_of_range(kind.name, r, u) if custom is None \
+                else custom.out_of_range(r, u)
         elif fault == "sensor_mismatch":
             broken = faults.sensor_mismatch(r, self._other_id(kind, local))
         elif fault == "future_timestamp":
@@ -516,9 +609,9 @@ class Simulation:
         msg.sim_time_ms = self._tick
         self._out.append(msg)
 
-    def _release_held(self, tick: int) -> None:
-        """Publish held-back (reordered) messages that are due, after the tick's own."""
-        held = self._held
+    def _release_held(self, lane: _Lane, tick: int) -> None:
+        """Publish a lane's held-back (reordered) messages that are due, after its tick's own."""
+        held = lane.held
         while held and held[0][0] <= tick:
             _, _, late = heapq.heappop(held)
             late.sim_time_ms = tick

@@ -1,4 +1,5 @@
-"""Demand profiles: how much water, energy, traffic and shuttle demand there is at a given time.
+"""Demand profiles: how much water, energy, traffic and shuttle demand there is at a given time
+(and the activity shape that drives the simulated values of declared feeds).
 
 Everything here is a pure function of the minute of the week (UTC, Monday 00:00 = minute 0, the
 same convention as the city model's hour-of-week baselines). Two directions:
@@ -116,6 +117,14 @@ def shuttle_demand() -> F64:
     commute = np.where(weekday, 1.0, 0.15) * (_bump(hour, 8.0, 0.8) + 0.9 * _bump(hour, 17.5, 1.0))
     shopping = np.where(day == 5, 0.8, np.where(day == 6, 0.55, 0.45)) * _plateau(hour, 9.5, 18.5)
     return np.asarray(0.05 + commute + shopping, dtype=np.float64)
+
+
+def activity_shape() -> F64:
+    """Relative level of a declared feed's gauges per week minute (weekly mean 1): the traffic
+    profile lifted off zero, so nights sit at about 0.65 and the weekday peaks at about 1.8
+    (pollution, car park and bus occupancy all follow the city's daily rhythm)."""
+    lifted = 0.5 + traffic_shape()
+    return np.asarray(lifted / lifted.mean(), dtype=np.float64)
 
 
 def hourly_means(per_minute: F64) -> F64:

@@ -6,13 +6,16 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from models import kinds
 from models.city import City, load_city
+from models.feeds import FeedSpec
 from sensors_sim.generator import Message, SimConfig, Simulation
 
-TOPIC = re.compile(r"city/([a-z0-9][a-z0-9-]{0,62})/(water|energy|traffic|shuttle)/"
+TOPIC = re.compile(r"city/([a-z0-9][a-z0-9-]{0,62})/([a-z][a-z0-9_]{0,30})/"
                    r"([A-Za-z0-9_-]{1,64})")
 ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
@@ -20,11 +23,13 @@ HORIZON_MS = 86_400_000
 MONDAY = 1794787200000  # 2026-11-16T00:00:00Z, a Monday
 
 Outcome = tuple[bool, str | None]
+Rule = tuple[bool, str, float | None, float | None, bool]
 
-# field -> (required, type, low, high, low_open); type: "num", "int", "str", "id", "bool"
-_COMMON: dict[str, tuple[bool, str, float | None, float | None, bool]] = {
+# field -> (required, type, low, high, low_open); type: "num", "int", "str", "id", "bool",
+# "line" (a declared feed's string: one line of at most 256 characters)
+_COMMON: dict[str, Rule] = {
     "seq": (False, "int", 0, None, False)}
-_FIELDS: dict[str, dict[str, tuple[bool, str, float | None, float | None, bool]]] = {
+_FIELDS: dict[str, dict[str, Rule]] = {
     "water": {"volume_m3": (True, "num", 0, None, False),
               "flow_l_min": (False, "num", 0, None, False),
               "pressure_bar": (False, "num", 0, 25, False)},
@@ -48,6 +53,17 @@ _FIELDS: dict[str, dict[str, tuple[bool, str, float | None, float | None, bool]]
 }
 
 
+_FEED_TYPES = {"number": "num", "integer": "int", "boolean": "bool", "string": "line"}
+
+
+def feed_rules(feed: FeedSpec) -> dict[str, Rule]:
+    """The contract's section 5 rules of a declared feed's fields, read from its spec."""
+    return {name: (not spec.optional,
+                   "id" if name == feed.entity else _FEED_TYPES[spec.type],
+                   spec.min, spec.max, False)
+            for name, spec in feed.fields.items()}
+
+
 def ts_ms(value: Any) -> int:
     """A reading's `ts` (epoch ms or RFC 3339) as epoch ms."""
     if isinstance(value, int):
@@ -64,12 +80,15 @@ def _type_ok(kind: str, value: Any) -> bool:
         return type(value) is str and ID.fullmatch(value) is not None
     if kind == "str":
         return type(value) is str
+    if kind == "line":
+        return type(value) is str and len(value) <= 256 and not set(value) & {"\n", "\r"}
     if kind == "bool":
         return type(value) is bool
     return value in ("in_service", "charging", "out_of_service")
 
 
-def _reading(kind: str, sensor_id: str, r: Any, received_ms: int, horizon_ms: int) -> Outcome:
+def _reading(kind: str, fields: dict[str, Rule], sensor_id: str, r: Any, received_ms: int,
+             horizon_ms: int) -> Outcome:
     if type(r) is not dict:
         return False, "schema"
     sid, ts = r.get("sensor_id"), r.get("ts")
@@ -77,15 +96,15 @@ def _reading(kind: str, sensor_id: str, r: Any, received_ms: int, horizon_ms: in
         return False, "schema"
     if not (type(ts) is int or (type(ts) is str and RFC3339.fullmatch(ts))):
         return False, "schema"
-    rules = {**_COMMON, **_FIELDS[kind]}
+    rules = {**_COMMON, **fields}
     for name, (required, typ, _, _, _) in rules.items():
         if name not in r or (r[name] is None and not required):
             if required:
                 return False, "schema"
             continue
         value = r[name]
-        if type(value) is float and not math.isfinite(value) and typ == "num":
-            continue  # non_finite, checked next
+        if type(value) is float and not math.isfinite(value) and typ in ("num", "int"):
+            continue  # non_finite, checked next (NaN is no integer either, but not a schema)
         if not _type_ok(typ, value):
             return False, "schema"
     for name in rules:
@@ -113,11 +132,14 @@ def _reading(kind: str, sensor_id: str, r: Any, received_ms: int, horizon_ms: in
 
 
 def contract_check(topic: str, payload: bytes, received_ms: int,
-                   horizon_ms: int = HORIZON_MS) -> list[Outcome]:
+                   horizon_ms: int = HORIZON_MS,
+                   feeds: Sequence[FeedSpec] | None = None) -> list[Outcome]:
     """What the contract says about a message: one outcome per reading of an array of objects,
-    else one for the whole message."""
+    else one for the whole message. `feeds`: the city's declared feeds (default the shipped
+    city's)."""
     m = TOPIC.fullmatch(topic)
-    if m is None:
+    declared = {f.kind: f for f in (city().feeds if feeds is None else feeds)}
+    if m is None or (m.group(2) not in _FIELDS and m.group(2) not in declared):
         return [(False, "bad_topic")]
     if len(payload) > 65536:
         return [(False, "too_large")]
@@ -126,17 +148,21 @@ def contract_check(topic: str, payload: bytes, received_ms: int,
     except (UnicodeDecodeError, ValueError):
         return [(False, "invalid_json")]
     _, kind, sensor_id = m.groups()
+    fields = _FIELDS[kind] if kind in _FIELDS else feed_rules(declared[kind])
     if type(doc) is dict:
-        return [_reading(kind, sensor_id, doc, received_ms, horizon_ms)]
+        return [_reading(kind, fields, sensor_id, doc, received_ms, horizon_ms)]
     if type(doc) is list and doc:
-        return [_reading(kind, sensor_id, r, received_ms, horizon_ms) for r in doc]
+        return [_reading(kind, fields, sensor_id, r, received_ms, horizon_ms) for r in doc]
     return [(False, "invalid_json")]
 
 
-def decoded_outcomes(topic: str, payload: bytes, received_ms: int) -> list[Outcome]:
-    """The same, as ingest.decode sees it."""
+def decoded_outcomes(topic: str, payload: bytes, received_ms: int,
+                     feeds: Sequence[FeedSpec] | None = None) -> list[Outcome]:
+    """The same, as ingest.decode sees it (with `feeds`, default the shipped city's, as the
+    registered declared kinds)."""
     from ingest.decode import decode
 
+    kinds.activate(city().feeds if feeds is None else feeds)
     d = decode(topic, payload, received_ms)
     letters = d.dead_letters
     if letters and letters[0].index is None:  # the whole message, or its single object

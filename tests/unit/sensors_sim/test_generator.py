@@ -65,10 +65,13 @@ def test_every_kind_district_and_ts_format_appears() -> None:
     msgs = simulate(2000)
     kinds = {m.topic.split("/")[2] for m in msgs}
     districts = {m.topic.split("/")[1] for m in msgs}
-    assert kinds == {"water", "energy", "traffic", "shuttle"}
+    declared = {f.kind for f in city().feeds}  # air_quality, car_park, bus_occupancy
+    assert len(declared) == 3
+    assert kinds == {"water", "energy", "traffic", "shuttle"} | declared
     assert districts == {d.slug for d in city().districts}
     formats = {k: type(r["ts"]).__name__ for k, r in _readings(msgs)}
-    assert formats == {"water": "int", "energy": "str", "traffic": "int", "shuttle": "str"}
+    assert formats == {"water": "int", "energy": "str", "traffic": "int", "shuttle": "str",
+                       **dict.fromkeys(declared, "int")}
 
 
 def test_gateways_group_sensors_by_district() -> None:
