@@ -86,13 +86,15 @@ def up(home: Path | None, pipeline: bool, sim: bool) -> None:
     background until `citystream down`. Settings (env): CITYSTREAM_STACK__MQTT_PORT (1883),
     __KAFKA_PORT (9092), __KAFKA_CONTROLLER_PORT (9093), __INFLUXDB_PORT (8086), __HOME, __CACHE,
     __KAFKA_VERSION (3.9.1), __INFLUXDB_VERSION (2.7.12), __INFLUXDB_ORG, __BUCKET_TELEMETRY,
-    __BUCKET_KPI, __DASHBOARD_PORT (8080).
+    __BUCKET_KPI, __DASHBOARD_PORT (8080), __OPENDATA_PORT (8090).
 
     Then the pipeline: `citystream ingest`, `citystream worker`, the live dashboard
     (`citystream dashboard` on http://127.0.0.1:<dashboard port>/, reading InfluxDB with a
-    read-only token) and a simulated Milton Keynes (`citystream sim`) publishing readings, each
-    logging to <home>/logs/. They all read the city file CITYSTREAM_CITY__FILE (default: the
-    shipped Milton Keynes, with its declared feeds), which is checked first.
+    read-only token), the open data (`citystream opendata` on http://127.0.0.1:<opendata
+    port>/, docs/opendata.md) and a simulated Milton Keynes (`citystream sim`) publishing
+    readings, each logging to <home>/logs/. They all read the city file
+    CITYSTREAM_CITY__FILE (default: the shipped Milton Keynes, with its declared feeds), which
+    is checked first.
     """
     t0 = time.monotonic()
     if pipeline:
@@ -105,7 +107,8 @@ def up(home: Path | None, pipeline: bool, sim: bool) -> None:
         stack = _stack(home)
         stack.up()
         if pipeline:
-            stack.start_pipeline(Stack.PIPELINE if sim else ("ingest", "worker", "dashboard"))
+            stack.start_pipeline(Stack.PIPELINE if sim else ("ingest", "worker", "dashboard",
+                                                             "opendata"))
     except StackError as exc:
         _fail(exc)
     info = stack.client_info()
@@ -117,6 +120,7 @@ def up(home: Path | None, pipeline: bool, sim: bool) -> None:
                    f"and {info['influxdb']['buckets']['telemetry']}); "
                    f"`citystream status --json` has the token")
         click.echo(f"live dashboard: {info['dashboard']['url']}")
+        click.echo(f"open data (OGL v3.0): {info['opendata']['url']}catalog.jsonld")
 
 
 @main.command(context_settings=CONTEXT)
@@ -150,6 +154,7 @@ def status(home: Path | None, as_json: bool) -> None:
     click.echo(f"influxdb   {info['influxdb']['url']} org {info['influxdb']['org']} "
                f"buckets {', '.join(info['influxdb']['buckets'].values())}")
     click.echo(f"dashboard  {info['dashboard']['url']}")
+    click.echo(f"opendata   {info['opendata']['url']}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -180,10 +185,12 @@ def _register_components() -> None:
     from citystream.check import check
     from dashboard.cli import dashboard
     from ingest.cli import ingest
+    from opendata.cli import opendata
     from streams.cli import sink, worker
 
     main.add_command(check, "check")
     main.add_command(dashboard, "dashboard")
+    main.add_command(opendata, "opendata")
     main.add_command(report, "report")
     main.add_command(baseline, "baseline")
     main.add_command(ingest, "ingest")

@@ -86,6 +86,27 @@ class DashboardSettings(BaseModel):
     query_timeout_s: float = Field(10.0, gt=0, le=300)
 
 
+class OpenDataSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="address the open-data server binds to")
+    port: int = Field(8090, ge=1, le=65535)
+    token: SecretStr | None = Field(None, description="read-only InfluxDB token; "
+                                    "CITYSTREAM_INFLUX__READ_TOKEN when unset")
+    min_meters: int = Field(5, ge=1, le=100_000, description="water and energy windows with "
+                            "fewer meters reporting are withheld (GDPR)")
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s\"<>]+$",
+                                   description="the URL the public reaches the service at "
+                                   "(behind a proxy); http://<host>:<port> when unset")
+    publisher: str | None = Field(None, max_length=200, description="the publishing "
+                                  "organisation in the catalogue; the city's name when unset")
+    max_rows: int = Field(100_000, ge=1, le=10_000_000, description="most rows per request")
+    query_timeout_s: float = Field(10.0, gt=0, le=300)
+    lookback_d: int = Field(7, ge=1, le=3650, description="how far back the latest final "
+                            "window of an NGSI-LD entity is looked for")
+    cache_mb: int = Field(64, ge=0, le=65536, description="memory for cached answers")
+    live_cache_s: float = Field(0.0, ge=0, le=3600, description="cache answers about recent "
+                                "windows this long (0: computed per request)")
+
+
 class Settings(BaseSettings):
     """All of citystream's service settings."""
 
@@ -97,6 +118,7 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     city: CitySettings = CitySettings()
     dashboard: DashboardSettings = DashboardSettings()
+    opendata: OpenDataSettings = OpenDataSettings()
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

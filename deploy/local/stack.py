@@ -74,6 +74,7 @@ class StackSettings(BaseSettings):
     kafka_controller_port: int = 9093
     influxdb_port: int = 8086
     dashboard_port: int = 8080
+    opendata_port: int = 8090
     kafka_version: str = "3.9.1"
     kafka_heap: str = Field("1g", description="Kafka's JVM heap: fixed (-Xms = -Xmx, as Kafka's "
                             "own start script) and touched at start, so its memory is flat")
@@ -522,6 +523,7 @@ class Stack:
                          "buckets": {"telemetry": self.s.bucket_telemetry,
                                      "kpi": self.s.bucket_kpi}},
             "dashboard": {"url": f"http://{LOOPBACK}:{self.s.dashboard_port}/"},
+            "opendata": {"url": f"http://{LOOPBACK}:{self.s.opendata_port}/"},
         }
 
     def service_env(self) -> dict[str, str]:
@@ -563,6 +565,17 @@ class Stack:
                 "CITYSTREAM_DASHBOARD__TOKEN": creds.influxdb_read_token,
                 "CITYSTREAM_DASHBOARD__HOST": LOOPBACK,
                 "CITYSTREAM_DASHBOARD__PORT": str(self.s.dashboard_port)}
+
+    def opendata_env(self) -> dict[str, str]:
+        """Env for `citystream opendata`: the read-only token and the stack's opendata port;
+        the service credentials are blanked, as for the dashboard."""
+        creds = Credentials.load_or_create(self.home)
+        if not creds.influxdb_read_token:
+            self.ensure_read_token(creds)
+        return {**self.dashboard_env(), "CITYSTREAM_DASHBOARD__TOKEN": "",
+                "CITYSTREAM_OPENDATA__TOKEN": creds.influxdb_read_token,
+                "CITYSTREAM_OPENDATA__HOST": LOOPBACK,
+                "CITYSTREAM_OPENDATA__PORT": str(self.s.opendata_port)}
 
     def status(self) -> dict[str, Any]:
         info = self.client_info()
@@ -634,7 +647,7 @@ class Stack:
 
     # The pipeline -------------------------------------------------------------------------
 
-    PIPELINE = ("ingest", "worker", "dashboard", "sim")
+    PIPELINE = ("ingest", "worker", "dashboard", "opendata", "sim")
 
     def pipeline_argv(self, name: str) -> list[str]:
         """The citystream command each pipeline process runs."""
@@ -645,6 +658,7 @@ class Stack:
             "sim": ["sim", "--start", "now-6h", "--speed", str(self.s.sim_speed),
                     "--rate", str(self.s.sim_rate), "--no-progress"],
             "dashboard": ["dashboard"],
+            "opendata": ["opendata"],
         }[name]
 
     def start_pipeline(self, names: tuple[str, ...] = PIPELINE) -> None:
@@ -657,13 +671,17 @@ class Stack:
                 continue
             if name == "dashboard":
                 self._check_port(self.s.dashboard_port, "DASHBOARD_PORT")
-            env = self.dashboard_env() if name == "dashboard" else self.service_env()
+            if name == "opendata":
+                self._check_port(self.s.opendata_port, "OPENDATA_PORT")
+            env = {"dashboard": self.dashboard_env, "opendata": self.opendata_env}.get(
+                name, self.service_env)()
             t0 = time.monotonic()
             offset = svc.log.stat().st_size if svc.log.exists() else 0
             svc.spawn([sys.executable, "-m", "citystream", "-v", *self.pipeline_argv(name)],
                       env=env)
             self._save()
-            marker = {"sim": "", "dashboard": "dashboard running"}.get(name, f"{name} 0 running")
+            marker = {"sim": "", "dashboard": "dashboard running",
+                      "opendata": "opendata running"}.get(name, f"{name} 0 running")
 
             def started(svc: Service = svc, marker: str = marker, offset: int = offset) -> bool:
                 with svc.log.open("rb") as f:
