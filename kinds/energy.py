@@ -11,7 +11,7 @@ from models.raw import SEQ, RawSchema
 from models.readings import BaseReading, NonNegative
 from models.records import AlertCheck, Count, Kpi, Slug, WindowTag
 from streams.kpi.alerts import AlertSettings
-from streams.kpi.engine import bounded, saving_pct
+from streams.kpi.numbers import bounded, saving_pct
 
 
 class EnergyReading(BaseReading):

@@ -29,7 +29,9 @@ from models.kinds import KindSpec
 from models.raw import SEQ, PointType, RawSchema
 from models.records import Alert, Kpi
 from streams.kpi.alerts import AlertKey, AlertRules
-from streams.kpi.engine import Entity, KindEngine, bounded
+from streams.kpi.engine import KindEngine
+from streams.kpi.numbers import bounded
+from streams.kpi.state import Entity
 
 _STAT_AGGS = ("sum", "mean", "min", "max")
 

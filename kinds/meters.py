@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from models.city import District
-from streams.kpi.engine import KindEngine, fadd
+from streams.kpi.engine import KindEngine
+from streams.kpi.numbers import fadd
 
 
 class RegisterEngine(KindEngine):

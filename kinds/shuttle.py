@@ -16,7 +16,8 @@ from models.records import AlertCheck, Kpi, WindowTag
 from models.records import Count as CountField
 from models.records import EntityId as EntityTag
 from streams.kpi.alerts import AlertSettings
-from streams.kpi.engine import KindEngine, bounded, iadd
+from streams.kpi.engine import KindEngine
+from streams.kpi.numbers import bounded, iadd
 
 Status = Literal["in_service", "charging", "out_of_service"]
 ON_TIME_RANGE_S = (-60.0, 180.0)

@@ -16,7 +16,8 @@ from models.readings import BaseReading, Count, EntityId, Pct
 from models.records import AlertCheck, Kpi, Slug, WindowTag
 from models.records import EntityId as EntityTag
 from streams.kpi.alerts import AlertSettings
-from streams.kpi.engine import KindEngine, bounded, fadd, iadd, saving_pct
+from streams.kpi.engine import KindEngine
+from streams.kpi.numbers import bounded, fadd, iadd, saving_pct
 
 DEFAULT_FREE_FLOW_KMH = 48.0
 

@@ -2,9 +2,10 @@
 
 A kind is one unit, a `KindSpec`: its reading model, its KPI record, its raw-point schema, its
 engine and what dashboards show of it. The built-in kinds are Python modules, `kinds.<name>`,
-each ending with `KIND = KindSpec(...)`; `PYTHON_KINDS` names them, one line per kind (the
-modules are imported on first use, so this module sits below them). A feed declared in the city
-file (CONTRACT section 5) is the same interface, built by `kinds.feed` from its TOML.
+each ending with `KIND = KindSpec(...)`; `PYTHON_KINDS` names them, one line per kind. A feed
+declared in the city file (CONTRACT section 5) is the same interface, built by `kinds.feed` from
+its TOML. Like a plugin registry, this module finds those modules by name when first asked and
+imports none of them statically: it sits in the core, below the kinds it lists.
 
 The registry holds the Python kinds always and the declared feeds of the city this process runs:
 `load_city` calls `activate(city.feeds)` when a component starts, so ingest, worker, sink,
@@ -83,8 +84,7 @@ class _Registry:
         feeds = tuple(feeds)
         if feeds == self.feeds and self._python is not None:
             return
-        from kinds.feed import feed_kind
-
+        feed_kind = importlib.import_module("kinds.feed").feed_kind
         declared = {feed.kind: feed_kind(feed) for feed in feeds}
         self.kinds = {**self.python, **declared}
         self.feeds = feeds

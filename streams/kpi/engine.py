@@ -22,12 +22,10 @@ offline oracle (tests/oracle) and are listed in docs/contract.md.
 
 from __future__ import annotations
 
-import math
-import sys
 from collections import OrderedDict
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -36,22 +34,22 @@ from models.kinds import engines_for
 from models.readings import BaseReading
 from models.records import Alert, Kpi
 from streams.kpi.alerts import AlertKey, AlertRules
+from streams.kpi.numbers import fadd
+from streams.kpi.state import (
+    DELTA_SLOTS,
+    Entity,
+    Seen,
+    Store,
+    alerts_of_batch,
+    ckey,
+    delta_seq,
+    dkey,
+    skey,
+    stored,
+)
 
-Store = MutableMapping[str, bytes]
-K = TypeVar("K", bound=Kpi)
 DAY_MS = 86_400_000
-__all__ = ["DAY_MS", "Entity", "KindEngine", "Outcome", "Store", "bounded", "engines_for",
-           "fadd", "iadd", "saving_pct", "window_start"]
-
-
-def window_start(ts_ms: int, window_ms: int) -> int:
-    """Start of the epoch-aligned tumbling window holding `ts_ms` (a boundary starts a window)."""
-    return ts_ms - ts_ms % window_ms
-
-
-def saving_pct(actual: float, baseline: float) -> float:
-    """100 × (1 − actual / baseline); 0.0 when there is no positive baseline."""
-    return 100.0 * (1.0 - actual / baseline) if baseline > 0 else 0.0
+__all__ = ["DAY_MS", "KindEngine", "Outcome", "engines_for"]
 
 
 @dataclass
@@ -66,7 +64,6 @@ class Outcome:
     beyond_horizon: int = 0
 
 
-DELTA_SLOTS = 64
 SEEN_CACHE_WINDOWS = 256
 
 
@@ -93,14 +90,18 @@ class KindEngine:
         self.grace_ms = 1000 * (city.windows.grace_s if grace_s is None else grace_s)
         self.horizon_ms = 1000 * (city.windows.horizon_s if horizon_s is None else horizon_s)
         self._entities: dict[tuple[int, str], Entity] = {}
-        self._seen: OrderedDict[tuple[int, str, int], _Seen] = OrderedDict()
+        self._seen: OrderedDict[tuple[int, str, int], Seen] = OrderedDict()
 
     # -- per kind ----------------------------------------------------------------------------
 
     def entity(self, reading: Any) -> str:
+        """The entity a reading counts for (district, `district/junction`, route, a feed's
+        entity value); called once per reading. Readings of one entity share a Kafka key."""
         raise NotImplementedError
 
     def new_acc(self, entity: str) -> dict[str, Any]:
+        """A fresh accumulator for a window of `entity`, called when its first reading comes:
+        JSON-serialisable, without the engine's own keys (`streams.kpi.state.WINDOW_*`)."""
         raise NotImplementedError
 
     def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:
@@ -115,11 +116,16 @@ class KindEngine:
         raise NotImplementedError
 
     def summary(self, entity: str, start: int, acc: dict[str, Any]) -> list[float]:
-        """What the rolling 24 h figures need of a window, e.g. [actual, baseline]."""
+        """What the rolling 24 h figures need of a window, e.g. [actual, baseline]; called
+        after every batch that touched the window. The engine sums the summaries of an
+        entity's windows of the last 24 h element-wise and hands them to `record`."""
         return []
 
     def record(self, entity: str, start: int, acc: dict[str, Any],
                rolling: list[float]) -> Kpi:
+        """The KPI point of a window (stamped at its end) from its accumulator and the summed
+        `summary` of the 24 h ending at its end. Called whenever the window is (re)emitted:
+        it must be a pure function of its arguments, so a re-emission is the same point."""
         raise NotImplementedError
 
     # -- shared ------------------------------------------------------------------------------
@@ -142,7 +148,7 @@ class KindEngine:
             if offset is not None and offset <= ent.off:
                 out.duplicates += len(items)
                 out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
-                out.alerts.extend(_alerts_of_batch(store, entity, offset))
+                out.alerts.extend(alerts_of_batch(store, entity, offset))
                 continue
             try:
                 self._process_entity(entity, items, ent, store, out, offset)
@@ -164,6 +170,8 @@ class KindEngine:
         newest = ent.max
         accepted = 0
         store_id = id(store)
+        # Hot loop: a sensor's record `rec` is [ts, interval, value] (state.SENSOR_*) and a
+        # window's own keys are "n", "c", "s" (state.WINDOW_*), indexed literally for speed.
         for r in items:
             ts = r.ts_ms
             if newest is not None and ts < newest - self.horizon_ms:
@@ -243,7 +251,7 @@ class KindEngine:
             acc = ent.wins.get(start)
             if acc is None:  # accepted, then pruned in the same batch
                 continue
-            store[_ckey(entity, start, acc["c"])] = _stored(pairs)
+            store[ckey(entity, start, acc["c"])] = stored(pairs)
             acc["c"] += 1
             cached = self._seen.get((key, entity, start))
             if cached is not None:
@@ -251,33 +259,33 @@ class KindEngine:
         ent.seq += 1
         if offset is not None:
             ent.off = offset
-        delta = _stored({
+        delta = stored({
             "seq": ent.seq, "off": ent.off, "max": ent.max, "emitted": ent.emitted,
             "alerts": ent.alerts,
             "wins": {str(s): ent.wins.get(s) for s in touched | set(pruned)},
             "sensors": {sid: ent.sensors[sid] for sid in changed},
             # the batch's alert transitions, sent again if the batch is redelivered
             "raised": [a.model_dump() for a in alerts]})
-        store[_dkey(entity, ent.seq % DELTA_SLOTS)] = delta
+        store[dkey(entity, ent.seq % DELTA_SLOTS)] = delta
         ent.delta_bytes += len(delta)
         if ent.seq - ent.snap_seq >= DELTA_SLOTS - 1 or ent.delta_bytes >= ent.snap_bytes:
-            snapshot = _stored(ent.to_json())
-            store[_skey(entity)] = snapshot
+            snapshot = stored(ent.to_json())
+            store[skey(entity)] = snapshot
             ent.snap_seq, ent.snap_bytes, ent.delta_bytes = ent.seq, len(snapshot), 0
         for start, chunks in pruned.items():
             self._seen.pop((key, entity, start), None)
             for n in range(chunks):
-                store.pop(_ckey(entity, start, n), None)
+                store.pop(ckey(entity, start, n), None)
 
     def _seen_in(self, store: Store, entity: str, start: int, acc: dict[str, Any] | None,
-                 pending: dict[int, list[list[Any]]]) -> _Seen:
+                 pending: dict[int, list[list[Any]]]) -> Seen:
         """The (sensor, ts) pairs and sensors of a window, for readings that arrive out of
         order: loaded from the window's chunks once, then kept current."""
         key = (id(store), entity, start)
         seen = self._seen.get(key)
         chunks = 0 if acc is None else acc["c"]
         if seen is None:
-            seen = _Seen()
+            seen = Seen()
             for sid, ts in pending.get(start, ()):
                 seen.add(sid, ts)
             self._seen[key] = seen
@@ -286,7 +294,7 @@ class KindEngine:
         else:
             self._seen.move_to_end(key)
         while seen.count < chunks:  # chunks written since (by this worker or another one)
-            for sid, ts in orjson.loads(store.get(_ckey(entity, start, seen.count)) or b"[]"):
+            for sid, ts in orjson.loads(store.get(ckey(entity, start, seen.count)) or b"[]"):
                 seen.add(sid, ts)
             seen.count += 1
         return seen
@@ -296,8 +304,8 @@ class KindEngine:
         key = (id(store), entity)
         ent = self._entities.get(key)
         if ent is not None and ent.seq > 0:
-            now = _delta_seq(store.get(_dkey(entity, ent.seq % DELTA_SLOTS)))
-            after = _delta_seq(store.get(_dkey(entity, (ent.seq + 1) % DELTA_SLOTS)))
+            now = delta_seq(store.get(dkey(entity, ent.seq % DELTA_SLOTS)))
+            after = delta_seq(store.get(dkey(entity, (ent.seq + 1) % DELTA_SLOTS)))
             if now == ent.seq and (after is None or after < ent.seq):
                 return ent
             self._forget(store)
@@ -434,152 +442,3 @@ class KindEngine:
         return seq or None
 
 
-class Entity:
-    """One entity's state (district, junction or route).
-
-    In memory: the newest event time, the last applied source offset, the windows (sums, a
-    distinct-sensor count, a summary for the 24 h figures, how many dedupe chunks they have),
-    which were emitted, the active alerts, and per sensor [newest ts, usual interval, value].
-
-    In the store, per entity, only what batches change:
-    - `d|<entity>|<slot>`: one delta per applied batch (changed windows and sensors, and the
-      small fields) in a ring of DELTA_SLOTS: the batch's commit point, one write;
-    - `s|<entity>`: a snapshot of the whole state, rewritten after at most DELTA_SLOTS - 1
-      deltas and once the deltas since the last outweigh it, so writes stay in proportion to
-      the readings;
-    - `c|<entity>|<window start>|<n>`: the (sensor, ts) pairs a batch added to a window,
-      written once: read back only for readings that arrive out of order (dedupe).
-    Writes of one table reach its changelog in order, so after a crash the store holds a prefix
-    of them: a batch whose delta is missing never happened, and its redelivery writes the same
-    chunks again.
-    """
-
-    __slots__ = ("alerts", "delta_bytes", "emitted", "max", "next_silence", "off", "sensors",
-                 "seq", "snap_bytes", "snap_seq", "wins")
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.off = -1
-        self.max: int | None = None
-        self.emitted: list[int] = []
-        self.alerts: list[list[str]] = []
-        self.wins: dict[int, dict[str, Any]] = {}
-        self.sensors: dict[str, list[Any]] = {}
-        self.snap_seq = 0
-        self.snap_bytes = 0
-        self.delta_bytes = 0
-        self.next_silence = -1  # event time after which a sensor may fall silent; -1: sweep
-
-    def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "off": self.off, "max": self.max, "emitted": self.emitted,
-                "alerts": self.alerts, "wins": {str(s): a for s, a in self.wins.items()},
-                "sensors": self.sensors}
-
-    def apply(self, data: dict[str, Any]) -> None:
-        """Apply a snapshot or a delta read back from the store."""
-        self.seq, self.off, self.max = data["seq"], data["off"], data["max"]
-        self.emitted, self.alerts = data["emitted"], data["alerts"]
-        for s, acc in data["wins"].items():
-            if acc is None:
-                self.wins.pop(int(s), None)
-            else:
-                self.wins[int(s)] = acc
-        self.sensors.update(data["sensors"])
-
-    @classmethod
-    def read(cls, store: Store, entity: str) -> Entity:
-        ent = cls()
-        raw = store.get(_skey(entity))
-        if raw is not None:
-            ent.apply(orjson.loads(raw))
-            ent.snap_seq, ent.snap_bytes = ent.seq, len(raw)
-        deltas = []
-        for slot in range(DELTA_SLOTS):
-            raw = store.get(_dkey(entity, slot))
-            if raw is not None and (_delta_seq(raw) or 0) > ent.seq:
-                deltas.append(orjson.loads(raw))
-        for delta in sorted(deltas, key=lambda d: int(d["seq"])):
-            if delta["seq"] != ent.seq + 1:
-                break
-            ent.apply(delta)
-        return ent
-
-
-class _Seen:
-    """The (sensor, ts) pairs and the sensors of one window, and how many chunks they hold."""
-
-    __slots__ = ("count", "pairs", "sensors")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.pairs: set[tuple[str, int]] = set()
-        self.sensors: set[str] = set()
-
-    def add(self, sensor_id: str, ts: int) -> None:
-        self.pairs.add((sensor_id, ts))
-        self.sensors.add(sensor_id)
-
-
-def _alerts_of_batch(store: Store, entity: str, offset: int) -> list[Alert]:
-    """The alert transitions of the applied batch at `offset`, if its delta is still in the
-    ring (a redelivery after a crash comes within the last few batches)."""
-    for slot in range(DELTA_SLOTS):
-        raw = store.get(_dkey(entity, slot))
-        if raw is not None:
-            delta = orjson.loads(raw)
-            if delta["off"] == offset:
-                return [Alert.model_validate(a) for a in delta.get("raised", ())]
-    return []
-
-
-FLOAT_MAX = sys.float_info.max
-INT64_MAX = 2**63 - 1
-
-
-def fadd(a: float, b: float) -> float:
-    """a + b, saturated at the largest float (absurd but valid registers must not give inf)."""
-    return min(FLOAT_MAX, a + b)
-
-
-def iadd(a: int, b: int) -> int:
-    """a + b, saturated at InfluxDB's largest integer."""
-    return min(INT64_MAX, a + b)
-
-
-def bounded(cls: type[K], **fields: Any) -> K:
-    """Build a KPI record with figures derived from saturated sums kept finite and in range
-    (an overflowing ratio becomes the largest float of its sign, never inf or a refused
-    point)."""
-    for name, value in fields.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            fields[name] = 0.0 if math.isnan(value) else math.copysign(FLOAT_MAX, value)
-        elif type(value) is int and value > INT64_MAX:
-            fields[name] = INT64_MAX
-    return cls(**fields)
-
-
-def _stored(obj: Any) -> bytes:
-    """JSON for the store, right-sized: orjson (3.12 on) returns a buffer of at least 4 KiB
-    whatever the length, and a memory store keeps each value for days (measured: 15 MB per
-    hour of the city's event time, against 1 MB of JSON)."""
-    return bytes(memoryview(orjson.dumps(obj)))
-
-
-def _delta_seq(raw: bytes | None) -> int | None:
-    """The seq of a delta without parsing it all (deltas start with {"seq":N,)."""
-    if raw is None:
-        return None
-    head = bytes(raw[7:27]).split(b",", 1)[0]
-    return int(head)
-
-
-def _skey(entity: str) -> str:
-    return f"s|{entity}"
-
-
-def _dkey(entity: str, slot: int) -> str:
-    return f"d|{entity}|{slot}"
-
-
-def _ckey(entity: str, start: int, n: int) -> str:
-    return f"c|{entity}|{start}|{n}"

@@ -39,7 +39,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deploy.local.stack import Credentials, Stack
-from tests.integration.helpers import ALL_TIME, ROOT, Lane, read_kafka
+from tests.integration.helpers import ALL_TIME, ROOT, Lane, city_kinds, read_kafka
 from tests.oracle import parse_ts, read_recording
 
 CANARY_DISTRICT = "canary"
@@ -199,7 +199,7 @@ class Probe:
         admin: AIOKafkaAdminClient | None = None
         try:
             telemetry = await _partitions(consumer, [f"{prefix}telemetry.{k}" for k in
-                                                     ("water", "energy", "traffic", "shuttle")])
+                                                     city_kinds()])
             numbers = sorted(tp.partition for tp in telemetry if tp.topic == water)
             canary_tp = TopicPartition(water, DefaultPartitioner()(
                 CANARY_DISTRICT.encode(), numbers, numbers))
@@ -454,7 +454,7 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
     what Kafka holds, accepted the unique readings and dropped the rest as duplicates."""
     expected = Expected.from_rows(rows)
     prefix = lane.prefix
-    kinds = ("water", "energy", "traffic", "shuttle")
+    kinds = city_kinds()
     raw = read_kafka(lane.stack.client_info()["kafka"]["bootstrap"],
                      [*(f"{prefix}telemetry.{k}" for k in kinds), f"{prefix}telemetry.deadletter"],
                      timeout=120)
@@ -524,8 +524,19 @@ _KEY_FIELD = {"water": "volume_m3", "energy": "energy_kwh", "traffic": "vehicle_
               "shuttle": "lat"}
 
 
+def _key_fields() -> dict[str, str]:
+    """Kind -> the field whose value identifies a raw point: the built-in kinds' above, a
+    declared feed's first required number."""
+    from models import kinds
+
+    city_kinds()
+    return {spec.name: _KEY_FIELD.get(spec.name) or next(
+        name for name, point_type, required in spec.raw.fields
+        if required and point_type in ("float", "int")) for spec in kinds.specs()}
+
+
 def _key_value(kind: str, item: dict[str, Any]) -> float:
-    return float(item[_KEY_FIELD[kind]])
+    return float(item[_key_fields()[kind]])
 
 
 def flux_csv(stack: Stack, query: str) -> list[dict[str, str]]:
@@ -546,7 +557,7 @@ def flux_csv(stack: Stack, query: str) -> list[dict[str, str]]:
 def telemetry_points(stack: Stack, bucket: str) -> dict[tuple[str, str, int], float]:
     """(kind, sensor_id, ts_ms) -> the kind's key field, for every raw point in `bucket`."""
     fields = " or ".join(f'(r._measurement == "{k}" and r._field == "{f}")'
-                         for k, f in _KEY_FIELD.items())
+                         for k, f in _key_fields().items())
     rows = flux_csv(stack, f'from(bucket: "{bucket}") |> {ALL_TIME} '
                            f'|> filter(fn: (r) => {fields}) '
                            f'|> keep(columns: ["_time", "_value", "_measurement", "sensor_id"])')

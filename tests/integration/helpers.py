@@ -400,6 +400,16 @@ class Lane:
 CITY = ROOT / "models" / "cities" / "milton-keynes.toml"
 
 
+def city_kinds() -> tuple[str, ...]:
+    """Every kind the shipped city's readings come in: the built-in ones and its declared feeds
+    (the simulator publishes them all)."""
+    from models import kinds
+    from models.city import load_city
+
+    load_city(CITY)
+    return kinds.names()
+
+
 def start_of_run(hours_back: float = 20.0) -> str:
     """A fixed simulated start inside the late-data horizon, on a window boundary."""
     start = int(time.time() // 3600 * 3600 - hours_back * 3600)

@@ -459,7 +459,8 @@ class TestRebalance:
         consumer = FakeConsumer()
         sink, _, _ = make(consumer)
         asyncio.run(sink.start())
-        assert set(consumer.subscribed) == {*TELEMETRY.values(), KPI_RECORDS, PIPELINE_COUNTERS}
+        assert set(consumer.subscribed) == {*Topics().telemetry.values(), KPI_RECORDS,
+                                            PIPELINE_COUNTERS}
         assert consumer.listener is not None
 
     def test_batch_held_through_an_outage_is_dropped_after_a_rebalance(self) -> None:
