@@ -2,10 +2,23 @@
 
 Every component (sim, ingest, worker) reads the same `Settings`; secrets are `SecretStr` and never
 printed. `Settings.load()` turns a validation error into `ConfigError` naming the env var to fix.
+
+With no ``CITYSTREAM_MQTT__*``, ``CITYSTREAM_KAFKA__*`` or ``CITYSTREAM_INFLUX__*`` variable in the
+environment, `Settings.load()` finds the local stack that `citystream up` started (its home:
+``CITYSTREAM_STACK__HOME``, else ``$XDG_STATE_HOME/citystream``, else
+``~/.local/state/citystream``), fills the connection settings from its ``stack.json`` and
+``secrets.json`` exactly as ``eval "$(citystream env)"`` would, and says so on stderr. The local
+stack's files are read here, not through `deploy.local`, so this core module imports no
+component; `local_stack_env` is the one mapping from those files to settings, and
+`deploy.local.stack.Stack.service_env` uses it too.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +29,9 @@ from citystream.topics import Topics
 from models.errors import CitystreamError
 
 ENV_PREFIX = "CITYSTREAM_"
+CONNECTION_SECTIONS = ("MQTT", "KAFKA", "INFLUX")
+LOCAL_STACK_SERVICE_USER = "citystream"
+"""The MQTT user citystream's services log in as on the local stack (deploy/mosquitto/acl)."""
 
 
 class ConfigError(CitystreamError, ValueError):
@@ -122,10 +138,21 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
+        """The settings from the environment (`overrides` win), else from the local stack when
+        the environment has no connection settings (module docstring)."""
+        found = discover_local_stack(os.environ)
+        values = _nested(found[1]) if found else {}
+        for section, fields in overrides.items():
+            values[section] = ({**values[section], **fields}
+                               if isinstance(fields, dict) and section in values else fields)
         try:
-            return cls(**overrides)
+            settings = cls(**values)
         except ValidationError as exc:
             raise ConfigError(describe_errors(exc)) from None
+        if found:
+            print(f"using the local stack at {found[0]} (no CITYSTREAM_* settings in the "
+                  "environment)", file=sys.stderr, flush=True)
+        return settings
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings for a start-up log line, secrets masked."""
@@ -140,3 +167,65 @@ def describe_errors(exc: ValidationError) -> str:
         got = "***" if secret else repr(err.get("input"))
         lines.append(f"{name}: {err['msg']} (got {got})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def default_stack_home() -> Path:
+    """Where `citystream up` keeps the local stack unless ``CITYSTREAM_STACK__HOME`` says."""
+    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "citystream"
+
+
+def local_stack_env(info: Mapping[str, Any], secrets: Mapping[str, Any]) -> dict[str, str]:
+    """The ``CITYSTREAM_*`` settings that point a service at the local stack (what
+    `citystream env` prints): `info` is the stack's status object (``stack.json``, as
+    `citystream status --json` prints it), `secrets` its ``secrets.json``. The InfluxDB token is
+    the pipeline's write-only one, present once InfluxDB has been onboarded."""
+    influx = info["influxdb"]
+    read_token = str(secrets.get("influxdb_read_token", ""))
+    write_token = str(secrets.get("influxdb_write_token", ""))
+    return {
+        "CITYSTREAM_MQTT__HOST": str(info["mqtt"]["host"]),
+        "CITYSTREAM_MQTT__PORT": str(info["mqtt"]["port"]),
+        "CITYSTREAM_MQTT__USERNAME": LOCAL_STACK_SERVICE_USER,
+        "CITYSTREAM_MQTT__PASSWORD": str(secrets.get("mqtt_service_password", "")),
+        "CITYSTREAM_KAFKA__BOOTSTRAP": str(info["kafka"]["bootstrap"]),
+        "CITYSTREAM_INFLUX__URL": str(influx["url"]),
+        "CITYSTREAM_INFLUX__ORG": str(influx["org"]),
+        "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": str(influx["buckets"]["telemetry"]),
+        "CITYSTREAM_INFLUX__BUCKET_KPI": str(influx["buckets"]["kpi"]),
+        "CITYSTREAM_DASHBOARD__TOKEN": read_token,
+        "CITYSTREAM_INFLUX__READ_TOKEN": read_token,
+    } | ({"CITYSTREAM_INFLUX__TOKEN": write_token} if write_token else {})
+
+
+def discover_local_stack(environ: Mapping[str, str]) -> tuple[Path, dict[str, str]] | None:
+    """The local stack's home and the settings it gives, when `environ` has no connection
+    settings and the home has a ``stack.json``; variables set in `environ` are left out (they
+    win), and so are empty secrets."""
+    names = {name.upper() for name in environ}
+    if any(name.startswith(f"{ENV_PREFIX}{section}__")
+           for name in names for section in CONNECTION_SECTIONS):
+        return None
+    home_var = next((v for k, v in environ.items() if k.upper() == "CITYSTREAM_STACK__HOME"), "")
+    home = Path(home_var).expanduser() if home_var else default_stack_home()
+    state = home / "stack.json"
+    if not state.exists():
+        return None
+    try:
+        info = json.loads(state.read_text())
+        secrets_file = home / "secrets.json"
+        secrets = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
+        env = local_stack_env(info, secrets)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the local stack's {state} ({type(exc).__name__}: "
+                          f"{exc}): run `citystream up`, or set CITYSTREAM_MQTT__*, "
+                          "CITYSTREAM_KAFKA__* and CITYSTREAM_INFLUX__*") from None
+    return home, {k: v for k, v in env.items() if v and k not in names}
+
+
+def _nested(env: Mapping[str, str]) -> dict[str, Any]:
+    """``CITYSTREAM_INFLUX__URL=...`` -> ``{"influx": {"url": ...}}``."""
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        section, _, field = name.removeprefix(ENV_PREFIX).lower().partition("__")
+        out.setdefault(section, {})[field] = value
+    return out

@@ -4,8 +4,10 @@
 every start): it creates missing buckets and changes the retention of existing ones to the
 plan's, maps each bucket to an InfluxQL database of the same name (DBRP, retention policy
 `autogen`, so `/query?db=kpi` works), and creates or updates the downsampling task
-(tasks/kpi_1h.flux) from `kpi` into `kpi_1h`. `citystream up` calls it during onboarding;
-deploy/influxdb/init/ does the same for the Docker image with the `influx` CLI.
+(tasks/kpi_1h.flux) from `kpi` into `kpi_1h`. `read_authorization` keeps one read-only token per
+purpose, `write_authorization` makes a write-only one. `citystream up` calls these during
+onboarding; deploy/influxdb/init/ does the same for the Docker image with the `influx` CLI.
+Every request goes through `deploy.influxdb.admin`; its errors are `ProvisionError`s.
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from deploy.influxdb.admin import (
+    InfluxAdmin,
+    authorizations,
+    bucket_permissions,
+    create_authorization,
+    delete_authorization,
+    find_bucket,
+)
+from models.errors import ProvisionError
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +36,6 @@ DOWNSAMPLING_TASK_FILE = HERE / "tasks" / "kpi_1h.flux"
 MIN_RETENTION_S = 3600
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?:0|(?:[1-9][0-9]*[smhdw])+)$")
-
-
-class ProvisionError(RuntimeError):
-    """InfluxDB refused part of the set-up; the message names the request and the reason."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def parse_retention(text: str) -> int:
@@ -84,56 +85,12 @@ class Plan:
         return (self.telemetry, self.kpi, self.kpi_1h)
 
 
-class InfluxAdmin:
-    """A minimal JSON client for InfluxDB's /api/v2 management endpoints (token auth)."""
-
-    def __init__(self, url: str, token: str, timeout: float = 10.0) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-
-    def call(self, method: str, path: str, body: Any = None, **params: str) -> Any:
-        """One request; the decoded JSON answer (None when empty). `ProvisionError` on HTTP
-        errors, with InfluxDB's message."""
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path + query, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        req.add_header("Authorization", f"Token {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:5000]
-            raise ProvisionError(f"{method} {path}: HTTP {exc.code} {detail}",
-                                 exc.code) from None
-        return json.loads(raw) if raw else None
-
-    def org_id(self, org: str) -> str:
-        orgs = self.call("GET", "/api/v2/orgs", org=org).get("orgs", [])
-        if not orgs:
-            raise ProvisionError(f"org {org!r} does not exist (onboard InfluxDB first)")
-        return str(orgs[0]["id"])
-
-
 def _rules(retention_s: int) -> list[dict[str, Any]]:
     return [{"type": "expire", "everySeconds": retention_s}] if retention_s else []
 
 
 def _retention_of(bucket: dict[str, Any]) -> int:
     return sum(int(r.get("everySeconds", 0)) for r in bucket.get("retentionRules") or [])
-
-
-def find_bucket(admin: InfluxAdmin, org_id: str, name: str) -> dict[str, Any] | None:
-    """The bucket called `name`, or None. By name: a listing is paged, and an org may hold
-    more buckets than a page (InfluxDB answers 404 for a name it does not know)."""
-    try:
-        found = admin.call("GET", "/api/v2/buckets", orgID=org_id, name=name)["buckets"]
-    except ProvisionError as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return dict(found[0]) if found else None
 
 
 def ensure_buckets(admin: InfluxAdmin, org_id: str, buckets: tuple[Bucket, ...]) -> dict[str, str]:
@@ -190,3 +147,38 @@ def provision(admin: InfluxAdmin, plan: Plan) -> str:
         ensure_dbrp(admin, org_id, ids[bucket.name], bucket.name)
     return ensure_task(admin, org_id, downsampling_flux(plan.kpi.name, plan.kpi_1h.name),
                        task_name(plan.kpi_1h.name))
+
+
+def read_authorization(url: str, admin_token: str, org_id: str, bucket_ids: list[str],
+                       description: str, current: str = "") -> str:
+    """A token that may only READ `bucket_ids`: `current` if InfluxDB still has it with exactly
+    those permissions, else a new one. Other authorizations with `description` are deleted."""
+    admin = InfluxAdmin(url, admin_token)
+    want = sorted(("read", "buckets", bucket_id) for bucket_id in bucket_ids)
+    found = ""
+    for auth in authorizations(admin, org_id):
+        if auth.get("description") != description:
+            continue
+        perms = sorted((p["action"], p["resource"].get("type"), p["resource"].get("id"))
+                       for p in auth["permissions"])
+        if (current and auth.get("token") == current and perms == want
+                and auth.get("status") == "active" and not found):
+            found = current
+        else:
+            delete_authorization(admin, auth["id"])
+    if found:
+        return found
+    return create_authorization(admin, org_id, description, bucket_permissions(
+        "read", org_id, [bucket_id for _, _, bucket_id in want]))
+
+
+def write_authorization(admin: InfluxAdmin, org: str, buckets: list[str],
+                        description: str) -> str:
+    """A new token that may write the buckets named `buckets` and nothing else."""
+    org_id = admin.org_id(org)
+    found = {name: find_bucket(admin, org_id, name) for name in buckets}
+    missing = [name for name, bucket in found.items() if bucket is None]
+    if missing:
+        raise ProvisionError(f"InfluxDB has no bucket(s) {missing} in org {org}")
+    return create_authorization(admin, org_id, description, bucket_permissions(
+        "write", org_id, [str(bucket["id"]) for bucket in found.values() if bucket]))

@@ -14,7 +14,8 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from pydantic import SecretStr
 
 from citystream.settings import InfluxSettings
-from deploy.local.stack import Stack, read_authorization
+from deploy.influxdb.provision import read_authorization
+from deploy.local.stack import Stack
 from kinds.energy import EnergyKpi
 from kinds.shuttle import ShuttleKpi
 from kinds.traffic import TrafficKpi

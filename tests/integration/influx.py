@@ -14,7 +14,8 @@ from typing import Any
 
 from influxdb_client import InfluxDBClient
 
-from deploy.influxdb.provision import Bucket, InfluxAdmin, Plan, ProvisionError, provision
+from deploy.influxdb.admin import InfluxAdmin, ProvisionError
+from deploy.influxdb.provision import Bucket, Plan, provision
 from deploy.local.stack import Stack
 from models.records import Record, to_line_protocol
 

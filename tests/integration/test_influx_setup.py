@@ -17,14 +17,8 @@ from typing import Any
 import pytest
 
 from deploy import dashboards
-from deploy.influxdb.provision import (
-    Bucket,
-    InfluxAdmin,
-    Plan,
-    find_bucket,
-    provision,
-    task_name,
-)
+from deploy.influxdb.admin import InfluxAdmin, find_bucket
+from deploy.influxdb.provision import Bucket, Plan, provision, task_name
 from deploy.local.stack import Stack
 from models.feeds import FeedSpec, kpi_model
 from models.records import Alert, Record

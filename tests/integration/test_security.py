@@ -25,7 +25,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from citystream.settings import MqttSettings
-from deploy.local.stack import HERE, Credentials, Stack, mosquitto_config
+from deploy.local.mosquitto import HERE, mosquitto_config
+from deploy.local.stack import Credentials, Stack
 from ingest.mqtt_source import MqttSource
 from tests.integration.faults import lane_logs, secrets_in_logs
 from tests.integration.helpers import (

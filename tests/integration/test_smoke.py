@@ -130,7 +130,7 @@ def test_status_json_is_the_contract_object(stack: Stack) -> None:
     result = CliRunner().invoke(main, ["status", "--json", "--home", str(stack.home)])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert set(info) == {"mqtt", "kafka", "influxdb", "dashboard"}
+    assert set(info) == {"mqtt", "kafka", "influxdb", "dashboard", "opendata"}  # contract 4 + 6
     assert set(info["mqtt"]) == {"host", "port", "username", "password"}
     assert set(info["kafka"]) == {"bootstrap"}
     assert set(info["influxdb"]) == {"url", "org", "token", "buckets"}

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from citystream.settings import Settings
-from deploy.local.stack import MOSQUITTO_ACL_FILE, StackSettings
+from deploy.local.mosquitto import MOSQUITTO_ACL_FILE
+from deploy.local.stack import StackSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "deploy" / "compose" / "docker-compose.yml"

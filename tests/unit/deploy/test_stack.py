@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from pathlib import Path
 
 import pytest
 
-from deploy.local import stack as stack_mod
+from citystream.settings import ConfigError, Settings
+from deploy.local import kafka
 from deploy.local.stack import Credentials, Stack, StackError, StackSettings
+from deploy.local.supervision import check_port
+from models.errors import CitystreamError
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -21,9 +26,9 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 def test_missing_java_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(stack_mod.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(StackError, match="apt-get install -y openjdk-17-jre-headless"):
-        stack_mod.java_binary()
+        kafka.java_binary()
 
 
 def test_port_in_use_names_the_setting(tmp_path: Path) -> None:
@@ -31,9 +36,8 @@ def test_port_in_use_names_the_setting(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        st = Stack(StackSettings(home=tmp_path, mqtt_port=port), say=lambda _m: None)
         with pytest.raises(StackError, match="CITYSTREAM_STACK__MQTT_PORT"):
-            st._check_port(port, "MQTT_PORT")
+            check_port(port, "MQTT_PORT")
 
 
 def test_credentials_are_stable_and_private(tmp_path: Path) -> None:
@@ -83,3 +87,70 @@ def test_the_dashboard_gets_the_read_token_and_none_of_the_service_secrets(
     assert st.pipeline_argv("dashboard") == ["dashboard"]
     assert "dashboard" in Stack.PIPELINE
     assert st.client_info()["dashboard"] == {"url": "http://127.0.0.1:18123/"}
+
+
+def test_stack_errors_are_citystream_errors() -> None:
+    assert issubclass(StackError, CitystreamError)
+
+
+def _started_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """A home as `citystream up` leaves it (stack.json and secrets.json), with no CITYSTREAM_*
+    setting in the environment but its home."""
+    for name in list(os.environ):
+        if name.upper().startswith("CITYSTREAM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("CITYSTREAM_STACK__HOME", str(tmp_path))
+    st = Stack(StackSettings(home=tmp_path, mqtt_port=11883, kafka_port=19092,
+                             influxdb_port=18086), say=lambda _m: None)
+    creds = Credentials.load_or_create(tmp_path)
+    creds.influxdb_read_token, creds.influxdb_write_token = "read-only", "write-only"
+    creds.save(tmp_path)
+    st._save()
+    return st
+
+
+def test_settings_find_the_local_stack_as_citystream_env_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    st = _started_home(tmp_path, monkeypatch)
+    monkeypatch.setenv("CITYSTREAM_DASHBOARD__PORT", "18080")
+    found = Settings.load()
+    monkeypatch.delenv("CITYSTREAM_STACK__HOME")
+    for name, value in st.service_env().items():
+        monkeypatch.setenv(name, value)
+    assert found == Settings.load()
+    assert found.influx.token is not None
+    assert found.influx.token.get_secret_value() == "write-only"
+    assert found.dashboard.port == 18080
+    err = capsys.readouterr().err
+    assert err.count("using the local stack") == 1
+    assert f"using the local stack at {tmp_path} (no CITYSTREAM_* settings" in err
+
+
+def test_explicit_settings_win_over_the_local_stack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _started_home(tmp_path, monkeypatch)
+    monkeypatch.setenv("CITYSTREAM_DASHBOARD__TOKEN", "mine")
+    token = Settings.load().dashboard.token
+    assert token is not None and token.get_secret_value() == "mine"
+    monkeypatch.setenv("CITYSTREAM_INFLUX__URL", "http://influx.example:8086")
+    s = Settings.load()
+    assert s.influx.url == "http://influx.example:8086"
+    assert s.influx.token is None and s.mqtt.port == 1883          # nothing taken from the stack
+    assert capsys.readouterr().err.count("using the local stack") == 1
+
+
+def test_without_a_local_stack_the_defaults_stay(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _started_home(tmp_path, monkeypatch)
+    monkeypatch.setenv("CITYSTREAM_STACK__HOME", str(tmp_path / "elsewhere"))
+    assert Settings.load() == Settings()
+
+
+def test_an_unreadable_stack_file_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _started_home(tmp_path, monkeypatch)
+    (tmp_path / "stack.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"stack\.json"):
+        Settings.load()
