@@ -1,4 +1,9 @@
-"""The `citystream` command line: one entry point for the local stack and every component."""
+"""The `citystream` command line: one entry point for the local stack and every component.
+
+The top layer: it imports the components' commands only when one is run (`LazyGroup`), so
+`citystream worker` loads the worker and what it needs, and no dashboard, simulator or
+benchmark code.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,21 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from deploy.local.stack import Stack, StackError, StackSettings
+from models.errors import StackError
+
+if TYPE_CHECKING:
+    from deploy.local.stack import Stack
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _stack(home: Path | None) -> Stack:
+    from deploy.local.stack import Stack, StackSettings
+
     overrides: dict[str, Any] = {"home": home} if home else {}
     return Stack(StackSettings(**overrides))
 
@@ -27,7 +37,41 @@ home_option = click.option(
          "[default: ~/.local/state/citystream].")
 
 
-@click.group(context_settings=CONTEXT)
+class LazyGroup(click.Group):
+    """A group whose component commands are imported when first looked up, by module path."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # command name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            import importlib
+
+            module, attribute = self.lazy[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+COMPONENTS: dict[str, str] = {
+    "check": "citystream.check:check",
+    "ingest": "ingest.cli:ingest",
+    "worker": "streams.cli:worker",
+    "sink": "streams.cli:sink",
+    "dashboard": "dashboard.cli:dashboard",
+    "opendata": "opendata.cli:opendata",
+    "report": "analysis.cli:report",
+    "baseline": "analysis.cli:baseline",
+    "sim": "sensors_sim.cli:sim",
+    "bench": "bench.cli:bench",
+}
+"""The components' commands, imported when run (or listed by --help)."""
+
+
+@click.group(cls=LazyGroup, lazy=COMPONENTS, context_settings=CONTEXT)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """citystream: smart-city telemetry from MQTT to live KPIs in InfluxDB.
@@ -175,30 +219,3 @@ def env(home: Path | None) -> None:
         sys.exit(3)
     for name, value in stack.service_env().items():
         click.echo(f"export {name}={shlex.quote(value)}")
-
-
-def _register_components() -> None:
-    from analysis.cli import baseline, report
-    from sensors_sim.cli import sim
-
-    main.add_command(sim, "sim")
-    from citystream.check import check
-    from dashboard.cli import dashboard
-    from ingest.cli import ingest
-    from opendata.cli import opendata
-    from streams.cli import sink, worker
-
-    main.add_command(check, "check")
-    main.add_command(dashboard, "dashboard")
-    main.add_command(opendata, "opendata")
-    main.add_command(report, "report")
-    main.add_command(baseline, "baseline")
-    main.add_command(ingest, "ingest")
-    main.add_command(worker, "worker")
-    main.add_command(sink, "sink")
-    from bench.cli import bench
-
-    main.add_command(bench, "bench")
-
-
-_register_components()

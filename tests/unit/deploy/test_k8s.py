@@ -43,7 +43,8 @@ def setting_env_names() -> set[str]:
 
 
 def command_env_names(command: str) -> set[str]:
-    cmd = main.commands[command]
+    cmd = main.get_command(click.Context(main), command)
+    assert cmd is not None
     return {p.envvar for p in cmd.params if isinstance(p, click.Option) and isinstance(
         p.envvar, str)}
 
@@ -77,7 +78,7 @@ def _env_names(workload: dict[str, Any]) -> set[str]:
 def test_env_vars_name_real_settings(workload: dict[str, Any]) -> None:
     (container,) = _containers(workload)
     command = container["command"]
-    assert command[0] == "citystream" and command[1] in main.commands
+    assert command[0] == "citystream" and command[1] in main.list_commands(click.Context(main))
     known = setting_env_names() | command_env_names(command[1])
     unknown = {n for n in _env_names(workload) if n.startswith("CITYSTREAM_")} - known
     assert not unknown, f"{workload['metadata']['name']}: env vars no setting reads: {unknown}"
