@@ -20,8 +20,10 @@ status:
 test: install
 	$(VENV)/ruff check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 	$(VENV)/pytest
 
 lint: bootstrap
 	$(VENV)/ruff check .
 	$(VENV)/mypy
+	$(VENV)/lint-imports

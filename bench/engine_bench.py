@@ -34,9 +34,9 @@ from citystream.topics import Topics  # noqa: E402
 from ingest.kafka_sink import MemorySink  # noqa: E402
 from ingest.mqtt_source import Delivery  # noqa: E402
 from ingest.service import Ingest, IngestOptions  # noqa: E402
+from kpi.engine import engines_for  # noqa: E402
 from models.city import City, load_city, parse_city  # noqa: E402
 from streams.app import decode_record  # noqa: E402
-from streams.kpi.engine import engines_for  # noqa: E402
 
 
 class CountingStore(MutableMapping[str, bytes]):

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from kinds.meters import RegisterEngine, off_track
+from kpi.alerts import AlertSettings
+from kpi.numbers import bounded, saving_pct
 from models.kinds import KindSpec
 from models.raw import SEQ, RawSchema
 from models.readings import BaseReading, NonNegative
 from models.records import AlertCheck, Count, Kpi, Slug, WindowTag
-from streams.kpi.alerts import AlertSettings
-from streams.kpi.numbers import bounded, saving_pct
 
 
 class EnergyReading(BaseReading):

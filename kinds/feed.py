@@ -23,15 +23,15 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Final
 
+from kpi.alerts import AlertKey, AlertRules
+from kpi.engine import KindEngine
+from kpi.numbers import bounded
+from kpi.state import Entity
 from models.city import City
 from models.feeds import FeedSpec, FieldType, kpi_model, reading_model
 from models.kinds import KindSpec
 from models.raw import SEQ, PointType, RawSchema
 from models.records import Alert, Kpi
-from streams.kpi.alerts import AlertKey, AlertRules
-from streams.kpi.engine import KindEngine
-from streams.kpi.numbers import bounded
-from streams.kpi.state import Entity
 
 _STAT_AGGS = ("sum", "mean", "min", "max")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kpi.engine import KindEngine
+from kpi.numbers import fadd
 from models.city import District
-from streams.kpi.engine import KindEngine
-from streams.kpi.numbers import fadd
 
 
 class RegisterEngine(KindEngine):

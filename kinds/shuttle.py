@@ -8,6 +8,9 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from kpi.alerts import AlertSettings
+from kpi.engine import KindEngine
+from kpi.numbers import bounded, iadd
 from models.city import Route
 from models.kinds import KindSpec
 from models.raw import SEQ, RawSchema
@@ -15,9 +18,6 @@ from models.readings import INT64_MAX, BaseReading, Count, EntityId, Pct
 from models.records import AlertCheck, Kpi, WindowTag
 from models.records import Count as CountField
 from models.records import EntityId as EntityTag
-from streams.kpi.alerts import AlertSettings
-from streams.kpi.engine import KindEngine
-from streams.kpi.numbers import bounded, iadd
 
 Status = Literal["in_service", "charging", "out_of_service"]
 ON_TIME_RANGE_S = (-60.0, 180.0)

@@ -9,15 +9,15 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field
 
 from kinds.meters import off_track
+from kpi.alerts import AlertSettings
+from kpi.engine import KindEngine
+from kpi.numbers import bounded, fadd, iadd, saving_pct
 from models.city import Junction
 from models.kinds import KindSpec
 from models.raw import SEQ, RawSchema
 from models.readings import BaseReading, Count, EntityId, Pct
 from models.records import AlertCheck, Kpi, Slug, WindowTag
 from models.records import EntityId as EntityTag
-from streams.kpi.alerts import AlertSettings
-from streams.kpi.engine import KindEngine
-from streams.kpi.numbers import bounded, fadd, iadd, saving_pct
 
 DEFAULT_FREE_FLOW_KMH = 48.0
 

@@ -4,7 +4,7 @@ A `[[feeds]]` table of the city file is validated into a `FeedSpec` when the cit
 a bad definition is refused with a message naming the feed and the key. From a spec,
 `reading_model` builds the pydantic model that validates its readings (same strictness and the
 same dead-letter reasons as the built-in kinds) and `kpi_model` the record of its `<kind>_kpi`
-points. The KPI maths live in `streams.kpi.feeds`.
+points. The KPI maths live in `kpi.feeds`.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ from models.readings import BaseReading
 from models.records import Alert, Kpi, PipelineCounters, Record
 
 if TYPE_CHECKING:
+    from kpi.engine import KindEngine
     from models.city import City
     from models.feeds import FeedSpec
-    from streams.kpi.engine import KindEngine
 
 PYTHON_KINDS: Final = ("water", "energy", "traffic", "shuttle")
 """The Python kinds, in display order: each is the module `kinds.<name>`. Adding a kind in

@@ -76,7 +76,7 @@ class Kpi(Record):
 
     def alert_checks(self, settings: Any,
                      night: list[tuple[float, float]] | None = None) -> list[AlertCheck]:
-        """The alert rules this point is judged by (`streams.kpi.alerts.AlertRules`), with the
+        """The alert rules this point is judged by (`kpi.alerts.AlertRules`), with the
         thresholds of `settings` (an `AlertSettings`); none unless its kind says so."""
         return []
 

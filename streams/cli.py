@@ -5,43 +5,43 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import click
+
+from streams.worker import Flag, WorkerOptions
 
 log = logging.getLogger("streams")
 
 
+def worker_options(command: Callable[..., None]) -> Callable[..., None]:
+    """A click option for every `WorkerOptions` field with a `Flag`, in field order: default,
+    help and lower bound from there, env var `CITYSTREAM_WORKER_<FIELD>`."""
+    for spec in reversed(fields(WorkerOptions)):
+        flag: Flag | None = spec.metadata.get("flag")
+        if flag is None:
+            continue
+        default = spec.default
+        kind: Any = None  # bool: an on/off pair of flags
+        if isinstance(default, Path):
+            kind = click.Path(path_type=Path)
+        elif isinstance(default, float):
+            kind = float if flag.min is None else click.FloatRange(flag.min)
+        elif isinstance(default, str):
+            kind = str
+        command = click.option(flag.name, spec.name, default=default, type=kind,
+                               show_default=True, envvar=f"CITYSTREAM_WORKER_{spec.name.upper()}",
+                               show_envvar=True, help=flag.help)(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
                                  "max_content_width": 100})
-@click.option("--instance", default="0", show_default=True, envvar="CITYSTREAM_WORKER_INSTANCE",
-              show_envvar=True, help="Name of this worker; keeps its state directory apart.")
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              default=Path("~/.local/state/citystream/worker"), show_default=True,
-              envvar="CITYSTREAM_WORKER_DATA_DIR", show_envvar=True,
-              help="Where the RocksDB table stores live (one sub-directory per instance).")
-@click.option("--store", default="rocksdb://", show_default=True,
-              envvar="CITYSTREAM_WORKER_STORE", show_envvar=True,
-              help="Faust table store: rocksdb:// (durable, fast restarts) or memory:// "
-                   "(state rebuilt from the changelog at every start).")
-@click.option("--quiet", "quiet_s", default=10.0, show_default=True, type=float,
-              envvar="CITYSTREAM_WORKER_QUIET_S", show_envvar=True,
-              help="Seconds without readings after which an entity's open windows are "
-                   "written anyway (wall-clock close).")
-@click.option("--sink/--no-sink", default=True, show_default=True,
-              envvar="CITYSTREAM_WORKER_SINK", show_envvar=True,
-              help="Also run the InfluxDB sink (KPIs, alerts, raw readings, counters).")
-@click.option("--session-timeout", "session_timeout_s", default=30.0, show_default=True,
-              type=click.FloatRange(3), envvar="CITYSTREAM_WORKER_SESSION_TIMEOUT_S",
-              show_envvar=True,
-              help="Seconds before Kafka gives a silent worker's partitions to the others.")
-@click.option("--table-memory-mb", default=4.0, show_default=True,
-              type=click.FloatRange(0.25), envvar="CITYSTREAM_WORKER_TABLE_MEMORY_MB",
-              show_envvar=True,
-              help="RocksDB memory per table partition (memtables and block cache). A worker "
-                   "opens 8 x the partitions it owns (8 tables); all 8 partitions: 64 x this.")
-def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool,
-           session_timeout_s: float, table_memory_mb: float) -> None:
+@worker_options
+def worker(**values: Any) -> None:
     """Turn telemetry.* into KPIs, alerts and raw points in InfluxDB (contract 2 and 3).
 
     Consumes the Kafka topics written by `citystream ingest`; scale by running more workers
@@ -56,39 +56,28 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
     Example, against the local stack:
       eval "$(citystream env)" && citystream worker --instance 0
     """
-    from citystream.startup import settings_and_city
-    from streams.app import WorkerOptions, create_app
-
-    settings, city = settings_and_city()
-    options = WorkerOptions(instance=instance, data_dir=data_dir, store=store, quiet_s=quiet_s,
-                            session_timeout_s=session_timeout_s,
-                            table_memory_mb=table_memory_mb)
     import asyncio
-    import shutil
 
     import faust
 
+    from citystream.startup import settings_and_city
     from ingest.kafka_sink import ensure_topics
-    from streams.app import worker_topics
+    from streams.app import create_app, worker_topics
+    from streams.worker import mark_clean_shutdown, recover_state_dir
 
+    settings, city = settings_and_city()
+    options = WorkerOptions(**values)
     try:
         asyncio.run(asyncio.wait_for(ensure_topics(settings.kafka, worker_topics(settings)), 60))
     except (TimeoutError, OSError) as exc:
         click.echo(f"error: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); check "
                    "CITYSTREAM_KAFKA__BOOTSTRAP", err=True)
         sys.exit(1)
-    state_dir = options.data_dir.expanduser() / instance
-    clean_mark = state_dir / ".clean-shutdown"
-    if state_dir.exists() and not clean_mark.exists() and any(state_dir.iterdir()):
-        # Local RocksDB may hold writes the changelog never got (a crash); rebuild from it.
-        log.warning("worker %s did not shut down cleanly: rebuilding its state from the "
-                    "Kafka changelogs", instance)
-        shutil.rmtree(state_dir)
-    clean_mark.unlink(missing_ok=True)
-    app = create_app(settings, city, options, with_sink=sink)
+    recover_state_dir(options)
+    app = create_app(settings, city, options)
 
-    log.info("starting worker %s (kafka %s, store %s)", instance, settings.kafka.bootstrap,
-             store)
+    log.info("starting worker %s (kafka %s, store %s)", options.instance,
+             settings.kafka.bootstrap, options.store)
     verbose = logging.getLogger().level <= logging.DEBUG
     if not verbose:  # Faust's own INFO lines (partition tables...) drown ours
         for name in ("faust", "mode", "aiokafka"):
@@ -96,8 +85,7 @@ def worker(instance: str, data_dir: Path, store: str, quiet_s: float, sink: bool
     try:
         faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
     finally:
-        if state_dir.exists():
-            clean_mark.touch()
+        mark_clean_shutdown(options)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"],

@@ -7,11 +7,11 @@ from typing import Any
 from kinds.shuttle import ShuttleKpi
 from kinds.traffic import TrafficKpi
 from kinds.water import WaterEngine, WaterKpi
+from kpi.alerts import AlertKey, AlertRules, AlertSettings
 from models.city import parse_city
 from models.kinds import reading_types
 from models.readings import BaseReading
 from models.records import Alert
-from streams.kpi.alerts import AlertKey, AlertRules, AlertSettings
 from tests.unit.streams.test_engine import CITY_TOML, MIN, MONDAY
 
 NIGHT_END = MONDAY + 4 * 3_600_000  # 04:00 UTC = 04:00 Europe/London in November

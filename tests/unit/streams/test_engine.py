@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kpi.engine import DAY_MS, KindEngine, engines_for
 from models.city import City, parse_city
 from models.kinds import reading_types
 from models.readings import BaseReading
 from models.records import Kpi
-from streams.kpi.engine import DAY_MS, KindEngine, engines_for
 from tests.oracle import compute_from_readings
 
 MONDAY = 1_794_787_200_000  # 2026-11-16T00:00:00Z, a Monday: hour-of-week 0

@@ -29,13 +29,9 @@ from typing import Any
 
 import orjson
 
-from models.city import City
-from models.kinds import engines_for
-from models.readings import BaseReading
-from models.records import Alert, Kpi
-from streams.kpi.alerts import AlertKey, AlertRules
-from streams.kpi.numbers import fadd
-from streams.kpi.state import (
+from kpi.alerts import AlertKey, AlertRules
+from kpi.numbers import fadd
+from kpi.state import (
     DELTA_SLOTS,
     Entity,
     Seen,
@@ -47,6 +43,10 @@ from streams.kpi.state import (
     skey,
     stored,
 )
+from models.city import City
+from models.kinds import engines_for
+from models.readings import BaseReading
+from models.records import Alert, Kpi
 
 DAY_MS = 86_400_000
 __all__ = ["DAY_MS", "KindEngine", "Outcome", "engines_for"]
@@ -101,7 +101,7 @@ class KindEngine:
 
     def new_acc(self, entity: str) -> dict[str, Any]:
         """A fresh accumulator for a window of `entity`, called when its first reading comes:
-        JSON-serialisable, without the engine's own keys (`streams.kpi.state.WINDOW_*`)."""
+        JSON-serialisable, without the engine's own keys (`kpi.state.WINDOW_*`)."""
         raise NotImplementedError
 
     def add(self, acc: dict[str, Any], reading: Any, delta: float | None) -> None:

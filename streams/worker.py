@@ -1,0 +1,564 @@
+"""The worker as an object: `Worker` holds what the agents, timers and rebalance hooks share,
+and Faust calls its methods (streams/app.py builds the Faust app and says which calls which).
+
+Per reading kind, one agent consumes `telemetry.<kind>` (records = JSON arrays of readings that
+share a key) and two changelog-backed tables hold the engine's state (`<kind>-state`, laid out
+as docs/streams.md describes, and `<kind>-entities`, the names the timer visits with their
+source partition; RocksDB via rocksdict in production). Tables are written only while an event is
+being processed, so their changelog partitions follow the source partitions and a partition's
+state moves with it on rebalance. KPI records go to `kpi.records`, attached to the source
+offset: Faust publishes them and flushes the changelog before it commits that offset.
+
+A timer closes the windows of entities that went quiet (wall clock), so dashboards do not wait
+for the next reading. Windows are plain table entries with our own bookkeeping, not Faust's
+windowed tables (faust-streaming issues 193, 250, 385).
+
+The worker reaches Faust only through `Host` (its tables, topics and consumer) and its other
+collaborators (engines, alert publisher, range reader, clock, memory release) are constructor
+arguments with production defaults, so tests build it with fakes. This module imports Faust
+only when a timer first reads a table: `citystream --help` imports `WorkerOptions` from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ctypes
+import functools
+import gc
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+from pydantic import TypeAdapter
+
+from citystream.settings import Settings
+from kpi.alerts import AlertRules, AlertSettings
+from models import kinds
+from models.city import City
+from models.readings import BaseReading
+from models.records import Alert, Kpi, PipelineCounters, Record, record_to_json
+from streams.mqtt_alerts import AlertPublisher
+from streams.offsets import (
+    APPLIED_PREFIX,
+    KafkaRangeReader,
+    RangeReader,
+    catch_up,
+    mark_applied,
+    rewind_to,
+)
+
+if TYPE_CHECKING:
+    from faust.types import TP
+
+    from kpi.engine import Outcome
+    from streams.sink import InfluxSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a `WorkerOptions` field appears on `citystream worker`: its flag, help and lower
+    bound. The env var is `CITYSTREAM_WORKER_<FIELD NAME>`."""
+
+    name: str
+    help: str
+    min: float | None = None
+
+
+def _flag(name: str, help: str, *, min: float | None = None) -> dict[str, Flag]:
+    return {"flag": Flag(name, help, min)}
+
+
+@dataclass
+class WorkerOptions:
+    """How the worker runs, and the one place of every option's default. The fields with a
+    `Flag` in their metadata are the options of `citystream worker` (streams/cli.py)."""
+
+    instance: str = field(default="0", metadata=_flag(
+        "--instance", "Name of this worker; keeps its state directory apart."))
+    data_dir: Path = field(default=Path("~/.local/state/citystream/worker"), metadata=_flag(
+        "--data-dir", "Where the RocksDB table stores live (one sub-directory per instance)."))
+    store: str = field(default="rocksdb://", metadata=_flag(
+        "--store", "Faust table store: rocksdb:// (durable, fast restarts) or memory:// "
+                   "(state rebuilt from the changelog at every start)."))
+    quiet_s: float = field(default=10.0, metadata=_flag(
+        "--quiet", "Seconds without readings after which an entity's open windows are "
+                   "written anyway (wall-clock close)."))
+    sink: bool = field(default=True, metadata=_flag(
+        "--sink/--no-sink", "Also run the InfluxDB sink (KPIs, alerts, raw readings, "
+                            "counters)."))
+    session_timeout_s: float = field(default=30.0, metadata=_flag(
+        "--session-timeout", "Seconds before Kafka gives a silent worker's partitions to the "
+                             "others.", min=3))
+    table_memory_mb: float = field(default=4.0, metadata=_flag(
+        "--table-memory-mb", "RocksDB memory per table partition (memtables and block cache). "
+                             "A worker opens 8 x the partitions it owns (8 tables); all 8 "
+                             "partitions: 64 x this.", min=0.25))
+    timer_interval_s: float = 2.0  # how often the quiet windows are looked for
+    counters_interval_s: float = 5.0  # how often `pipeline` counters are published and logged
+    commit_interval_s: float = 1.0  # Faust's offset commit interval
+    rewind_check_s: float = 5.0  # how often idle partitions are looked at
+    rewind_idle_s: float = 30.0  # idle this long, a partition is checked for skipped records
+
+    @property
+    def state_dir(self) -> Path:
+        """`<data_dir>/<instance>`: this worker's local table stores."""
+        return self.data_dir.expanduser() / self.instance
+
+
+CLEAN_MARK = ".clean-shutdown"
+
+
+def recover_state_dir(options: WorkerOptions) -> None:
+    """The crash-recovery rule. Called once at start, before the Faust app is built, with
+    `mark_clean_shutdown` called when the worker has stopped.
+
+    Local RocksDB may hold writes that never reached the changelog (a crash between the two):
+    unless the state directory carries the `.clean-shutdown` mark of a worker that stopped
+    normally, it is deleted and Faust rebuilds the tables from the changelogs. The mark is then
+    removed, so that a crash of this run is noticed by the next. On return the directory is
+    absent, empty, or holds only the stores of a clean shutdown."""
+    state_dir = options.state_dir
+    clean_mark = state_dir / CLEAN_MARK
+    if state_dir.exists() and not clean_mark.exists() and any(state_dir.iterdir()):
+        log.warning("worker %s did not shut down cleanly: rebuilding its state from the "
+                    "Kafka changelogs", options.instance)
+        shutil.rmtree(state_dir)
+    clean_mark.unlink(missing_ok=True)
+
+
+def mark_clean_shutdown(options: WorkerOptions) -> None:
+    """Called when the Faust worker has returned or raised (never after a kill -9): Faust
+    stopped its tables in order, so the next start keeps the local stores."""
+    if options.state_dir.exists():
+        (options.state_dir / CLEAN_MARK).touch()
+
+
+@dataclass
+class WorkerCounters:
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    late: int = 0
+    rejected: int = 0
+    emitted: int = 0
+    caught_up: int = 0
+    rewinds: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class Output(Protocol):
+    """A Kafka topic the worker sends to."""
+
+    async def send(self, *, key: bytes, value: bytes, force: bool = False) -> Any:
+        """Send one record. Inside an agent's event, unless `force`, the record is attached to
+        the event's offset: published before that offset is committed."""
+        ...
+
+
+class Host(Protocol):
+    """The stream processor the worker runs in, as the worker sees it: Faust in production
+    (`streams.app.FaustHost`), a fake in tests."""
+
+    def table(self, name: str) -> MutableMapping[bytes, bytes]:
+        """A changelog-backed table partitioned like the source topics; called while the worker
+        is built."""
+        ...
+
+    def topic(self, name: str, *, partitions: int | None = None) -> Output:
+        """A topic to send to; called while the worker is built."""
+        ...
+
+    def settled(self) -> bool:
+        """No rebalance or table recovery under way and the consumer is not paused: the
+        assignment is what it says."""
+        ...
+
+    def generation(self) -> int:
+        """The consumer group generation; it changes with every rebalance."""
+        ...
+
+    def assignment(self) -> set[TP]:
+        """The partitions this worker consumes now."""
+        ...
+
+    async def highwaters(self, tps: list[TP]) -> Mapping[TP, int]:
+        """The offset after each partition's newest record."""
+        ...
+
+    async def earliest_offsets(self, tps: list[TP]) -> Mapping[TP, int]:
+        """The offset of each partition's oldest record."""
+        ...
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        """Make the consumer deliver `tp` again from `offset`."""
+        ...
+
+
+class Engine(Protocol):
+    """What the worker calls on a kind's KPI engine (`kpi.engine.KindEngine`)."""
+
+    def entity(self, reading: Any) -> str: ...
+
+    def process(self, readings: Iterable[BaseReading], store: MutableMapping[str, bytes],
+                offset: int | None = None) -> Outcome: ...
+
+    def version(self, entity: str, store: MutableMapping[str, bytes]) -> int | None: ...
+
+    def due(self, entity: str, store: MutableMapping[str, bytes]) -> list[Kpi]: ...
+
+    def forget_all(self) -> None: ...
+
+
+class Alerts(Protocol):
+    """Where alert transitions go besides `kpi.records` (MQTT: `AlertPublisher`)."""
+
+    def start(self) -> None: ...
+
+    def publish(self, alert: Alert) -> None: ...
+
+
+class Reader(RangeReader, Protocol):
+    """A `RangeReader` the worker closes when it shuts down."""
+
+    async def close(self) -> None: ...
+
+
+class TableStore(MutableMapping[str, bytes]):
+    """A table with bytes keys (a Faust table; a dict in tests) seen as a `str -> bytes` store
+    for the engine."""
+
+    def __init__(self, table: MutableMapping[bytes, bytes]) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self.table.get(key.encode())
+        if value is None:
+            raise KeyError(key)
+        return bytes(value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.table.get(key.encode())
+        return default if value is None else bytes(value)
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in self.table)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.encode() in self.table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def get_outside_event(self, key: str) -> bytes | None:
+        """Read a key from a timer (see `no_current_event`)."""
+        with no_current_event():
+            value = self.table.get(key.encode())
+        return None if value is None else bytes(value)
+
+    def items_outside_event(self) -> list[tuple[str, bytes]]:
+        """Every key and value of the partitions this worker owns, from a timer."""
+        with no_current_event():
+            return [(k.decode(), bytes(v)) for k, v in self.table.items()]
+
+
+@contextlib.contextmanager
+def no_current_event() -> Iterator[None]:
+    """Faust's RocksDB store reads only the partition of the current event when there is one,
+    and a timer task can see a stale one (an event of another, maybe revoked, partition): then
+    a read finds nothing, or old data. Without one it looks in every partition it holds."""
+    from faust.streams import _current_event
+
+    token = _current_event.set(None)
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+@dataclass(frozen=True)
+class KindTables:
+    """A kind's source topic and tables: `entities` (entity -> `p<source partition>`) and the
+    engine's `state`."""
+
+    topic: str
+    entities: TableStore
+    state: TableStore
+
+
+def _partition_of(where: bytes) -> int | None:
+    """The source partition recorded for an entity (`p<n>`; older values say nothing)."""
+    return int(where[1:]) if where[:1] == b"p" and where[1:].isdigit() else None
+
+
+def _key_of(record: Record) -> bytes:
+    return "/".join([record.measurement, *record.tags().values()]).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _record_adapter(model: type[BaseReading]) -> TypeAdapter[list[BaseReading]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
+def decode_record(kind: str, value: bytes) -> list[BaseReading]:
+    """The readings of a `telemetry.<kind>` record (a JSON array), validated again: the topic
+    may hold records that did not come from our ingest."""
+    model = kinds.reading_type(kind)
+    if model is None:
+        raise ValueError(f"{kind!r} is not a registered kind")
+    return _record_adapter(model).validate_json(value)
+
+
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give the memory of closed table partitions and finished recoveries back to the OS.
+
+    glibc keeps freed heap pages in the process: after a rebalance took partitions away (and
+    Faust closed their RocksDB instances) a worker's RSS stayed at its high-water mark (a soak
+    saw +40 MB per takeover). Called after every rebalance; a no-op where libc is not glibc."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+class Worker:
+    """The KPI worker: one engine and two tables per reading kind, the counters, and the
+    bookkeeping its timers share with its agents. Built once per process, before Faust starts;
+    the constructor opens nothing (the alert publisher starts in `start`)."""
+
+    def __init__(self, settings: Settings, city: City, options: WorkerOptions, host: Host, *,
+                 engines: Mapping[str, Engine] | None = None, alerts: Alerts | None = None,
+                 reader: Reader | None = None,
+                 release_memory: Callable[[], None] = release_freed_memory,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.options = options
+        self.host = host
+        self.engines: Mapping[str, Engine] = engines if engines is not None else kinds.engines_for(
+            city, rules=AlertRules(AlertSettings(timezone=city.timezone)))
+        self.alerts: Alerts = alerts if alerts is not None else AlertPublisher(
+            settings.mqtt, f"citystream-worker-{options.instance}")
+        self.reader: Reader = reader if reader is not None else KafkaRangeReader(
+            settings.kafka.bootstrap)
+        self.release_memory = release_memory
+        self.clock = clock
+        self.counters = WorkerCounters()
+        topics = settings.kafka.topics
+        self.kpi_topic = host.topic(topics.kpi_records, partitions=settings.kafka.partitions)
+        self.counters_topic = host.topic(topics.pipeline_counters)
+        self.deadletters = host.topic(topics.sink_deadletter)
+        self.tables = {kind: KindTables(topics.telemetry[kind],
+                                        TableStore(host.table(f"{kind}-entities")),
+                                        TableStore(host.table(f"{kind}-state")))
+                       for kind in self.engines}
+        self.kind_of_topic = {tables.topic: kind for kind, tables in self.tables.items()}
+        self.activity: dict[tuple[str, str], float] = {}  # (kind, entity) -> last reading
+        self.timer_done: dict[tuple[str, str], int] = {}  # (kind, entity) -> version closed
+        self.seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> last record
+        self.sinks: list[InfluxSink] = []
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def handle(self, kind: str, topic: str, partition: int, offset: int,
+                     value: bytes) -> None:
+        """Called by the kind's agent with every record, in partition order. Applies first the
+        records between the partition's last applied offset and this one that never reached
+        the agent (read back from Kafka), then this one: each record is applied once."""
+        self.seen[(topic, partition)] = self.clock()
+        self.counters.caught_up += await catch_up(
+            self.tables[kind].state, self.reader, topic, partition, offset,
+            functools.partial(self.apply, kind, topic, partition))
+        await self.apply(kind, topic, partition, offset, value)
+
+    async def apply(self, kind: str, topic: str, partition: int, offset: int,
+                    value: bytes) -> None:
+        """Apply one `telemetry.<kind>` record (or dead-letter it) and mark it applied."""
+        engine, tables = self.engines[kind], self.tables[kind]
+        try:
+            readings = decode_record(kind, value)
+        except Exception as exc:  # not from our ingest: count it, never crash the agent
+            self.counters.rejected += 1
+            await self.dead_letter(topic, partition, offset, value, "undecodable", exc)
+            mark_applied(tables.state, partition, offset)
+            return
+        self.counters.received += len(readings)
+        try:
+            outcome = engine.process(readings, tables.state, offset=offset)
+        except Exception as exc:  # a bug must not stop the kind: keep the record, go on
+            self.counters.rejected += len(readings)
+            await self.dead_letter(topic, partition, offset, value, "engine_error", exc)
+            mark_applied(tables.state, partition, offset)
+            return
+        mark_applied(tables.state, partition, offset)
+        self.counters.accepted += outcome.accepted
+        self.counters.duplicates += outcome.duplicates
+        self.counters.late += outcome.late + outcome.beyond_horizon
+        now = self.clock()
+        where = f"p{partition}".encode()
+        for entity in {engine.entity(reading) for reading in readings}:
+            self.activity[(kind, entity)] = now
+            if tables.entities.get(entity) != where:
+                tables.entities[entity] = where
+        for record in [*outcome.records, *outcome.alerts]:
+            await self.kpi_topic.send(key=_key_of(record), value=record_to_json(record))
+        self.counters.emitted += len(outcome.records)
+        for alert in outcome.alerts:
+            self.alerts.publish(alert)
+
+    async def dead_letter(self, topic: str, partition: int, offset: int, value: bytes,
+                          reason: str, exc: Exception) -> None:
+        """Keep a record the engine could not take on `sink.deadletter`, with the reason (the
+        engine's state is unchanged by it: the engine forgets a batch that raised)."""
+        log.error("%s record on %s[%s]@%s, kept on %s: %r", reason, topic, partition, offset,
+                  self.settings.kafka.topics.sink_deadletter, exc)
+        await self.deadletters.send(key=topic.encode(), value=orjson.dumps({
+            "reason": reason, "detail": repr(exc)[:500], "topic": topic,
+            "partition": partition, "offset": offset,
+            "received_at_ms": int(time.time() * 1000),
+            "raw": base64.b64encode(value).decode()}))
+
+    # -- timers ------------------------------------------------------------------------------
+
+    async def close_quiet_windows(self) -> None:
+        """Called by a timer every `timer_interval_s`: emit the open windows of entities quiet
+        for `quiet_s`, once per change of the entity. Only for partitions this worker owns,
+        and never across a rebalance: a worker that lost a partition would otherwise send
+        windows from its stale state after the new owner sent the true ones."""
+        if not self.host.settled():
+            return
+        generation = self.host.generation()
+        owned = {(tp.topic, tp.partition) for tp in self.host.assignment()}
+        now = self.clock()
+        for kind, engine in self.engines.items():
+            tables = self.tables[kind]
+            for entity, where in tables.entities.items_outside_event():
+                partition = _partition_of(where)
+                if partition is not None and (tables.topic, partition) not in owned:
+                    continue
+                key = (kind, entity)
+                if now - self.activity.setdefault(key, now) < self.options.quiet_s:
+                    continue
+                with no_current_event():
+                    version = engine.version(entity, tables.state)
+                    if version is None or self.timer_done.get(key) == version:
+                        continue
+                    records = engine.due(entity, tables.state)
+                for record in records:
+                    if self.host.generation() != generation or not self.host.settled():
+                        return
+                    await self.kpi_topic.send(key=_key_of(record), value=record_to_json(record),
+                                              force=True)
+                    self.counters.emitted += 1
+                self.timer_done[key] = version
+
+    async def rewind_skipped_tails(self) -> None:
+        """Called by a timer every `rewind_check_s`. Records skipped with nothing after them
+        are never caught up by `handle` (it notices a gap at the next record): rewind the
+        consumer of a partition idle for `rewind_idle_s` with records after the applied
+        offset."""
+        if not self.host.settled():
+            return
+        tps = [tp for tp in self.host.assignment() if tp.topic in self.kind_of_topic]
+        if not tps:
+            return
+        now = self.clock()
+        idle = [tp for tp in tps if now - self.seen.setdefault((tp.topic, tp.partition), now)
+                >= self.options.rewind_idle_s]
+        if not idle:
+            return
+        ends = await self.host.highwaters(idle)
+        firsts = await self.host.earliest_offsets(idle)
+        for tp in idle:
+            state = self.tables[self.kind_of_topic[tp.topic]].state
+            value = state.get_outside_event(f"{APPLIED_PREFIX}{tp.partition}")
+            applied = None if value is None else int(value)
+            target = rewind_to(applied, firsts.get(tp) or 0, ends.get(tp) or 0)
+            if target is None:
+                continue
+            log.warning("%s[%d]: records %d-%d were never delivered to the agent (last applied: "
+                        "%s) and nothing came after them; rewinding the consumer to %d",
+                        tp.topic, tp.partition, target, ends[tp] - 1, applied, target)
+            self.seen[(tp.topic, tp.partition)] = now
+            self.counters.rewinds += 1
+            await self.host.seek(tp, target)
+
+    async def publish_counters(self) -> None:
+        """Called by a timer every `counters_interval_s`: a `pipeline` record (component
+        `worker`) to `pipeline.counters`, and the counters in the log."""
+        counters = self.counters
+        record = PipelineCounters(component="worker", instance=self.options.instance,
+                                  ts_ms=int(time.time() * 1000), received=counters.received,
+                                  accepted=counters.accepted, rejected=counters.rejected,
+                                  late=counters.late, duplicates=counters.duplicates,
+                                  written=sum(s.counters()["written"] for s in self.sinks))
+        await self.counters_topic.send(key=f"worker/{self.options.instance}".encode(),
+                                       value=record_to_json(record), force=True)
+        log.info("worker %s: %d readings received, %d accepted, %d duplicates, %d late, "
+                 "%d rejected, %d KPI records emitted, %d points written, %d skipped records "
+                 "caught up, %d rewinds", self.options.instance, counters.received,
+                 counters.accepted, counters.duplicates, counters.late, counters.rejected,
+                 counters.emitted, record.written, counters.caught_up, counters.rewinds)
+
+    # -- rebalances --------------------------------------------------------------------------
+
+    def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Called when partitions are taken from this worker. The entities of revoked source
+        partitions are another worker's now: the engines' caches are emptied (those of kept
+        partitions are read back from the tables when next needed)."""
+        if any(tp.topic in self.kind_of_topic for tp in revoked):
+            for engine in self.engines.values():
+                engine.forget_all()
+
+    def on_partitions_assigned(self) -> None:
+        """Called after each rebalance's assignment, when Faust has closed the table
+        partitions of its revocations: their memory goes back to the OS."""
+        self.release_memory()
+
+    def on_rebalance_complete(self) -> None:
+        """Called when table recovery from the changelogs is over: its buffers are garbage
+        now, and their memory goes back to the OS."""
+        self.release_memory()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Called once when Faust has started the app: starts the alert publisher and logs
+        that the worker is running (the line tests and operators wait for)."""
+        logging.getLogger("streams").setLevel(logging.INFO)
+        self.alerts.start()
+        log.info("worker %s running; Ctrl-C or SIGTERM stops it", self.options.instance)
+
+    async def serve_sink(self) -> None:
+        """Called once at start when `options.sink`: runs the InfluxDB sink in this process
+        until the worker stops (its points count as `written` in the counters)."""
+        from streams.sink import InfluxSink, serve
+
+        self.sinks.append(InfluxSink.from_settings(self.settings))
+        await serve(self.sinks[-1], asyncio.Event())
+
+    async def close(self) -> None:
+        """Called before Faust shuts down: closes the range reader's Kafka consumer."""
+        await self.reader.close()

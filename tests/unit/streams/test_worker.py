@@ -1,0 +1,352 @@
+"""The worker object with fakes (no Kafka, no Faust running): its agent path, quiet-window timer,
+rewind timer, rebalance hooks and crash-recovery rule; and the Faust app built around it: tables
+with bounded RocksDB memory, the agents, and the signals wired to the worker's hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+from faust.types import TP
+
+from citystream.settings import Settings
+from models import kinds
+from models.city import load_city
+from models.kinds import engines_for, reading_types
+from streams import cli
+from streams.app import create_app, rocksdb_options
+from streams.offsets import MemoryRangeReader, applied_offset, mark_applied
+from streams.worker import (
+    Worker,
+    WorkerOptions,
+    mark_clean_shutdown,
+    recover_state_dir,
+    release_freed_memory,
+)
+
+CITY = load_city()
+SETTINGS = Settings()
+TOPICS = SETTINGS.kafka.topics
+WATER = TOPICS.telemetry["water"]
+TS = 1_795_219_200_000
+
+
+class FakeTopic:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes, bool]] = []
+        self.after_send: Any = None
+
+    async def send(self, *, key: bytes, value: bytes, force: bool = False) -> None:
+        self.sent.append((key, value, force))
+        if self.after_send is not None:
+            self.after_send()
+
+
+class FakeHost:
+    """A `Host` without Kafka: dict tables, recording topics, an assignment the test sets."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[bytes, bytes]] = {}
+        self.topics: dict[str, FakeTopic] = {}
+        self.is_settled = True
+        self.gen = 1
+        self.owned: set[TP] = set()
+        self.ends: dict[TP, int] = {}
+        self.seeks: list[tuple[TP, int]] = []
+
+    def table(self, name: str) -> dict[bytes, bytes]:
+        return self.tables.setdefault(name, {})
+
+    def topic(self, name: str, *, partitions: int | None = None) -> FakeTopic:
+        return self.topics.setdefault(name, FakeTopic())
+
+    def settled(self) -> bool:
+        return self.is_settled
+
+    def generation(self) -> int:
+        return self.gen
+
+    def assignment(self) -> set[TP]:
+        return set(self.owned)
+
+    async def highwaters(self, tps: list[TP]) -> dict[TP, int]:
+        return {tp: self.ends.get(tp, 0) for tp in tps}
+
+    async def earliest_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return {tp: 0 for tp in tps}
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Reader(MemoryRangeReader):
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Alerts:
+    def __init__(self) -> None:
+        self.started = False
+        self.published: list[Any] = []
+
+    def start(self) -> None:
+        self.started = True
+
+    def publish(self, alert: Any) -> None:
+        self.published.append(alert)
+
+
+class ForgetfulEngine:
+    """Counts `forget_all`; the worker calls nothing else of it in these tests."""
+
+    def __init__(self) -> None:
+        self.forgotten = 0
+
+    def forget_all(self) -> None:
+        self.forgotten += 1
+
+
+def build(**collaborators: Any) -> tuple[Worker, FakeHost, Clock]:
+    host, clock = FakeHost(), Clock()
+    collaborators = {"engines": {"water": engines_for(CITY)["water"]}, "alerts": Alerts(),
+                     "reader": Reader({}), "clock": clock, **collaborators}
+    return Worker(SETTINGS, CITY, WorkerOptions(quiet_s=10), host, **collaborators), host, clock
+
+
+def water(district: str = "bletchley", ts_ms: int = TS) -> bytes:
+    reading = reading_types()["water"].model_validate(
+        {"district": district, "kind": "water", "sensor_id": f"wm-{district}", "ts_ms": ts_ms,
+         "volume_m3": 1.0})
+    return b"[" + reading.to_json() + b"]"
+
+
+def kpi_sent(host: FakeHost) -> list[tuple[bytes, bytes, bool]]:
+    return host.topics[TOPICS.kpi_records].sent
+
+
+def test_the_timer_closes_the_windows_of_a_quiet_entity_once_per_change() -> None:
+    worker, host, clock = build()
+    host.owned = {TP(WATER, 0)}
+    asyncio.run(worker.handle("water", WATER, 0, 0, water()))
+    assert kpi_sent(host) == []  # the window is open
+    clock.now += 9.9
+    asyncio.run(worker.close_quiet_windows())
+    assert kpi_sent(host) == [], "not quiet for 10 s yet"
+    clock.now += 0.1
+    asyncio.run(worker.close_quiet_windows())
+    [(key, value, force)] = kpi_sent(host)
+    assert key.startswith(b"water_kpi/") and b"bletchley" in key and force
+    assert orjson.loads(value)["district"] == "bletchley"
+    assert worker.counters.emitted == 1
+    clock.now += 60
+    asyncio.run(worker.close_quiet_windows())
+    assert len(kpi_sent(host)) == 1, "closed once until the entity changes"
+
+    asyncio.run(worker.handle("water", WATER, 0, 1, water(ts_ms=TS + 1000)))
+    asyncio.run(worker.close_quiet_windows())
+    assert len(kpi_sent(host)) == 1, "it just had a reading"
+    clock.now += 10
+    asyncio.run(worker.close_quiet_windows())
+    assert len(kpi_sent(host)) == 2
+
+
+def test_the_timer_leaves_other_workers_partitions_and_rebalances_alone() -> None:
+    worker, host, clock = build()
+    asyncio.run(worker.handle("water", WATER, 0, 0, water()))
+    clock.now += 10
+    host.owned = {TP(WATER, 1)}
+    asyncio.run(worker.close_quiet_windows())
+    assert kpi_sent(host) == [], "partition 0 is another worker's now"
+    host.owned = {TP(WATER, 0)}
+    host.is_settled = False
+    asyncio.run(worker.close_quiet_windows())
+    assert kpi_sent(host) == [], "a rebalance or recovery is under way"
+    host.is_settled = True
+    asyncio.run(worker.close_quiet_windows())
+    assert len(kpi_sent(host)) == 1
+
+
+def test_the_timer_stops_when_the_consumer_generation_changes() -> None:
+    worker, host, clock = build()
+    host.owned = {TP(WATER, 0)}
+    asyncio.run(worker.handle("water", WATER, 0, 0, water("bletchley")))
+    asyncio.run(worker.handle("water", WATER, 0, 1, water("wolverton")))
+    clock.now += 10
+
+    def rebalance() -> None:
+        host.gen += 1
+
+    host.topics[TOPICS.kpi_records].after_send = rebalance
+    asyncio.run(worker.close_quiet_windows())
+    assert len(kpi_sent(host)) == 1
+    host.topics[TOPICS.kpi_records].after_send = None
+    asyncio.run(worker.close_quiet_windows())
+    assert len(kpi_sent(host)) == 2, "the other entity's window comes at the next run"
+    assert {key.split(b"/")[1] for key, _, _ in kpi_sent(host)} == {b"bletchley", b"wolverton"}
+
+
+def test_a_revocation_of_source_partitions_empties_the_engines_caches() -> None:
+    """A worker that lost partitions must not keep their entities in memory (a soak's RSS
+    stepped up at every rebalance)."""
+    engines = {"water": ForgetfulEngine(), "energy": ForgetfulEngine()}
+    worker, _, _ = build(engines=engines)
+    worker.on_partitions_revoked({TP(TOPICS.kpi_records, 0)})
+    assert [e.forgotten for e in engines.values()] == [0, 0], "other topics keep the caches"
+    worker.on_partitions_revoked({TP(TOPICS.telemetry["energy"], 3)})
+    assert [e.forgotten for e in engines.values()] == [1, 1]
+
+
+def test_after_a_revocation_the_state_is_read_back_from_the_tables() -> None:
+    worker, _, _ = build()
+    asyncio.run(worker.handle("water", WATER, 0, 0, water()))
+    worker.on_partitions_revoked({TP(WATER, 0)})
+    asyncio.run(worker.handle("water", WATER, 0, 0, water()))
+    assert (worker.counters.accepted, worker.counters.duplicates) == (1, 1)
+
+
+def test_records_the_worker_cannot_take_are_dead_lettered_and_marked_applied() -> None:
+    worker, host, _ = build()
+    asyncio.run(worker.handle("water", WATER, 2, 0, b"not json"))
+    [(key, value, _)] = host.topics[TOPICS.sink_deadletter].sent
+    letter = orjson.loads(value)
+    assert key == WATER.encode()
+    assert (letter["reason"], letter["partition"], letter["offset"]) == ("undecodable", 2, 0)
+    assert worker.counters.rejected == 1
+    assert applied_offset(worker.tables["water"].state, 2) == 0
+
+
+def test_skipped_records_are_read_back_before_the_one_that_arrived() -> None:
+    reader = Reader({(WATER, 0): {0: water("bletchley"), 1: water("wolverton")}})
+    worker, _, _ = build(reader=reader)
+    asyncio.run(worker.handle("water", WATER, 0, 2, water("newport-pagnell")))
+    assert (worker.counters.caught_up, worker.counters.accepted) == (2, 3)
+    assert applied_offset(worker.tables["water"].state, 0) == 2
+
+
+def test_an_idle_partition_with_records_after_the_applied_one_is_rewound() -> None:
+    worker, host, clock = build()
+    tp = TP(WATER, 0)
+    host.owned, host.ends = {tp}, {tp: 5}
+    mark_applied(worker.tables["water"].state, 0, 2)
+    asyncio.run(worker.rewind_skipped_tails())
+    clock.now += 29
+    asyncio.run(worker.rewind_skipped_tails())
+    assert host.seeks == [], "idle for less than 30 s"
+    clock.now += 1
+    asyncio.run(worker.rewind_skipped_tails())
+    assert host.seeks == [(tp, 3)] and worker.counters.rewinds == 1
+    host.ends = {tp: 3}
+    clock.now += 30
+    asyncio.run(worker.rewind_skipped_tails())
+    assert len(host.seeks) == 1, "nothing after the applied offset"
+
+
+def test_start_and_close_drive_the_alert_publisher_and_the_reader() -> None:
+    worker, _, _ = build()
+    asyncio.run(worker.start())
+    asyncio.run(worker.close())
+    assert worker.alerts.started and worker.reader.closed  # type: ignore[attr-defined]
+
+
+def test_state_without_a_clean_shutdown_mark_is_deleted(tmp_path: Path) -> None:
+    options = WorkerOptions(data_dir=tmp_path, instance="3")
+    options.state_dir.mkdir()
+    (options.state_dir / "db").write_text("x")
+    mark_clean_shutdown(options)
+    recover_state_dir(options)
+    assert (options.state_dir / "db").exists(), "kept after a clean shutdown"
+    assert not (options.state_dir / ".clean-shutdown").exists(), "a crash of this run shows"
+    recover_state_dir(options)
+    assert not options.state_dir.exists(), "deleted after a crash"
+    mark_clean_shutdown(options)
+    assert not options.state_dir.exists()
+
+
+def test_the_command_line_takes_every_default_from_worker_options() -> None:
+    flagged = {f.name: f.default for f in fields(WorkerOptions) if "flag" in f.metadata}
+    assert {p.name: p.default for p in cli.worker.params} == flagged
+    assert set(flagged) >= {"instance", "data_dir", "store", "quiet_s", "sink",
+                            "session_timeout_s", "table_memory_mb"}
+
+
+def test_rocksdb_options_split_the_budget() -> None:
+    assert rocksdb_options(4) == {"write_buffer_size": 1 << 20, "max_write_buffer_number": 2,
+                                  "block_cache_size": 2 << 20}
+
+
+def test_the_app_has_an_agent_and_two_tables_per_kind(tmp_path: Path) -> None:
+    app = create_app(SETTINGS, CITY, WorkerOptions(data_dir=tmp_path, store="memory://"))
+    assert app.conf.id == f"{SETTINGS.kafka.topic_prefix}citystream-worker"
+    assert set(app.agents) == {f"citystream.{kind}_kpis" for kind in kinds.names()}
+    assert set(app.tables) == {f"{kind}-{table}" for kind in kinds.names()
+                               for table in ("entities", "state")}
+
+
+def test_every_table_partition_stays_within_its_memory(tmp_path: Path) -> None:
+    """Faust's defaults let each table partition hold 3 x 64 MiB of memtables: the worker's RSS
+    grew with every write. With the app's options, writing 40 MB into one table partition
+    leaves at most the two memtables of the budget in memory."""
+    app = create_app(SETTINGS, CITY, WorkerOptions(data_dir=tmp_path, store="rocksdb://",
+                                                   table_memory_mb=4))
+    tables = list(app.tables.values())
+    assert len(tables) == 2 * len(kinds.names())  # entities and state, per kind and feed
+    for table in tables:
+        assert table.data.rocksdb_options.write_buffer_size == 1 << 20  # type: ignore[attr-defined]
+    db = tables[0].data.rocksdb_options.open(tmp_path / "db")  # type: ignore[attr-defined]
+    value = os.urandom(4000)
+    for n in range(10_000):
+        db[f"entity-{n % 200}".encode()] = value
+    assert db.property_int_value("rocksdb.cur-size-all-mem-tables") <= 2 * (1 << 20) * 1.1
+    db.close()
+
+
+def test_the_apps_rebalance_signals_reach_the_worker(tmp_path: Path) -> None:
+    released: list[int] = []
+    engine = ForgetfulEngine()
+    app = create_app(SETTINGS, CITY, WorkerOptions(data_dir=tmp_path, store="memory://"),
+                     make_worker=functools.partial(Worker, engines={"water": engine},
+                                                   release_memory=lambda: released.append(1)))
+
+    async def rebalance() -> None:
+        await app.on_partitions_revoked.send({TP(TOPICS.kpi_records, 0)})
+        assert engine.forgotten == 0
+        await app.on_partitions_revoked.send({TP(WATER, 0)})
+        assert engine.forgotten == 1
+        await app.on_partitions_assigned.send(set())
+        await app.on_rebalance_complete.send()
+
+    asyncio.run(rebalance())
+    assert len(released) == 2
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_freed_memory_goes_back_to_the_os() -> None:
+    """glibc keeps freed heap pages (here pinned under a live allocation) until malloc_trim."""
+    blocks = [bytes(2048) for _ in range(100_000)]  # ~200 MB of malloc'd (not pymalloc) blocks
+    pin = bytes(2048)
+    del blocks
+    held = _rss_mb()
+    release_freed_memory()
+    assert held - _rss_mb() > 100, (held, _rss_mb())
+    assert len(pin) == 2048
