@@ -151,7 +151,7 @@ def up(home: Path | None, pipeline: bool, sim: bool) -> None:
         stack = _stack(home)
         stack.up()
         if pipeline:
-            stack.start_pipeline(Stack.PIPELINE if sim else ("ingest", "worker", "dashboard",
+            stack.start_pipeline(stack.PIPELINE if sim else ("ingest", "worker", "dashboard",
                                                              "opendata"))
     except StackError as exc:
         _fail(exc)
