@@ -36,7 +36,7 @@ from ingest.mqtt_source import Delivery  # noqa: E402
 from ingest.service import Ingest, IngestOptions  # noqa: E402
 from kpi.engine import engines_for  # noqa: E402
 from models.city import City, load_city, parse_city  # noqa: E402
-from streams.app import decode_record  # noqa: E402
+from streams.worker import decode_record  # noqa: E402
 
 
 class CountingStore(MutableMapping[str, bytes]):

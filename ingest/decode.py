@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from models import kinds
@@ -46,9 +46,6 @@ def _parse_topic(topic: str) -> tuple[str, str, str] | None:
     return _topic_of(topic, kinds.generation())
 
 
-@lru_cache(maxsize=256)
-def _list_of(model: type[BaseReading]) -> TypeAdapter[list[BaseReading]]:
-    return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
 @dataclass(slots=True)
@@ -112,7 +109,7 @@ def _fast(payload: bytes, kind: str, context: dict[str, str]) -> list[BaseReadin
             return [model.model_validate_json(
                 payload, context=context, by_alias=True, by_name=False)]
         if head == b"[":
-            return _list_of(model).validate_json(
+            return kinds.list_adapter(model).validate_json(
                 payload, context=context, by_alias=True, by_name=False) or None
     except (ValidationError, TypeError):
         return None

@@ -169,6 +169,13 @@ def _any_reading(generation: int, types: tuple[type[BaseReading], ...]) -> TypeA
     return TypeAdapter(Annotated[union, Field(discriminator="kind")])  # type: ignore[arg-type]
 
 
+@lru_cache(maxsize=256)
+def list_adapter(model: type[BaseReading]) -> TypeAdapter[list[BaseReading]]:
+    """The validator of a JSON array of `model` readings (a Kafka record, a gateway's batch),
+    built once per model."""
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
 def reading_from_json(data: bytes | str) -> BaseReading:
     """Parse `BaseReading.to_json` output of any registered kind (its `kind` key decides);
     raises pydantic's ValidationError if it is not one."""

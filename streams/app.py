@@ -13,10 +13,9 @@ from faust.types import TP
 
 from citystream.settings import Settings
 from models.city import City
-from streams.worker import Host, Output, Worker, WorkerOptions, decode_record
+from streams.worker import Host, Output, Worker, WorkerOptions
 
-# decode_record: bench/engine_bench.py imports it from here
-__all__ = ["FaustHost", "WorkerFactory", "create_app", "decode_record", "rocksdb_options",
+__all__ = ["FaustHost", "WorkerFactory", "create_app", "rocksdb_options",
            "worker_topics"]
 
 WorkerFactory = Callable[[Settings, City, WorkerOptions, Host], Worker]

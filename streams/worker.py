@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
-from pydantic import TypeAdapter
 
 from citystream.settings import Settings
 from kpi.alerts import AlertRules, AlertSettings
@@ -309,18 +308,13 @@ def _key_of(record: Record) -> bytes:
     return "/".join([record.measurement, *record.tags().values()]).encode()
 
 
-@functools.lru_cache(maxsize=256)
-def _record_adapter(model: type[BaseReading]) -> TypeAdapter[list[BaseReading]]:
-    return TypeAdapter(list[model])  # type: ignore[valid-type]
-
-
 def decode_record(kind: str, value: bytes) -> list[BaseReading]:
     """The readings of a `telemetry.<kind>` record (a JSON array), validated again: the topic
     may hold records that did not come from our ingest."""
     model = kinds.reading_type(kind)
     if model is None:
         raise ValueError(f"{kind!r} is not a registered kind")
-    return _record_adapter(model).validate_json(value)
+    return kinds.list_adapter(model).validate_json(value)
 
 
 def _malloc_trim() -> Any:
