@@ -15,10 +15,10 @@ import click
 
 from analysis.influx import KpiReader, ReadError
 from analysis.report import Kind, Period, Selection
-from citystream.settings import ConfigError, Settings
 from models import kinds as registry
 from models.city import ID_PATTERN, SLUG_PATTERN
 from models.kinds import PYTHON_KINDS
+from models.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 

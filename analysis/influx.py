@@ -7,10 +7,10 @@ import re
 from datetime import datetime
 from typing import Any, TypeVar
 
-from citystream.settings import InfluxSettings
 from dashboard.queries import flux_string
 from models.errors import CitystreamError
 from models.records import Kpi
+from models.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from citystream.topics import Topics  # noqa: E402
 from ingest.kafka_sink import MemorySink  # noqa: E402
 from ingest.mqtt_source import Delivery  # noqa: E402
 from ingest.service import Ingest, IngestOptions  # noqa: E402
 from kpi.engine import engines_for  # noqa: E402
 from models.city import City, load_city, parse_city  # noqa: E402
+from models.topics import Topics  # noqa: E402
 from streams.worker import decode_record  # noqa: E402
 
 

@@ -14,10 +14,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from citystream.settings import KafkaSettings
 from ingest.kafka_sink import MemorySink, ensure_topics
 from ingest.mqtt_source import Delivery
 from ingest.service import Ingest, IngestOptions
+from models.settings import KafkaSettings
 
 from .load import Sensor
 from .stats import Sample

@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench import worker_bench  # noqa: E402
 from bench.worker_bench import rss_mb  # noqa: E402
-from citystream.settings import KafkaSettings  # noqa: E402
-from citystream.topics import Topics  # noqa: E402
 from deploy.local.stack import Stack, StackSettings, free_port  # noqa: E402
 from ingest.kafka_sink import KafkaSink, MemorySink, ensure_topics  # noqa: E402
 from ingest.mqtt_source import Delivery  # noqa: E402
 from ingest.service import Ingest, IngestOptions  # noqa: E402
+from models.settings import KafkaSettings  # noqa: E402
+from models.topics import Topics  # noqa: E402
 from tests.integration.helpers import WorkerProcess  # noqa: E402
 
 HOUR_MS = 3_600_000

@@ -26,7 +26,7 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
-from citystream.settings import InfluxSettings, Settings
+from models.settings import InfluxSettings, Settings
 from streams.lineproto import reading_line
 from streams.sink import InfluxWriter, PointWriter
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import signal
 
-from citystream.settings import Settings
+from models.settings import Settings
 from streams.sink import InfluxSink, serve
 
 log = logging.getLogger("bench.sinkproc")

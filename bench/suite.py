@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
-from citystream.settings import KafkaSettings
 from models.city import City, load_city
+from models.settings import KafkaSettings
 
 from . import kafka as kq
 from .influx import Influx, KpiPoller, ProbePoller, WriteCounter

@@ -27,11 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from citystream.topics import Topics  # noqa: E402
 from deploy.local.stack import Stack, StackSettings, free_port  # noqa: E402
 from ingest.kafka_sink import KafkaSink, MemorySink, ensure_topics  # noqa: E402
 from ingest.mqtt_source import Delivery  # noqa: E402
 from ingest.service import Ingest, IngestOptions  # noqa: E402
+from models.topics import Topics  # noqa: E402
 from tests.integration.helpers import WorkerProcess, create_bucket  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def recording(path: Path, size: float, count: int, *, seed: int = 5,
 
 
 async def produce(stack: Stack, prefix: str, path: Path) -> int:
-    from citystream.settings import KafkaSettings
+    from models.settings import KafkaSettings
 
     settings = KafkaSettings(bootstrap=stack.client_info()["kafka"]["bootstrap"],
                              topic_prefix=prefix)

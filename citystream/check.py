@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import click
 
-from citystream.settings import ConfigError, Settings
+from models.settings import ConfigError, Settings
 
 
 def _mqtt(settings: Settings) -> str:

@@ -142,8 +142,8 @@ def up(home: Path | None, pipeline: bool, sim: bool) -> None:
     """
     t0 = time.monotonic()
     if pipeline:
-        from citystream.startup import settings_and_city
         from models import kinds
+        from models.settings import settings_and_city
 
         city = settings_and_city()[1]  # a bad city file stops here, naming feed and key
         click.echo(f"city {city.name}: kinds {', '.join(kinds.names())}")

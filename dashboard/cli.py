@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from citystream.settings import DashboardSettings
+from models.settings import DashboardSettings
 
 log = logging.getLogger("dashboard")
 
@@ -43,10 +43,10 @@ def dashboard(host: str | None, port: int | None, poll_s: float | None) -> None:
     Example, against the local stack (`citystream up` already runs one on its dashboard port):
       eval "$(citystream env)" && citystream dashboard --port 8090
     """
-    from citystream.startup import settings_and_city
     from dashboard.live import Hub, Poller, PollerOptions
     from dashboard.server import serve
     from dashboard.source import InfluxSource
+    from models.settings import settings_and_city
 
     settings, city = settings_and_city()
     given = {"host": host, "port": port, "poll_s": poll_s}

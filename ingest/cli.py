@@ -10,10 +10,10 @@ import sys
 
 import click
 
-from citystream.settings import Settings
 from ingest.kafka_sink import KafkaSink, ensure_topics
 from ingest.mqtt_source import MqttSource
 from ingest.service import Ingest, IngestOptions
+from models.settings import Settings
 
 log = logging.getLogger("ingest")
 
@@ -67,7 +67,7 @@ def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interva
     Example, against the local stack:
       eval "$(citystream env)" && citystream ingest --instance 0
     """
-    from citystream.startup import settings_and_city
+    from models.settings import settings_and_city
 
     settings, city = settings_and_city()  # the city file's feeds are kinds ingest accepts
     if horizon_s is None:

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from citystream.settings import KafkaSettings
+from models.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

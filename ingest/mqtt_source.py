@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from citystream.settings import MqttSettings
+from models.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from citystream.topics import DEFAULT, Topics
 from ingest.decode import decode
 from ingest.kafka_sink import OutRecord, Sink
 from ingest.mqtt_source import Delivery, Source
+from models.topics import DEFAULT, Topics
 
 log = logging.getLogger(__name__)
 

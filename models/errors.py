@@ -2,7 +2,7 @@
 
     CitystreamError
     ├── ConfigError             (also ValueError) a CITYSTREAM_* setting is invalid (names it);
-    │                           defined in `citystream.settings`
+    │                           defined in `models.settings`
     ├── CityModelError          the city TOML is unreadable or invalid (names file and field)
     ├── UnknownEntityError      (also KeyError) no district / junction / route with that id
     ├── RecordError             (also ValueError) a KPI/alert record cannot become a line

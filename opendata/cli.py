@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from citystream.settings import OpenDataSettings
+from models.settings import OpenDataSettings
 
 log = logging.getLogger("opendata")
 
@@ -44,7 +44,7 @@ def opendata(host: str | None, port: int | None) -> None:
     Example, against the local stack (`citystream up` already runs one on its opendata port):
       eval "$(citystream env)" && citystream opendata --port 8091
     """
-    from citystream.startup import settings_and_city
+    from models.settings import settings_and_city
     from opendata.datasets import published
     from opendata.server import OpenData, Options, serve
     from opendata.store import InfluxStore, StoreError

@@ -14,9 +14,9 @@ from typing import NoReturn
 
 import click
 
-from citystream.settings import ConfigError, Settings
 from models.city import load_city
 from models.errors import CityModelError
+from models.settings import ConfigError, Settings
 from sensors_sim import faults
 from sensors_sim.generator import Scenario, SimConfig, Simulation, lookback_ms
 from sensors_sim.recording import Recorder, iso_utc

@@ -11,8 +11,8 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from citystream.settings import Settings
 from models.city import City
+from models.settings import Settings
 from streams.worker import Host, Output, Worker, WorkerOptions
 
 __all__ = ["FaustHost", "WorkerFactory", "create_app", "rocksdb_options",

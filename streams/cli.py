@@ -60,8 +60,8 @@ def worker(**values: Any) -> None:
 
     import faust
 
-    from citystream.startup import settings_and_city
     from ingest.kafka_sink import ensure_topics
+    from models.settings import settings_and_city
     from streams.app import create_app, worker_topics
     from streams.worker import mark_clean_shutdown, recover_state_dir
 
@@ -116,9 +116,9 @@ def sink(instance: str, counters_s: float) -> None:
     import signal
     import time
 
-    from citystream.startup import settings_and_city
     from ingest.kafka_sink import OutRecord
     from models.records import PipelineCounters, record_to_json
+    from models.settings import settings_and_city
     from streams.sink import InfluxSink, serve
 
     settings, _city = settings_and_city()

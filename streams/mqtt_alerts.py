@@ -8,8 +8,8 @@ import logging
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from citystream.settings import MqttSettings
 from models.records import Alert
+from models.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 

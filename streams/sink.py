@@ -64,12 +64,12 @@ import urllib3
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from citystream.settings import InfluxSettings, KafkaSettings, Settings
-from citystream.topics import DEFAULT, Topics
 from ingest.kafka_sink import KafkaSink, OutRecord, Sink
 from models import kinds
 from models.errors import BackpressureError, RecordError, SinkError
 from models.records import record_from_json, to_line_protocol
+from models.settings import InfluxSettings, KafkaSettings, Settings
+from models.topics import DEFAULT, Topics
 from streams.lineproto import pipeline_line, reading_line
 
 log = logging.getLogger(__name__)

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from citystream.settings import Settings
 from kpi.alerts import AlertRules, AlertSettings
 from models import kinds
 from models.city import City
 from models.readings import BaseReading
 from models.records import Alert, Kpi, PipelineCounters, Record, record_to_json
+from models.settings import Settings
 from streams.mqtt_alerts import AlertPublisher
 from streams.offsets import (
     APPLIED_PREFIX,

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from citystream.settings import LOCAL_STACK_SERVICE_USER
+from models.settings import LOCAL_STACK_SERVICE_USER
 
 MQTT_GATEWAY_USER = "gateway"
 MQTT_SERVICE_USER = LOCAL_STACK_SERVICE_USER

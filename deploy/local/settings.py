@@ -8,8 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from citystream.settings import default_stack_home
 from deploy.influxdb.provision import Bucket, Plan, parse_retention
+from models.settings import default_stack_home
 
 LOOPBACK = "127.0.0.1"
 

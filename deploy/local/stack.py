@@ -31,7 +31,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from citystream.settings import local_stack_env
 from deploy.influxdb.admin import can_write
 from deploy.local import influxdb, kafka, mosquitto
 from deploy.local.credentials import (
@@ -45,6 +44,7 @@ from deploy.local.mosquitto import mosquitto_binary
 from deploy.local.settings import LOOPBACK, StackSettings
 from deploy.local.supervision import Progress, Service, check_port, free_port, say, wait_ready
 from models.errors import ProvisionError, StackError
+from models.settings import local_stack_env
 
 __all__ = ["MQTT_GATEWAY_USER", "MQTT_SERVICE_USER", "Credentials", "Stack", "StackError",
            "StackSettings", "free_port", "influxd_path", "install_all", "mosquitto_binary"]
@@ -126,7 +126,7 @@ class Stack:
 
     def service_env(self) -> dict[str, str]:
         """Env vars that point citystream components (ingest, worker, sim) at this stack
-        (`citystream.settings.local_stack_env`, which `Settings.load()` also uses to find this
+        (`models.settings.local_stack_env`, which `Settings.load()` also uses to find this
         stack by itself).
 
         The InfluxDB token is the pipeline's write-only one (see `Credentials`), present once

@@ -13,7 +13,6 @@ from typing import Any
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from pydantic import SecretStr
 
-from citystream.settings import InfluxSettings
 from deploy.influxdb.provision import read_authorization
 from deploy.local.stack import Stack
 from kinds.energy import EnergyKpi
@@ -23,6 +22,7 @@ from kinds.water import WaterKpi
 from models.city import City
 from models.feeds import FeedSpec, kpi_model
 from models.records import Alert, PipelineCounters, Record, to_line_protocol
+from models.settings import InfluxSettings
 from streams.sink import InfluxWriter
 from tests.integration.helpers import create_bucket, influx_points
 

@@ -142,7 +142,7 @@ def read_kafka(bootstrap: str, topics: list[str], *, timeout: float = 30.0) -> d
 
 
 def kafka_contents(stack: Stack) -> KafkaDump:
-    from citystream.topics import DEADLETTER, TELEMETRY
+    from models.topics import DEADLETTER, TELEMETRY
 
     raw = read_kafka(stack.client_info()["kafka"]["bootstrap"], [*TELEMETRY.values(), DEADLETTER])
     dump = KafkaDump()

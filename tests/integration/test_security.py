@@ -24,10 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from citystream.settings import MqttSettings
 from deploy.local.mosquitto import HERE, mosquitto_config
 from deploy.local.stack import Credentials, Stack
 from ingest.mqtt_source import MqttSource
+from models.settings import MqttSettings
 from tests.integration.faults import lane_logs, secrets_in_logs
 from tests.integration.helpers import (
     IngestProcess,

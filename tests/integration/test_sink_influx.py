@@ -18,14 +18,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from pydantic import SecretStr
 
-from citystream.settings import InfluxSettings, KafkaSettings
-from citystream.topics import Topics
 from deploy.local.stack import Stack
 from ingest.kafka_sink import KafkaSink, ensure_topics
 from kinds.shuttle import ShuttleReading
 from kinds.traffic import TrafficReading
 from kinds.water import WaterKpi, WaterReading
 from models.records import Alert, record_to_json
+from models.settings import InfluxSettings, KafkaSettings
+from models.topics import Topics
 from streams.sink import (
     GROUP_ID,
     Buckets,

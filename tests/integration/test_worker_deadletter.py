@@ -11,7 +11,7 @@ import time
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from citystream.topics import Topics
+from models.topics import Topics
 from tests.integration.helpers import Lane, influx_points, read_kafka, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.influxdb, pytest.mark.mqtt]

@@ -14,8 +14,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from citystream.settings import KafkaSettings
-from citystream.topics import Topics
+from models.settings import KafkaSettings
+from models.topics import Topics
 from tests.integration.helpers import Lane, WorkerProcess, oracle_points, start_of_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from citystream.settings import Settings
 from deploy.local.mosquitto import MOSQUITTO_ACL_FILE
 from deploy.local.stack import StackSettings
+from models.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "deploy" / "compose" / "docker-compose.yml"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from citystream.cli import main
-from citystream.settings import Settings
+from models.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"

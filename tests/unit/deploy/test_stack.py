@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from citystream.settings import ConfigError, Settings
 from deploy.local import kafka
 from deploy.local.stack import Credentials, Stack, StackError, StackSettings
 from deploy.local.supervision import check_port
 from models.errors import CitystreamError
+from models.settings import ConfigError, Settings
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from citystream.settings import KafkaSettings
 from ingest.kafka_sink import KafkaSink, OutRecord
+from models.settings import KafkaSettings
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 from bench.load import _varint
-from citystream.settings import MqttSettings
 from ingest.mqtt_source import Delivery, MqttSource
+from models.settings import MqttSettings
 
 
 def _publish(topic: str, mid: int, payload: bytes, *, qos: int = 1, dup: bool = False,

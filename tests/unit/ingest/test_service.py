@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from citystream.topics import DEADLETTER, PIPELINE_COUNTERS, TELEMETRY
 from ingest.kafka_sink import MemorySink
 from ingest.mqtt_source import Delivery
 from ingest.service import Ingest, IngestOptions
+from models.topics import DEADLETTER, PIPELINE_COUNTERS, TELEMETRY
 
 NOW_MS = int(time.time() * 1000)
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from citystream.cli import main
-from citystream.settings import Settings
 from deploy.local.stack import Credentials, Stack, StackSettings
+from models.settings import Settings
 from opendata import queries
 from opendata.datasets import published
 from tests.unit.opendata.fakes import city

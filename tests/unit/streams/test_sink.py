@@ -20,12 +20,12 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import SecretStr
 
-from citystream.settings import InfluxSettings
-from citystream.topics import KPI_RECORDS, PIPELINE_COUNTERS, SINK_DEADLETTER, TELEMETRY, Topics
 from ingest.kafka_sink import MemorySink
 from kinds.water import WaterKpi
 from models.errors import RecordError
 from models.records import Alert, record_to_json
+from models.settings import InfluxSettings
+from models.topics import KPI_RECORDS, PIPELINE_COUNTERS, SINK_DEADLETTER, TELEMETRY, Topics
 from streams.sink import (
     InfluxSink,
     InfluxWriter,

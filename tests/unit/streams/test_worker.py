@@ -14,10 +14,10 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from citystream.settings import Settings
 from models import kinds
 from models.city import load_city
 from models.kinds import engines_for, reading_types
+from models.settings import Settings
 from streams import cli
 from streams.app import create_app, rocksdb_options
 from streams.offsets import MemoryRangeReader, applied_offset, mark_applied

@@ -25,8 +25,9 @@ from typing import Any
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from citystream.topics import Topics
-from models.errors import CitystreamError
+from models.city import City, load_city
+from models.errors import CityModelError, CitystreamError
+from models.topics import Topics
 
 ENV_PREFIX = "CITYSTREAM_"
 CONNECTION_SECTIONS = ("MQTT", "KAFKA", "INFLUX")
@@ -229,3 +230,15 @@ def _nested(env: Mapping[str, str]) -> dict[str, Any]:
         section, _, field = name.removeprefix(ENV_PREFIX).lower().partition("__")
         out.setdefault(section, {})[field] = value
     return out
+
+
+def settings_and_city() -> tuple[Settings, City]:
+    """What every service command does first: the `Settings` from the environment and the city
+    file they name; on a bad setting or city file, print ``error: ...`` naming what to fix and
+    exit with status 2."""
+    try:
+        settings = Settings.load()
+        return settings, load_city(settings.city.file)
+    except (ConfigError, CityModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
