@@ -15,6 +15,7 @@ class RegisterEngine(KindEngine):
     district and window; the window's [actual, baseline] feed the 24 h saving."""
 
     has_rolling = True
+    judges_stuck = True
 
     def entity(self, reading: Any) -> str:
         return str(reading.district)

@@ -32,6 +32,8 @@ class AlertSettings:
     battery_low_pct: float = 20.0
     silent_intervals: int = 5
     timezone: str = "Europe/London"
+    quality_min_score: float = 80.0
+    quality_alert_hours: int = 2
 
 
 AlertKey = tuple[str, str, str]

@@ -31,6 +31,7 @@ import orjson
 
 from kpi.alerts import AlertKey, AlertRules
 from kpi.numbers import fadd
+from kpi.quality import DUPLICATES, FIRST_TS, LAST_TS, LATE, READINGS, hour_of, judge
 from kpi.state import (
     DELTA_SLOTS,
     Entity,
@@ -40,11 +41,13 @@ from kpi.state import (
     ckey,
     delta_seq,
     dkey,
+    quality_of_batch,
     skey,
     stored,
 )
 from models.city import City
 from models.kinds import engines_for
+from models.quality import SensorQuality
 from models.readings import BaseReading
 from models.records import Alert, Kpi
 
@@ -58,6 +61,7 @@ class Outcome:
 
     records: list[Kpi] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    quality: list[SensorQuality] = field(default_factory=list)
     accepted: int = 0
     duplicates: int = 0
     late: int = 0
@@ -81,6 +85,7 @@ class KindEngine:
     has_rolling: bool = False
     unit_field: str | None = None  # the per-sensor value whose increases count (registers ...)
     carries_values: bool = False  # per-sensor values kept by `add_in_order` instead
+    judges_stuck: bool = False  # `unit_field` is a register: a frozen one is `stuck`
 
     def __init__(self, city: City, *, grace_s: int | None = None,
                  horizon_s: int | None = None, rules: AlertRules | None = None) -> None:
@@ -149,6 +154,7 @@ class KindEngine:
                 out.duplicates += len(items)
                 out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
                 out.alerts.extend(alerts_of_batch(store, entity, offset))
+                out.quality.extend(quality_of_batch(store, entity, offset))
                 continue
             try:
                 self._process_entity(entity, items, ent, store, out, offset)
@@ -163,6 +169,9 @@ class KindEngine:
         wms, late_after = self.window_ms, self.window_ms + self.grace_ms
         unit_field, carries = self.unit_field, self.carries_values
         silent_factor = self.rules.s.silent_intervals
+        quality, judges_stuck = ent.quality, self.judges_stuck
+        judged_before = -1 if quality.done is None else quality.done
+        tallied: set[tuple[int, str]] = set()
         pending: dict[int, list[list[Any]]] = {}
         touched: set[int] = set()
         changed: set[str] = set()
@@ -174,11 +183,13 @@ class KindEngine:
         # window's own keys are "n", "c", "s" (state.WINDOW_*), indexed literally for speed.
         for r in items:
             ts = r.ts_ms
+            sid = r.sensor_id
+            hour = ts - ts % 3_600_000
             if newest is not None and ts < newest - self.horizon_ms:
                 out.beyond_horizon += 1
+                quality.tally(hour_of(newest), sid, r.district, tallied)[LATE] += 1
                 continue
             start = ts - ts % wms
-            sid = r.sensor_id
             rec = sensors.get(sid)
             if rec is None or ts > rec[0]:
                 # in order for this sensor: new, and first in its window unless the sensor's
@@ -186,11 +197,15 @@ class KindEngine:
                 first_in_window = rec is None or rec[0] < start
             elif ts == rec[0]:
                 out.duplicates += 1
+                quality.tally(hour if hour > judged_before else hour_of(newest or ts), sid,
+                              r.district, tallied)[DUPLICATES] += 1
                 continue
             else:
                 seen = self._seen_in(store, entity, start, wins.get(start), pending)
                 if (sid, ts) in seen.pairs:
                     out.duplicates += 1
+                    quality.tally(hour if hour > judged_before else hour_of(newest or ts), sid,
+                                  r.district, tallied)[DUPLICATES] += 1
                     continue
                 first_in_window = sid not in seen.sensors
             acc = wins.get(start)
@@ -202,8 +217,20 @@ class KindEngine:
             cached = self._seen.get((store_id, entity, start)) if self._seen else None
             if cached is not None:
                 cached.add(sid, ts)
-            if newest is not None and newest > start + late_after:
-                out.late += 1
+            if newest is not None and (newest > start + late_after or hour <= judged_before):
+                if newest > start + late_after:
+                    out.late += 1
+                quality.tally(hour_of(newest), sid, r.district, tallied)[LATE] += 1
+            else:
+                tally = quality.tally(hour, sid, r.district, tallied)
+                tally[READINGS] += 1
+                if tally[FIRST_TS] < 0 or ts < tally[FIRST_TS]:
+                    tally[FIRST_TS] = ts
+                if ts > tally[LAST_TS]:
+                    tally[LAST_TS] = ts
+                if judges_stuck and rec is not None and ts > rec[0] and \
+                        getattr(r, unit_field or "") != rec[2]:
+                    tally[3] += 1  # quality.CHANGES
             value = getattr(r, unit_field) if unit_field else None
             if rec is None:
                 if carries:
@@ -229,7 +256,10 @@ class KindEngine:
             if newest is None or ts > newest:
                 newest = ts
         out.accepted += accepted
-        if not touched:
+        if not touched or newest is None:
+            if tallied:
+                self._commit(store, entity, ent, offset, pending, touched, changed, {}, [],
+                             ent.quality_delta(tallied, [], set()))
             return
         ent.max = newest
         for start in touched:
@@ -237,13 +267,23 @@ class KindEngine:
         records = self._emissions(entity, ent, touched)
         out.records.extend(records)
         alerts = self._alerts(entity, ent, records, gaps, changed)
+        histories: set[str] = set()
+        active: set[AlertKey] = {(k[0], k[1], k[2]) for k in ent.alerts}
+        points, quality_alerts, judged = judge(self.kind, quality, newest, self.grace_ms,
+                                               judges_stuck, self.rules, active, histories)
+        if quality_alerts:
+            ent.alerts = sorted(list(k) for k in active)
+            alerts.extend(quality_alerts)
         out.alerts.extend(alerts)
+        out.quality.extend(points)
         pruned = self._prune(ent)
-        self._commit(store, entity, ent, offset, pending, touched, changed, pruned, alerts)
+        self._commit(store, entity, ent, offset, pending, touched, changed, pruned, alerts,
+                     {**ent.quality_delta(tallied, judged, histories),
+                      **({"judged": [p.model_dump() for p in points]} if points else {})})
 
     def _commit(self, store: Store, entity: str, ent: Entity, offset: int | None,
                 pending: dict[int, list[list[Any]]], touched: set[int], changed: set[str],
-                pruned: dict[int, int], alerts: list[Alert]) -> None:
+                pruned: dict[int, int], alerts: list[Alert], extra: dict[str, Any]) -> None:
         """Write the batch: its dedupe chunks, then the delta (the commit point), then maybe a
         snapshot, then the deletes of pruned windows' chunks."""
         key = id(store)
@@ -265,7 +305,7 @@ class KindEngine:
             "wins": {str(s): ent.wins.get(s) for s in touched | set(pruned)},
             "sensors": {sid: ent.sensors[sid] for sid in changed},
             # the batch's alert transitions, sent again if the batch is redelivered
-            "raised": [a.model_dump() for a in alerts]})
+            "raised": [a.model_dump() for a in alerts], **extra})
         store[dkey(entity, ent.seq % DELTA_SLOTS)] = delta
         ent.delta_bytes += len(delta)
         if ent.seq - ent.snap_seq >= DELTA_SLOTS - 1 or ent.delta_bytes >= ent.snap_bytes:

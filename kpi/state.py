@@ -20,6 +20,8 @@ from typing import Any, Final
 
 import orjson
 
+from kpi.quality import QualityState
+from models.quality import SensorQuality
 from models.records import Alert
 
 Store = MutableMapping[str, bytes]
@@ -49,8 +51,8 @@ class Entity:
     chunks again.
     """
 
-    __slots__ = ("alerts", "delta_bytes", "emitted", "max", "next_silence", "off", "sensors",
-                 "seq", "snap_bytes", "snap_seq", "wins")
+    __slots__ = ("alerts", "delta_bytes", "emitted", "max", "next_silence", "off", "quality",
+                 "sensors", "seq", "snap_bytes", "snap_seq", "wins")
 
     def __init__(self) -> None:
         self.seq = 0
@@ -64,11 +66,31 @@ class Entity:
         self.snap_bytes = 0
         self.delta_bytes = 0
         self.next_silence = -1  # event time after which a sensor may fall silent; -1: sweep
+        self.quality = QualityState()
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "off": self.off, "max": self.max, "emitted": self.emitted,
+        data = {"seq": self.seq, "off": self.off, "max": self.max, "emitted": self.emitted,
                 "alerts": self.alerts, "wins": {str(s): a for s, a in self.wins.items()},
                 "sensors": self.sensors}
+        quality = self.quality
+        if quality.hours or quality.sensors or quality.done is not None:
+            data.update(qh={str(h): t for h, t in quality.hours.items()}, qs=quality.sensors,
+                        qdone=quality.done)
+        return data
+
+    def quality_delta(self, tallies: set[tuple[int, str]], judged: list[int],
+                      histories: set[str]) -> dict[str, Any]:
+        """The delta keys of a batch's quality changes (none if it changed nothing)."""
+        quality = self.quality
+        if not (tallies or judged or histories):
+            return {}
+        changed: dict[str, dict[str, Any]] = {}
+        for hour, sensor_id in tallies:
+            if hour in quality.hours:
+                changed.setdefault(str(hour), {})[sensor_id] = quality.hours[hour][sensor_id]
+        hours: dict[str, dict[str, Any] | None] = {**changed, **{str(h): None for h in judged}}
+        return {"qh": hours, "qs": {s: quality.sensors.get(s) for s in histories},
+                "qdone": quality.done}
 
     def apply(self, data: dict[str, Any]) -> None:
         """Apply a snapshot or a delta read back from the store."""
@@ -80,6 +102,19 @@ class Entity:
             else:
                 self.wins[int(s)] = acc
         self.sensors.update(data["sensors"])
+        quality = self.quality
+        for h, tallies in data.get("qh", {}).items():
+            if tallies is None:
+                quality.hours.pop(int(h), None)
+            else:
+                quality.hours.setdefault(int(h), {}).update(tallies)
+        for sensor_id, history in data.get("qs", {}).items():
+            if history is None:
+                quality.sensors.pop(sensor_id, None)
+            else:
+                quality.sensors[sensor_id] = history
+        if "qdone" in data:
+            quality.done = data["qdone"]
 
     @classmethod
     def read(cls, store: Store, entity: str) -> Entity:
@@ -124,6 +159,18 @@ def alerts_of_batch(store: Store, entity: str, offset: int) -> list[Alert]:
             delta = orjson.loads(raw)
             if delta["off"] == offset:
                 return [Alert.model_validate(a) for a in delta.get("raised", ())]
+    return []
+
+
+def quality_of_batch(store: Store, entity: str, offset: int) -> list[SensorQuality]:
+    """The `sensor_quality` points the applied batch at `offset` judged, if its delta is still
+    in the ring (see `alerts_of_batch`)."""
+    for slot in range(DELTA_SLOTS):
+        raw = store.get(dkey(entity, slot))
+        if raw is not None:
+            delta = orjson.loads(raw)
+            if delta["off"] == offset:
+                return [SensorQuality.model_validate(p) for p in delta.get("judged", ())]
     return []
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Union
 
 from pydantic import Field, TypeAdapter
 
+from models.quality import SensorQuality
 from models.raw import RawSchema
 from models.readings import BaseReading
 from models.records import Alert, Kpi, PipelineCounters, Record
@@ -143,9 +144,10 @@ def reading_types() -> dict[str, type[BaseReading]]:
 
 def record_types() -> dict[str, type[Record]]:
     """Measurement -> record type of everything the pipeline writes to the `kpi` bucket: every
-    kind's KPI record, `alert` and `pipeline`."""
+    kind's KPI record, `alert`, `pipeline` and `sensor_quality`."""
     return {**{spec.measurement: spec.kpi_type for spec in _REGISTRY.all().values()},
-            Alert.measurement: Alert, PipelineCounters.measurement: PipelineCounters}
+            Alert.measurement: Alert, PipelineCounters.measurement: PipelineCounters,
+            SensorQuality.measurement: SensorQuality}
 
 
 def engines_for(city: City, **options: Any) -> dict[str, KindEngine]:

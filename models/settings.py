@@ -124,6 +124,19 @@ class OpenDataSettings(BaseModel):
                                 "windows this long (0: computed per request)")
 
 
+class QualitySettings(BaseModel):
+    min_score: float = Field(80.0, ge=0, le=100, description="a sensor scoring below this in "
+                             "an hour's sensor_quality needs attention")
+    alert_hours: int = Field(2, ge=1, le=168, description="hours in a row below min_score "
+                             "before a sensor_quality alert is raised")
+
+
+class AuditSettings(BaseModel):
+    log: Path | None = Field(None, description="where destructive operator commands "
+                             "(`citystream erase`) append one JSON line each; audit.log in "
+                             "the local stack's home when unset")
+
+
 class Settings(BaseSettings):
     """All of citystream's service settings."""
 
@@ -136,6 +149,8 @@ class Settings(BaseSettings):
     city: CitySettings = CitySettings()
     dashboard: DashboardSettings = DashboardSettings()
     opendata: OpenDataSettings = OpenDataSettings()
+    quality: QualitySettings = QualitySettings()
+    audit: AuditSettings = AuditSettings()
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -13,7 +13,7 @@ from faust.types import TP
 
 from models.city import City
 from models.settings import Settings
-from streams.worker import Host, Output, Worker, WorkerOptions
+from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
 __all__ = ["FaustHost", "WorkerFactory", "create_app", "rocksdb_options",
            "worker_topics"]
@@ -41,11 +41,11 @@ def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
     topics = settings.kafka.topics
     app_id = f"{settings.kafka.topic_prefix}citystream-worker"
     plain: dict[str, str] = {}
-    out = {t: plain for t in [*topics.telemetry.values(), topics.kpi_records,
+    out = {t: plain for t in [*topics.telemetry.values(), topics.deadletter, topics.kpi_records,
                               topics.pipeline_counters, topics.sink_deadletter]}
-    for kind in topics.telemetry:
-        for table in ("entities", "state"):
-            out[f"{app_id}-{kind}-{table}-changelog"] = {"cleanup.policy": "compact"}
+    tables = [f"{kind}-{table}" for kind in topics.telemetry for table in ("entities", "state")]
+    for table in [*tables, REJECTED_TABLE]:
+        out[f"{app_id}-{table}-changelog"] = {"cleanup.policy": "compact"}
     return out
 
 
@@ -116,6 +116,13 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         source = app.topic(tables.topic, key_type=bytes, value_type=bytes,
                            partitions=settings.kafka.partitions)
         app.agent(source, name=f"citystream.{kind}_kpis", concurrency=1)(_agent(worker, kind))
+    letters = app.topic(settings.kafka.topics.deadletter, key_type=bytes, value_type=bytes,
+                        partitions=settings.kafka.partitions)
+
+    @app.agent(letters, name="citystream.rejected_counts", concurrency=1)
+    async def rejected_counts(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await worker.count_rejected(event.message.offset, event.value)
 
     @app.on_partitions_revoked.connect
     async def forget_cached_entities(sender: Any, /, *args: Any, signal: Any, **kwargs: Any,
