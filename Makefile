@@ -1,5 +1,6 @@
 # The two commands of the README: `make up` (set up and run) and `make test` (the whole suite).
-.PHONY: up down status test lint bootstrap install
+# `make bench ARGS="--quick"`: the benchmark suite (`python -m bench`, docs/performance.md).
+.PHONY: up down status test lint bootstrap install bench
 VENV := .venv/bin
 
 bootstrap:
@@ -22,6 +23,9 @@ test: install
 	$(VENV)/mypy
 	$(VENV)/lint-imports
 	$(VENV)/pytest
+
+bench: install
+	$(VENV)/python -m bench $(ARGS)
 
 lint: bootstrap
 	$(VENV)/ruff check .

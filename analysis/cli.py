@@ -18,7 +18,7 @@ from analysis.report import Kind, Period, Selection
 from models import kinds as registry
 from models.city import ID_PATTERN, SLUG_PATTERN
 from models.kinds import PYTHON_KINDS
-from models.settings import ConfigError, Settings
+from models.settings import ConfigError, QualitySettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +180,19 @@ class KindType(click.ParamType):
 @click.option("--exit-code", is_flag=True,
               help="Exit with status 3 when a selected district, junction or feed entity is "
                    "off track (for scripts and cron).")
+@click.option("--quality", is_flag=True,
+              help="Also each sensor's data quality (sensor_quality): a summary of the sensors "
+                   "needing attention, the worst by name; with --csv PATH, every sensor in "
+                   "PATH-quality.csv. --kind and --district narrow it.")
+@click.option("--min-score", type=click.FloatRange(0, 100), metavar="SCORE",
+              default=QualitySettings.model_fields["min_score"].default,
+              envvar="CITYSTREAM_QUALITY__MIN_SCORE", show_envvar=True, show_default=True,
+              help="With --quality: a sensor whose mean hourly score is below SCORE needs "
+                   "attention (as does one with rejected readings or stuck).")
 def report(start: str | None, stop: str | None, last: str | None, city_file: Path | None,
            districts: tuple[str, ...], junctions: tuple[str, ...], routes: tuple[str, ...],
            entities: tuple[str, ...], kinds: tuple[Kind, ...], csv_path: str | None,
-           png_path: Path | None, exit_code: bool) -> None:
+           png_path: Path | None, exit_code: bool, quality: bool, min_score: float) -> None:
     """Are we on track? Savings and congestion against target for a period, from InfluxDB.
 
     For each district (water, energy) the period's saving = 100 x (1 - use / baseline), for
@@ -193,7 +202,9 @@ def report(start: str | None, stop: str | None, last: str | None, city_file: Pat
     declared in the city file, per entity, each KPI over the period (the mean of the windows'
     values; totals for count, count_above, sum, delta and increase KPIs, the maximum for
     sensors) and its target KPI's mean against the target. A window belongs to the period when
-    its end lies in (--from, --to]. Default period: the last 7 days.
+    its end lies in (--from, --to]. Default period: the last 7 days. With --quality, also each
+    sensor's data quality over the period (its hourly sensor_quality points): the sensors
+    needing attention (mean score below --min-score, rejected readings, or stuck) and why.
 
     \b
     Examples:
@@ -202,10 +213,18 @@ def report(start: str | None, stop: str | None, last: str | None, city_file: Pat
       citystream report --last 30d --kind water --csv water.csv --png water.png
       citystream report --last 7d --kind car_park --entity cp-station
       citystream report --last 24h --csv - | column -s, -t
+      citystream report --last 7d --quality --csv week.csv   # and week-quality.csv
 
     Reads InfluxDB with CITYSTREAM_INFLUX__URL, __ORG, __TOKEN and __BUCKET_KPI (against the
     local stack: eval "$(citystream env)"). Exit status 1 when InfluxDB cannot be read.
     """
+    from analysis.quality import (
+        QualityRow,
+        quality_csv_path,
+        render_quality,
+        summarise_quality,
+        write_quality_csv,
+    )
     from analysis.report import render_table, summarise, write_csv
     from models.records import Kpi
 
@@ -222,6 +241,15 @@ def report(start: str | None, stop: str | None, last: str | None, city_file: Pat
     except ReadError as exc:
         _fail(str(exc))
     rows = summarise(records, period, selection)
+    sensors: list[QualityRow] = []
+    if quality:
+        where = {"kind": selection.kinds, "district": selection.districts}
+        try:
+            sensors = summarise_quality(reader.sensor_quality(
+                period.start_ms, period.stop_ms, min_score,
+                {tag: values for tag, values in where.items() if values}), min_score)
+        except ReadError as exc:
+            _fail(str(exc))
     if csv_path == "-":
         write_csv(rows, sys.stdout, period)
     else:
@@ -230,6 +258,14 @@ def report(start: str | None, stop: str | None, last: str | None, city_file: Pat
             with open(csv_path, "w", encoding="utf-8", newline="") as out:
                 write_csv(rows, out, period)
             click.echo(f"wrote {csv_path}", err=True)
+    if quality:
+        quality_path = str(quality_csv_path(csv_path)) if csv_path and csv_path != "-" else None
+        click.echo("\n" + render_quality(sensors, min_score, quality_path), nl=False,
+                   err=csv_path == "-")
+        if quality_path:
+            with open(quality_path, "w", encoding="utf-8", newline="") as out:
+                write_quality_csv(sensors, out, period)
+            click.echo(f"wrote {quality_path}", err=True)
     if png_path:
         from analysis.chart import plot
 

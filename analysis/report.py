@@ -21,7 +21,6 @@ window's end). Per entity:
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -495,9 +494,3 @@ def write_csv(rows: Sequence[ReportRow], out: TextIO, period: Period) -> None:
         writer.writerow([start, stop, *("" if (v := getattr(row, c)) is None else
                                         repr(v) if isinstance(v, float) else v
                                         for c in CSV_COLUMNS)])
-
-
-def to_csv(rows: Sequence[ReportRow], period: Period) -> str:
-    buf = io.StringIO()
-    write_csv(rows, buf, period)
-    return buf.getvalue()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build Telegraf from its Go module, with only the plugins the benchmark uses (no binary
-# downloads), the way deploy/local/build-influxd.sh builds influxd. Used by `citystream bench`
+# downloads), the way deploy/local/build-influxd.sh builds influxd. Used by `python -m bench`
 # for its Telegraf peer, never by the test suite.
 # Cached at $CITYSTREAM_CACHE/telegraf-<version>/bin/telegraf; a second run is a no-op.
 set -euo pipefail

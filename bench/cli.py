@@ -1,4 +1,4 @@
-"""`citystream bench`: the benchmark suite against its peers, on a private stack."""
+"""`python -m bench`: the benchmark suite against its peers, on a private stack."""
 
 from __future__ import annotations
 
@@ -70,11 +70,12 @@ def bench(everything: bool, quick: bool, runs: int, stages: str | None, workload
 
     \b
     Examples:
-      citystream bench --all --runs 3 --out bench-results/   # everything, ~2.5 h
-      citystream bench --quick                                # smoke run
-      citystream bench --stages ingest,e2e --workloads none --no-peers
+      python -m bench --all --runs 3 --out bench-results/   # everything, ~2.5 h
+      python -m bench --quick                                # smoke run
+      python -m bench --stages ingest,e2e --workloads none --no-peers
 
-    Needs the stack's programs (`citystream install`); Telegraf builds with Go (~2 min once),
+    Run from the repository's root with its venv (`make bench ARGS=...` does). Needs the
+    stack's programs (`citystream install`); Telegraf builds with Go (~2 min once),
     Quix Streams installs from PyPI. Load and CPU steal during each measurement are recorded
     next to its figures: measure on a quiet machine.
     """
@@ -87,7 +88,7 @@ def bench(everything: bool, quick: bool, runs: int, stages: str | None, workload
         chosen_workloads = _names(workloads or "", WORKLOADS, "workload")
     options = Options(out=out, runs=runs, quick=quick, workloads=chosen_workloads,
                       stages=chosen_stages, peers=peers, keep=keep_logs, quix_venv=quix_venv,
-                      extra={"command": " ".join(["citystream", *sys.argv[1:]])})
+                      extra={"command": " ".join(["python -m bench", *sys.argv[1:]])})
     try:
         results = run(options, say=lambda msg: click.echo(msg, err=True))
     except Exception as exc:  # one readable line; the stack is already down

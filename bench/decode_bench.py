@@ -1,4 +1,4 @@
-"""Decode cost per reading: `python bench/decode_bench.py [--quick]` prints a table.
+"""Decode cost per reading: `python -m bench.decode_bench [--quick]` prints a table.
 
 For each kind, a single-object payload and a 50-reading array are decoded three ways:
 - `model_validate_json`: pydantic-core parses and validates the payload bytes (decode's fast path);
@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import timeit
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 from pydantic import TypeAdapter
@@ -84,7 +80,8 @@ def cases(kind: str, size: int, rfc3339: bool) -> dict[str, Callable[[], object]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.decode_bench",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
     args = parser.parse_args()
     budget, repeat = (0.01, 5) if args.quick else (0.03, 21)

@@ -1,6 +1,6 @@
 """KPI engine benchmark: readings/s through the pure engines, no Kafka, no Faust.
 
-    .venv/bin/python bench/engine_bench.py --size 32 --count 20000 [--profile out.txt]
+    .venv/bin/python -m bench.engine_bench --size 32 --count 20000 [--profile out.txt]
 
 A seeded simulation (`citystream sim --dry-run`; --size 32 is about 10,000 sensors) is decoded
 and grouped into records exactly as ingest does, then each record goes through its kind's engine
@@ -17,8 +17,6 @@ import cProfile
 import json
 import pstats
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, MutableMapping
@@ -27,16 +25,14 @@ from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ingest.kafka_sink import MemorySink  # noqa: E402
-from ingest.mqtt_source import Delivery  # noqa: E402
-from ingest.service import Ingest, IngestOptions  # noqa: E402
-from kpi.engine import engines_for  # noqa: E402
-from models.city import City, load_city, parse_city  # noqa: E402
-from models.topics import Topics  # noqa: E402
-from streams.worker import decode_record  # noqa: E402
+from bench.kafka import encoder
+from bench.load import record_city
+from ingest.mqtt_source import Delivery
+from kpi.engine import engines_for
+from models.city import City, load_city, parse_city
+from models.topics import Topics
+from streams.worker import decode_record
+from tests.support import ROOT
 
 
 class CountingStore(MutableMapping[str, bytes]):
@@ -72,17 +68,14 @@ def records(size: float, count: int, seed: int) -> list[tuple[str, bytes]]:
     start = (int(time.time()) // 3600 - 20) * 3_600_000
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rec.jsonl"
-        subprocess.run([sys.executable, "-m", "citystream", "sim", "--dry-run", "--speed", "0",
-                        "--size", str(size), "--count", str(count), "--seed", str(seed),
-                        "--start", str(start), "--batch", "1", "--no-progress",
-                        "--record", str(path)], check=True, cwd=ROOT, capture_output=True)
+        record_city(path, start_ms=start, count=count, seed=seed, size=size)
         rows = [json.loads(line) for line in path.read_text().splitlines()]
     now = int(time.time() * 1000)
     deliveries = [Delivery(r["topic"], base64.b64decode(r["payload_b64"]), now, i, False)
                   for i, r in enumerate(rows)]
     topics = Topics("")
     kinds = {topic: kind for kind, topic in topics.telemetry.items()}
-    pump = Ingest(None, MemorySink(), "bench", IngestOptions(), topics)  # type: ignore[arg-type]
+    pump = encoder(topics)
     out: list[tuple[str, bytes]] = []
     for i in range(0, len(deliveries), 2000):
         out.extend((kinds[r.topic], r.value) for r in pump.encode(deliveries[i:i + 2000])
@@ -167,7 +160,7 @@ def feed_vs_water(recs: list[tuple[str, bytes]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.engine_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=float, default=32.0, help="city size (32 ≈ 10k sensors)")
     parser.add_argument("--count", type=int, default=20_000, help="messages to simulate")

@@ -14,10 +14,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ingest.kafka_sink import MemorySink, ensure_topics
+from connectors.kafka import MemorySink, ensure_topics
 from ingest.mqtt_source import Delivery
 from ingest.service import Ingest, IngestOptions
 from models.settings import KafkaSettings
+from models.topics import Topics
 
 from .load import Sensor
 from .stats import Sample
@@ -56,14 +57,29 @@ class Ledger:
         return out
 
 
+def encoder(topics: Topics, horizon_s: int | None = None) -> Ingest:
+    """Ingest's own decoding and grouping into Kafka records (`Ingest.encode`: up to 500
+    readings of one key per record), without MQTT or Kafka; `horizon_s` widens the late-data
+    horizon for recordings older than a day."""
+    options = IngestOptions() if horizon_s is None else IngestOptions(horizon_s=horizon_s)
+    return Ingest(None, MemorySink(), "bench", options, topics)  # type: ignore[arg-type]
+
+
 async def preload(settings: KafkaSettings, messages: Iterable[tuple[Sensor, bytes, int]],
                   received_at_ms: int | None = None) -> Ledger:
-    """Decode `messages` as ingest does (same code: `Ingest.encode`, up to 500 readings of one
-    key per record) and produce them to the telemetry topics of `settings`' prefix."""
+    """Put `messages` on the telemetry topics of `settings`' prefix as ingest would."""
+    now = received_at_ms or int(time.time() * 1000)
+    return await produce(settings, (Delivery(sensor.topic, body, now, i, False)
+                                    for i, (sensor, body, _) in enumerate(messages)))
+
+
+async def produce(settings: KafkaSettings, deliveries: Iterable[Delivery],
+                  horizon_s: int | None = None) -> Ledger:
+    """Decode `deliveries` as ingest does (same code: `encoder`) and produce them to the
+    telemetry topics of `settings`' prefix; raises if any of them is rejected."""
     topics = settings.topics
     await ensure_topics(settings, topics.ingest)
-    now = received_at_ms or int(time.time() * 1000)
-    pump = Ingest(None, MemorySink(), "bench", IngestOptions(), topics)  # type: ignore[arg-type]
+    pump = encoder(topics, horizon_s)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                                 enable_idempotence=True, linger_ms=5, max_batch_size=1 << 20,
                                 max_request_size=4 << 20)
@@ -81,8 +97,8 @@ async def preload(settings: KafkaSettings, messages: Iterable[tuple[Sensor, byte
                 ledger.add(TopicPartition(meta.topic, meta.partition), meta.offset,
                            len(orjson.loads(record.value)))
 
-        for i, (sensor, body, _) in enumerate(messages):
-            chunk.append(Delivery(sensor.topic, body, now, i, False))
+        for delivery in deliveries:
+            chunk.append(delivery)
             if len(chunk) >= 5000:
                 await flush()
         if chunk:

@@ -1,4 +1,5 @@
-"""The benchmark's input: a synthetic city of N sensors and a light MQTT publisher that plays it.
+"""The benchmark's input: a synthetic city of N sensors, recordings of the simulated city
+(`record_city`), and a light MQTT publisher that plays them.
 
 `city_fleet` makes a city of any size with the shipped city's mix (per district the same share
 of water and energy meters, traffic counters per junction, the routes' shuttles), so the KPI
@@ -21,15 +22,21 @@ import contextlib
 import math
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from models.city import City
+from tests.support import ROOT, varint
 
 PROBE_PREFIX = "probe-"
+CITY_MESSAGES_PER_MINUTE = 340
+"""About what `record_city` yields per simulated minute at size 1 (the shipped city: ~331)."""
 TICK_S = 0.02
 
 
@@ -149,16 +156,17 @@ def backlog(fleet: Sequence[Sensor], cycles: int, end_ms: int, interval_s: float
             yield s, payload(s, first, ts, interval_s), n
 
 
+def record_city(path: Path, *, start_ms: int, count: int, seed: int, size: float = 1.0) -> None:
+    """`count` messages of the shipped city at `size` from `start_ms` (epoch ms), one reading
+    each, recorded to `path` without publishing (`citystream sim --dry-run --speed 0 --record`,
+    docs/recording.md)."""
+    subprocess.run([sys.executable, "-m", "citystream", "sim", "--dry-run", "--speed", "0",
+                    "--size", str(size), "--count", str(count), "--seed", str(seed),
+                    "--start", str(start_ms), "--batch", "1", "--no-progress",
+                    "--record", str(path)], check=True, cwd=ROOT, capture_output=True)
+
+
 # -- the MQTT publisher -----------------------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _mqtt_str(text: str) -> bytes:
@@ -180,7 +188,7 @@ class RawPublisher:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         body = (_mqtt_str("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 0)
                 + _mqtt_str(client_id) + _mqtt_str(username) + _mqtt_str(password))
-        self.sock.sendall(bytes([0x10]) + _varint(len(body)) + body)
+        self.sock.sendall(bytes([0x10]) + varint(len(body)) + body)
         ack = self._recv_exact(4)
         if ack[0] != 0x20 or ack[3] != 0:
             raise ConnectionError(f"MQTT broker refused the connection (CONNACK {ack.hex()})")
@@ -238,7 +246,7 @@ class RawPublisher:
             topic_b = topic.encode()
             head = self._topics[topic] = struct.pack("!H", len(topic_b)) + topic_b
         size = len(head) + 2 + len(body)
-        self._buffer.append(b"\x32" + (_varint(size) if size > 127 else bytes((size,)))
+        self._buffer.append(b"\x32" + (varint(size) if size > 127 else bytes((size,)))
                             + head + pid.to_bytes(2, "big") + body)
         self.sent += 1
 

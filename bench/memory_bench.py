@@ -1,7 +1,7 @@
 """Worker memory over event time: does a KPI worker's RSS level off once it holds the windows
 it keeps (the late-data horizon plus the 24 h the rolling figures need, about 49 h)?
 
-    .venv/bin/python bench/memory_bench.py --hours 72 --out bench-results/memory
+    .venv/bin/python -m bench.memory_bench --hours 72 --out bench-results/memory
 
 A seeded recording of the shipped city (`citystream sim --dry-run`, one reading per message)
 covering --hours of event time is grouped as ingest does and fed to one worker (RocksDB tables,
@@ -19,34 +19,27 @@ import asyncio
 import base64
 import json
 import os
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench import worker_bench  # noqa: E402
-from bench.worker_bench import rss_mb  # noqa: E402
-from deploy.local.stack import Stack, StackSettings, free_port  # noqa: E402
-from ingest.kafka_sink import KafkaSink, MemorySink, ensure_topics  # noqa: E402
-from ingest.mqtt_source import Delivery  # noqa: E402
-from ingest.service import Ingest, IngestOptions  # noqa: E402
-from models.settings import KafkaSettings  # noqa: E402
-from models.topics import Topics  # noqa: E402
-from tests.integration.helpers import WorkerProcess  # noqa: E402
+from bench import kafka as kq
+from bench.load import CITY_MESSAGES_PER_MINUTE, record_city
+from bench.procs import BenchStack, Namespace, citystream
+from bench.system import memory_mb
+from ingest.mqtt_source import Delivery
+from models.settings import KafkaSettings
+from tests.support import Process
 
 HOUR_MS = 3_600_000
-MESSAGES_PER_SIM_MINUTE = 340  # the shipped city publishes about 331
 
 
 def recording(path: Path, hours: float, seed: int) -> int:
     """`hours` of the shipped city ending an hour ago; the start (epoch ms)."""
     start = (int(time.time() * 1000) // HOUR_MS - int(hours) - 1) * HOUR_MS
-    worker_bench.recording(path, 1.0, int(hours * 60 * MESSAGES_PER_SIM_MINUTE), seed=seed,
-                           start=start)
+    record_city(path, start_ms=start, count=int(hours * 60 * CITY_MESSAGES_PER_MINUTE),
+                seed=seed)
     return start
 
 
@@ -64,57 +57,16 @@ def hours_of(path: Path, start: int) -> list[list[Delivery]]:
     return out
 
 
-class Feeder:
-    """Produces hours of readings and waits until the worker and the sink committed them."""
-
-    def __init__(self, settings: KafkaSettings, hours: int) -> None:
-        self.settings = settings
-        # every reading of the recording is inside the horizon of ingest's validation
-        self.pump = Ingest(None, MemorySink(), "bench",  # type: ignore[arg-type]
-                           IngestOptions(horizon_s=(hours + 2) * 3600),
-                           Topics(settings.topic_prefix))
-        self.sink = KafkaSink(settings)
-
-    async def start(self) -> None:
-        await ensure_topics(self.settings, self.settings.topics.ingest)
-        await self.sink.start()
-
-    async def feed(self, deliveries: list[Delivery]) -> None:
-        for i in range(0, len(deliveries), 500):
-            await self.sink.send(self.pump.encode(deliveries[i:i + 500]))
-
-    async def caught_up(self, timeout: float) -> float:
-        """Seconds until both consumer groups committed every telemetry record."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        t0 = time.monotonic()
-        prefix = self.settings.topic_prefix
-        groups = [f"{prefix}citystream-worker", f"{prefix}citystream-sink"]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap)
-        await consumer.start()
-        await admin.start()
-        try:
-            tps = [TopicPartition(topic, p) for topic in self.settings.topics.telemetry.values()
-                   for p in range(self.settings.partitions)]
-            while time.monotonic() - t0 < timeout:
-                ends = await consumer.end_offsets(tps)
-                behind = 0
-                for group in groups:
-                    done = {tp: m.offset for tp, m in
-                            (await admin.list_consumer_group_offsets(group)).items()}
-                    behind += sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
-                if behind == 0:
-                    return time.monotonic() - t0
-                await asyncio.sleep(0.5)
-            raise TimeoutError(f"the worker is still behind after {timeout:.0f} s")
-        finally:
-            await consumer.stop()
-            await admin.close()
-
-    async def close(self) -> None:
-        await self.sink.close()
+async def caught_up(kafka: KafkaSettings, timeout_s: float) -> float:
+    """Seconds until the worker and the sink committed every telemetry record."""
+    t0 = time.monotonic()
+    groups = [f"{kafka.topic_prefix}citystream-worker", f"{kafka.topic_prefix}citystream-sink"]
+    topics = list(kafka.topics.telemetry.values())
+    while time.monotonic() - t0 < timeout_s:
+        if all([await kq.caught_up(kafka.bootstrap, group, topics) for group in groups]):
+            return time.monotonic() - t0
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the worker is still behind after {timeout_s:.0f} s")
 
 
 def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
@@ -140,7 +92,7 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.memory_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hours", type=int, default=72, help="event time to feed")
     parser.add_argument("--seed", type=int, default=11)
@@ -155,23 +107,22 @@ def main() -> None:
         print(f"recording {args.hours} h of the shipped city ...", flush=True)
         start = recording(path, args.hours, args.seed)
         hours = hours_of(path, start)[:args.hours]
-        settings = StackSettings(home=tmp / "stack", mqtt_port=free_port(),
-                                 kafka_port=free_port(), kafka_controller_port=free_port(),
-                                 influxdb_port=free_port())
-        stack = Stack(settings)
-        stack.up()
-        rows: list[dict[str, float]] = []
+        stack = BenchStack(tmp / "stack").up()
         try:
-            kafka = KafkaSettings(bootstrap=stack.client_info()["kafka"]["bootstrap"],
-                                  topic_prefix="mem.")
-            env = {"CITYSTREAM_KAFKA__TOPIC_PREFIX": "mem."}  # the private stack's buckets
+            ns = Namespace("mem")
+            influx = stack.influx()
+            for bucket in (ns.telemetry, ns.kpi):
+                influx.create_bucket(bucket)
+            extra = {}
             if args.table_memory_mb is not None:
-                env["CITYSTREAM_WORKER_TABLE_MEMORY_MB"] = str(args.table_memory_mb)
-            (tmp / "logs").mkdir()
-            worker = WorkerProcess(stack, "0", log_dir=tmp / "logs", extra_env=env)
+                extra["CITYSTREAM_WORKER_TABLE_MEMORY_MB"] = str(args.table_memory_mb)
+            worker = citystream("worker-0", ["worker", "--instance", "0", "--quiet", "3",
+                                             "--data-dir", str(tmp / "state")],
+                                stack, ns, tmp / "logs", extra)
+            kafka = KafkaSettings(bootstrap=stack.bootstrap, topic_prefix=ns.prefix)
             rows = asyncio.run(_run(kafka, worker, hours))
         finally:
-            stack.down()
+            stack.close()
     print(f"\n{os.cpu_count()} CPUs; {len(rows)} h of event time; one worker")
     (args.out / "memory.json").write_text(json.dumps(rows, indent=1))
     plot(rows, args.out / "memory.png",
@@ -179,28 +130,26 @@ def main() -> None:
     print(f"wrote {args.out / 'memory.json'} and {args.out / 'memory.png'}")
 
 
-async def _run(kafka: KafkaSettings, worker: WorkerProcess,
+async def _run(kafka: KafkaSettings, worker: Process,
                hours: list[list[Delivery]]) -> list[dict[str, float]]:
-    feeder = Feeder(kafka, len(hours))
-    await feeder.start()
+    # every reading of the recording is inside the horizon of ingest's validation
+    horizon_s = (len(hours) + 2) * 3600
     rows: list[dict[str, float]] = []
+    await kq.produce(kafka, hours[0], horizon_s)
+    worker.start(wait=False)
     try:
-        await feeder.feed(hours[0])
-        worker.start()
-        worker.wait_running()
-        assert worker.proc is not None
+        worker.wait_ready(300)  # a first start on a busy machine can take minutes
         print(f"{'event h':>7} {'messages':>9} {'catch-up s':>10} {'RSS MB':>7}", flush=True)
         for h, deliveries in enumerate(hours):
             if h:
-                await feeder.feed(deliveries)
-            took = await feeder.caught_up(600)
+                await kq.produce(kafka, deliveries, horizon_s)
+            took = await caught_up(kafka, 600)
             row = {"event_hours": h + 1, "messages": len(deliveries), "catch_up_s": took,
-                   "rss_mb": rss_mb(worker.proc.pid)}
+                   "rss_mb": memory_mb(worker.pid)["rss_mb"]}
             rows.append(row)
             print(f"{h + 1:>7} {len(deliveries):>9} {took:>10.1f} {row['rss_mb']:>7.0f}",
                   flush=True)
     finally:
-        await feeder.close()
         worker.stop()
     return rows
 

@@ -1,7 +1,7 @@
 """Requests per second of `citystream opendata` on this machine: a day of CSV and the NGSI-LD
 entity list, cold (computed from InfluxDB) and cached.
 
-    .venv/bin/python bench/opendata_bench.py [--seconds 10] [--clients 8]
+    .venv/bin/python -m bench.opendata_bench [--seconds 10] [--clients 8]
 
 A private InfluxDB (the local stack's code, free port, temporary home) gets two days of every
 KPI of the shipped Milton Keynes (6 districts, 8 junctions, a shuttle route, 3 declared feeds:
@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,12 +31,10 @@ from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from deploy.local.stack import Stack, StackSettings, free_port  # noqa: E402
-from models.city import load_city  # noqa: E402
-from tests.integration.dashboard_data import city_kpis, feed_kpis, new_bucket  # noqa: E402
+from bench.procs import BenchStack
+from deploy.local.stack import free_port
+from models.city import load_city
+from tests.support import Process, city_kpis, feed_kpis, new_bucket
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -75,40 +72,31 @@ async def load(urls: list[str], seconds: float, clients: int,
     return len(latencies) / elapsed, statistics.median(latencies), len(latencies)
 
 
-def start(stack: Stack, bucket: str, token: str, log: Path, **env: str) -> tuple[
-        subprocess.Popen[bytes], str]:
+def start(stack: BenchStack, bucket: str, token: str, log: Path, **env: str
+          ) -> tuple[Process, str]:
+    """`citystream opendata` on a free port, reading `bucket` with `token`; and its URL."""
     port = free_port()
-    info = stack.client_info()["influxdb"]
-    full = {**os.environ, "CITYSTREAM_INFLUX__URL": info["url"],
+    full = {**os.environ, "CITYSTREAM_INFLUX__URL": stack.info["influxdb"]["url"],
             "CITYSTREAM_INFLUX__BUCKET_KPI": bucket, "CITYSTREAM_OPENDATA__TOKEN": token,
             "CITYSTREAM_OPENDATA__PORT": str(port), **env}
-    proc = subprocess.Popen([sys.executable, "-m", "citystream", "-v", "opendata"], env=full,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
-    deadline = time.monotonic() + 60
-    while b"opendata running" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"opendata did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
+    proc = Process(log.stem, [sys.executable, "-m", "citystream", "-v", "opendata"], full, log,
+                   ready="opendata running").start()
     return proc, f"http://127.0.0.1:{port}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.opendata_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="citystream-opendata-") as tmp_name:
         tmp = Path(tmp_name)
-        stack = Stack(StackSettings(home=tmp / "stack", influxdb_port=free_port(),
-                                    mqtt_port=free_port(), kafka_port=free_port(),
-                                    kafka_controller_port=free_port()),
-                      say=lambda msg: print(f"[stack] {msg}", file=sys.stderr))
-        stack.up(only=("influxdb",))
-        procs: list[subprocess.Popen[bytes]] = []
+        stack = BenchStack(tmp / "stack").up(only=("influxdb",))
+        procs: list[Process] = []
         try:
             city = load_city()
-            bucket = new_bucket(stack)
+            bucket = new_bucket(stack.stack)
             now = int(time.time() * 1000)
             records = [*city_kpis(city, now - 5 * 60_000, hours=48),
                        *feed_kpis(city, now - 5 * 60_000, hours=48)]
@@ -154,9 +142,8 @@ def main() -> None:
             asyncio.run(run())
         finally:
             for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=15)
-            stack.down()
+                proc.stop(timeout_s=15)
+            stack.close()
 
 
 if __name__ == "__main__":

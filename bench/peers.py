@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from connectors.influxdb.lineproto import reading_line
 from deploy.local.stack import StackSettings
 from ingest.decode import decode
-from streams.lineproto import reading_line
+from tests.support import ROOT, Process
 
 from .load import Sensor
-from .procs import ROOT, BenchStack, Child, Namespace
+from .procs import BenchStack, Namespace
 
 TELEGRAF_VERSION = os.environ.get("CITYSTREAM_TELEGRAF_VERSION", "1.37.2")
 QUIX_VERSION = "3.28.1"
@@ -107,14 +108,14 @@ def telegraf_config(stack: BenchStack, ns: Namespace, client_tag: str) -> str:
     return "".join(out)
 
 
-def telegraf_child(stack: BenchStack, ns: Namespace, log_dir: Path, client_tag: str) -> Child:
+def telegraf_child(stack: BenchStack, ns: Namespace, log_dir: Path, client_tag: str) -> Process:
     conf = log_dir / f"telegraf-{ns.tag}.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(telegraf_config(stack, ns, client_tag))
     conf.chmod(0o600)
-    return Child("telegraf", [str(telegraf_binary()), "--config", str(conf)],
-                 {**os.environ}, log_dir / f"telegraf-{ns.tag}.log",
-                 ready="Connected [tcp://")
+    return Process("telegraf", [str(telegraf_binary()), "--config", str(conf)],
+                   {**os.environ}, log_dir / f"telegraf-{ns.tag}.log",
+                   ready="Connected [tcp://")
 
 
 # -- Quix Streams -----------------------------------------------------------------------------
@@ -138,13 +139,13 @@ def quix_python(venv: Path, say: Any = print) -> Path:
 
 
 def quix_child(python: Path, stack: BenchStack, ns: Namespace, log_dir: Path,
-               group: str) -> Child:
+               group: str) -> Process:
     env = {**os.environ, "BENCH_KAFKA": stack.bootstrap,
            "BENCH_INPUT": f"{ns.prefix}telemetry.water", "BENCH_OUTPUT": f"{ns.prefix}quix.water",
            "BENCH_GROUP": group, "BENCH_STATE": str(log_dir / f"quix-state-{ns.tag}")}
     env.pop("PYTHONPATH", None)
-    return Child("quix", [str(python), str(ROOT / "bench" / "quix_job.py")], env,
-                 log_dir / f"quix-{ns.tag}.log", ready="quix job running")
+    return Process("quix", [str(python), str(ROOT / "bench" / "quix_job.py")], env,
+                   log_dir / f"quix-{ns.tag}.log", ready="quix job running")
 
 
 # -- the floor --------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def floor(messages: list[tuple[Sensor, bytes, int]], min_seconds: float = 3.0,
           ) -> dict[str, float]:
     """Parse, validate and line-protocol-encode `messages` in this process, as often as fits in
     `min_seconds`: citystream's own decoder (`ingest.decode.decode`) and line builder
-    (`streams.lineproto.reading_line`), nothing else: no MQTT, no Kafka, no HTTP."""
+    (`connectors.influxdb.lineproto.reading_line`), nothing else: no MQTT, no Kafka, no HTTP."""
     now = int(time.time() * 1000)
     prepared = [(s.topic, body) for s, body, _ in messages]
     readings = 0

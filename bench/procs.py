@@ -1,30 +1,19 @@
 """The processes a benchmark run starts: a private stack (Mosquitto, Kafka, InfluxDB on free
 loopback ports in a temporary home, never a user's stack) and the measured programs as child
-processes with their logs."""
+processes with their logs (tests/support.py's `Process`, the harness the tests use too)."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from deploy.local.stack import MQTT_SERVICE_USER, Credentials, Stack, StackSettings, free_port
+from tests.support import Process
 
 from .influx import Influx
-
-ROOT = Path(__file__).resolve().parents[1]
-_STARTED: list[Child] = []
-
-
-def stop_children() -> None:
-    """Stop every child this process started that still runs (after a failed measurement)."""
-    while _STARTED:
-        _STARTED.pop().stop(timeout_s=15)
 
 
 class BenchStack:
@@ -40,8 +29,8 @@ class BenchStack:
                                                                    file=sys.stderr)))
         self.home = home
 
-    def up(self) -> BenchStack:
-        self.stack.up()
+    def up(self, only: tuple[str, ...] = Stack.SERVICES) -> BenchStack:
+        self.stack.up(only)
         return self
 
     def close(self) -> None:
@@ -86,81 +75,6 @@ class Namespace:
                 "CITYSTREAM_INFLUX__BUCKET_KPI": self.kpi}
 
 
-class Child:
-    """A measured program: started with its own log, ready when `ready` appears in it."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path,
-                 ready: str | None = None, cwd: Path = ROOT) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log = log
-        self.ready = ready
-        self.cwd = cwd
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"{self.name} was not started"
-        return self.proc.pid
-
-    def start(self, timeout_s: float = 120.0, wait: bool = True) -> Child:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
-                                         start_new_session=True)
-        self.started_at = time.time()
-        _STARTED.append(self)
-        if wait:
-            self.wait_ready(timeout_s)
-        return self
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        if self.ready is None:
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited during start-up; its log "
-                                   f"{self.log} ends:\n{self.tail()}")
-            with self.log.open("rb") as f:
-                f.seek(self._offset)
-                if self.ready.encode() in f.read():
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not start within {timeout_s:.0f}s; log "
-                           f"{self.log}:\n{self.tail()}")
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> None:
-        """Signal the process group, wait, then SIGKILL it."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        self.stop(timeout_s=0.1, sig=signal.SIGKILL)
-
-
 def _operator_token(stack: BenchStack) -> dict[str, str]:
     """The stack's pipeline token may write only the stack's own two buckets; a measurement
     writes buckets of its own, so its processes get the (private) stack's operator token."""
@@ -168,19 +82,13 @@ def _operator_token(stack: BenchStack) -> dict[str, str]:
 
 
 def citystream(name: str, args: list[str], stack: BenchStack, ns: Namespace, log_dir: Path,
-               extra: dict[str, str] | None = None) -> Child:
-    """A `citystream <args>` child pointed at the bench stack and the measurement's names."""
+               extra: dict[str, str] | None = None) -> Process:
+    """A `citystream <args>` child pointed at the bench stack and the measurement's names;
+    `ingest`, `worker` and `sink` are ready when they log that they run."""
     env = {**os.environ, **stack.stack.service_env(), **ns.env(), **_operator_token(stack),
            "CITYSTREAM_MQTT__SESSION_EXPIRY_S": "600", **(extra or {})}
-    ready = {"ingest": "running;", "worker": "running;"}.get(args[0])
-    if ready:
-        ready = f"{args[0]} {args[args.index('--instance') + 1]} {ready}"
-    return Child(name, [sys.executable, "-m", "citystream", "-v", *args], env,
-                 log_dir / f"{name}.log", ready)
-
-
-def sink_child(name: str, stack: BenchStack, ns: Namespace, log_dir: Path) -> Child:
-    """The InfluxDB sink alone (`bench.sinkproc`), as the worker runs it."""
-    env = {**os.environ, **stack.stack.service_env(), **ns.env(), **_operator_token(stack)}
-    return Child(name, [sys.executable, "-m", "bench.sinkproc"], env, log_dir / f"{name}.log",
-                 "sink running")
+    ready = None
+    if args[0] in ("ingest", "worker", "sink"):
+        ready = f"{args[0]} {args[args.index('--instance') + 1]} running;"
+    return Process(name, [sys.executable, "-m", "citystream", "-v", *args], env,
+                   log_dir / f"{name}.log", ready)

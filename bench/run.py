@@ -1,4 +1,4 @@
-"""`citystream bench` end to end: a private stack, the measurements of bench/suite.py run
+"""`python -m bench` end to end: a private stack, the measurements of bench/suite.py run
 `runs` times, medians, one table, results.json and a chart in the output directory."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from models.city import load_city
+from tests.support import stop_all
 
 from . import suite
 from .load import Burst
-from .procs import BenchStack, stop_children
+from .procs import BenchStack
 from .report import chart, summary_rows, table_text
 from .stats import merge_runs
 from .system import HostMeter, machine, versions
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Options:
-    """What to run; see `citystream bench --help`."""
+    """What to run; see `python -m bench --help`."""
 
     out: Path
     runs: int = 1
@@ -62,7 +63,7 @@ class Runner:
             result = {"error": f"{type(exc).__name__}: {exc}",
                       "traceback": traceback.format_exc(limit=8)}
         finally:
-            stop_children()
+            stop_all()
             self.ctx.drop_buckets()
         result["seconds"] = round(time.time() - t0, 1)
         result["settled_s"] = round(settled, 1)
@@ -199,7 +200,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, Any]:
             say(f"== run {i + 1} of {options.runs}")
             runs.append(Runner(ctx, options).run_once())
     finally:
-        stop_children()
+        stop_all()
         stack.close()
         if options.keep:
             say(f"logs kept in {work}")

@@ -1,8 +1,8 @@
 """Benchmark the simulator: the generator alone, with recording, and through an MQTT broker.
 
-    .venv/bin/python bench/sim_bench.py                     # generator only
-    .venv/bin/python bench/sim_bench.py --spawn-mosquitto   # also through a private Mosquitto
-    .venv/bin/python bench/sim_bench.py --mqtt 127.0.0.1:1883 --username u --password p
+    .venv/bin/python -m bench.sim_bench                     # generator only
+    .venv/bin/python -m bench.sim_bench --spawn-mosquitto   # also through a private Mosquitto
+    .venv/bin/python -m bench.sim_bench --mqtt 127.0.0.1:1883 --username u --password p
 
 Every case runs for --seconds wall seconds without pacing (as fast as it can; timestamps are
 not checked against the wall clock) and prints readings/s and messages/s; broker cases count
@@ -12,20 +12,22 @@ until every PUBACK is in.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from deploy.local.stack import free_port
 from models.city import load_city
 from sensors_sim.generator import SimConfig, Simulation
 from sensors_sim.recording import Recorder
 from sensors_sim.runner import Pacing, Summary, run
 from sensors_sim.transport import DryRunTransport, MqttTransport, Transport
+from tests.support import Process
 
 CASES = (  # (size, batch)
     (1.0, 1),
@@ -50,22 +52,17 @@ def _row(label: str, s: Summary) -> None:
           f"{s.transport.unacked:>8}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _mosquitto() -> Iterator[tuple[str, int]]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                         "max_inflight_messages 0\nmax_queued_messages 1000000\n"
                         "persistence false\nlog_dest none\n")
-        proc = subprocess.Popen([binary, "-c", str(conf)])
+        proc = Process("mosquitto", [binary, "-c", str(conf)], os.environ,
+                       Path(tmp) / "mosquitto.log").start()
         try:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -75,13 +72,13 @@ def _mosquitto() -> Iterator[tuple[str, int]]:
                 time.sleep(0.05)
             yield "127.0.0.1", port
         finally:
-            proc.terminate()
-            proc.wait(10)
+            proc.stop(timeout_s=10)
 
 
 def main() -> None:
     """Run the cases named in the module docstring and print a table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.sim_bench",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="wall seconds per case")
     parser.add_argument("--mqtt", help="host:port of a broker to publish through")
     parser.add_argument("--spawn-mosquitto", action="store_true",

@@ -1,12 +1,13 @@
 """Benchmark of the InfluxDB sink's two costs: building lines and writing them.
 
-    CITYSTREAM_INFLUX__URL=... CITYSTREAM_INFLUX__TOKEN=... .venv/bin/python bench/sink_bench.py
+    CITYSTREAM_INFLUX__URL=... CITYSTREAM_INFLUX__TOKEN=... .venv/bin/python -m bench.sink_bench
 
-1. Line building, µs per point (best of several runs, CPU time): `streams.lineproto.reading_line`
-   per reading kind, against influxdb-client's `Point(...).to_line_protocol()`.
+1. Line building, µs per point (best of several runs, CPU time): `reading_line`
+   (connectors.influxdb.lineproto) per reading kind, against influxdb-client's
+   `Point(...).to_line_protocol()`.
 2. Write throughput to the real InfluxDB (settings from `CITYSTREAM_INFLUX__*`), points/s for each
-   batch size, for `InfluxWriter` (plain HTTP, optionally gzip) and influxdb-client's synchronous
-   `WriteApi`, with the client-side CPU cost per point. Points go to measurement `sink_bench`
+   batch size, for `InfluxWriter` (plain HTTP) and influxdb-client's synchronous `WriteApi`
+   (optionally gzip), with the client-side CPU cost per point. Points go to measurement `sink_bench`
    (tagged with a fresh district) in the telemetry bucket unless `--bucket` says otherwise.
 3. With `--e2e N`: N readings through Kafka and the whole `InfluxSink`, points/s until committed.
 """
@@ -26,9 +27,9 @@ from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
+from connectors.influxdb.lineproto import reading_line
+from connectors.influxdb.write import InfluxWriter, PointWriter
 from models.settings import InfluxSettings, Settings
-from streams.lineproto import reading_line
-from streams.sink import InfluxWriter, PointWriter
 
 NOW_MS = int(time.time() * 1000) // 1000 * 1000
 SAMPLES: dict[str, dict[str, Any]] = {
@@ -119,7 +120,7 @@ async def end_to_end(settings: Settings, points: int, batch: int) -> tuple[float
     500 (as ingest does), consumed by a fresh group, converted, written, committed."""
     from aiokafka import AIOKafkaProducer
 
-    from ingest.kafka_sink import MemorySink, ensure_topics
+    from connectors.kafka import MemorySink, ensure_topics
     from kinds.water import WaterReading
     from streams.sink import Buckets, InfluxSink, SinkOptions, kafka_consumer, sink_topics
 
@@ -171,10 +172,12 @@ async def end_to_end(settings: Settings, points: int, batch: int) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.sink_bench",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--points", type=int, default=100_000, help="points per measurement")
     parser.add_argument("--batch-sizes", default="1000,5000,10000")
-    parser.add_argument("--writers", default="http,http-gzip1,client")
+    parser.add_argument("--writers", default="http,client,client-gzip",
+                        help="comma-separated from: http, client, client-gzip")
     parser.add_argument("--bucket", default=None, help="default: the telemetry bucket")
     parser.add_argument("--rounds", type=int, default=3, help="best of N interleaved rounds")
     parser.add_argument("--e2e", type=int, default=0, metavar="N",
@@ -195,8 +198,6 @@ def main() -> None:
 
     writers: dict[str, Callable[[], PointWriter]] = {
         "http": lambda: InfluxWriter(settings),
-        "http-gzip1": lambda: InfluxWriter(settings, gzip_level=1),
-        "http-gzip6": lambda: InfluxWriter(settings, gzip_level=6),
         "client": lambda: ClientWriter(settings),
         "client-gzip": lambda: ClientWriter(settings, gzip=True),
     }

@@ -69,12 +69,6 @@ def per_1k(cpu_s: float, items: float) -> float | None:
     return 1000 * cpu_s / items if items > 0 else None
 
 
-def median_or_none(values: Iterable[float | None]) -> float | None:
-    """Median of the values that are not None (None if there are none)."""
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     """a / b, or None when either is missing or b is 0."""
     if a is None or b is None or b == 0:

@@ -1,4 +1,4 @@
-"""The measurements of `citystream bench`, run against a private stack.
+"""The measurements of `python -m bench`, run against a private stack.
 
 Every measurement gets fresh names (Kafka topic prefix, MQTT shared group, InfluxDB buckets), so
 none sees another's data, and stops what it started. How each figure is obtained (the method)
@@ -21,8 +21,6 @@ import base64
 import logging
 import multiprocessing as mp
 import queue as queue_mod
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,12 +32,23 @@ import orjson
 
 from models.city import City, load_city
 from models.settings import KafkaSettings
+from tests.support import Process
 
 from . import kafka as kq
 from .influx import Influx, KpiPoller, ProbePoller, WriteCounter
-from .load import Burst, LiveSpec, Sensor, backlog, city_fleet, publish_backlog, run_live
+from .load import (
+    CITY_MESSAGES_PER_MINUTE,
+    Burst,
+    LiveSpec,
+    Sensor,
+    backlog,
+    city_fleet,
+    publish_backlog,
+    record_city,
+    run_live,
+)
 from .peers import floor, quix_child, quix_python, telegraf_child
-from .procs import ROOT, BenchStack, Child, Namespace, citystream, sink_child
+from .procs import BenchStack, Namespace, citystream
 from .stats import latency_summary, per_1k, sustained_rate
 from .system import CpuMeter, HostMeter, memory_mb
 
@@ -128,7 +137,7 @@ def settle(ctx: Context, max_s: float = 90.0, cores: float = 0.25) -> float:
 # -- pieces -----------------------------------------------------------------------------------
 
 
-def _ingest(ctx: Context, ns: Namespace, n: int, leave: bool = True) -> list[Child]:
+def _ingest(ctx: Context, ns: Namespace, n: int, leave: bool = True) -> list[Process]:
     extra = {"CITYSTREAM_INGEST_COUNTERS_INTERVAL": "1"}
     if leave:
         extra["CITYSTREAM_INGEST_LEAVE_ON_EXIT"] = "1"
@@ -136,7 +145,7 @@ def _ingest(ctx: Context, ns: Namespace, n: int, leave: bool = True) -> list[Chi
                        ctx.logs, extra) for i in range(n)]
 
 
-def _workers(ctx: Context, ns: Namespace, n: int, sink: bool = True) -> list[Child]:
+def _workers(ctx: Context, ns: Namespace, n: int, sink: bool = True) -> list[Process]:
     args = [] if sink else ["--no-sink"]
     return [citystream(f"worker-{ns.tag}-{i}",
                        ["worker", "--instance", str(i), "--data-dir",
@@ -144,26 +153,26 @@ def _workers(ctx: Context, ns: Namespace, n: int, sink: bool = True) -> list[Chi
             for i in range(n)]
 
 
-def _start_all(children: list[Child], timeout_s: float = 180.0) -> None:
+def _start_all(children: list[Process], timeout_s: float = 180.0) -> None:
     for c in children:
         c.start(wait=False)
     for c in children:
         c.wait_ready(timeout_s)
 
 
-def _stop_all(children: list[Child]) -> None:
+def _stop_all(children: list[Process]) -> None:
     for c in children:
         c.stop()
 
 
-def _prime(children: list[Child]) -> None:
+def _prime(children: list[Process]) -> None:
     """Start and stop consumers once, so the broker keeps their persistent sessions and queues
     what is published meanwhile."""
     _start_all(children)
     _stop_all(children)
 
 
-def _meters(ctx: Context, procs: dict[str, Child]) -> tuple[CpuMeter, CpuMeter, HostMeter]:
+def _meters(ctx: Context, procs: dict[str, Process]) -> tuple[CpuMeter, CpuMeter, HostMeter]:
     ours = CpuMeter({name: c.pid for name, c in procs.items()}).start()
     services = CpuMeter(ctx.stack.service_pids()).start()
     return ours, services, HostMeter().start()
@@ -171,7 +180,7 @@ def _meters(ctx: Context, procs: dict[str, Child]) -> tuple[CpuMeter, CpuMeter, 
 
 def _figures(items: float, rate: float | None, ours: dict[str, float],
              services: dict[str, float], host: dict[str, Any],
-             procs: dict[str, Child]) -> dict[str, Any]:
+             procs: dict[str, Process]) -> dict[str, Any]:
     return {
         "items": items, "rate_per_s": rate,
         "cpu_s_per_1k": per_1k(sum(ours.values()), items),
@@ -182,7 +191,7 @@ def _figures(items: float, rate: float | None, ours: dict[str, float],
     }
 
 
-def _ingest_accepted(children: list[Child]) -> int:
+def _ingest_accepted(children: list[Process]) -> int:
     """Readings accepted so far, from the ingest processes' counter log lines."""
     total = 0
     for c in children:
@@ -314,7 +323,7 @@ def measure_sink(ctx: Context, ns: Namespace, ledger: kq.Ledger) -> dict[str, An
     full = kq.ledger_for_units(ledger, asyncio.run(kq.end_offsets(ctx.stack.bootstrap, units)),
                                units)
     watch = kq.GroupWatcher(ctx.stack.bootstrap, f"{ns.prefix}citystream-sink", full)
-    sink = sink_child(f"sink-{ns.tag}", ctx.stack, ns, ctx.logs)
+    sink = citystream(f"sink-{ns.tag}", ["sink", "--instance", "0"], ctx.stack, ns, ctx.logs)
     procs = {"sink": sink}
     watch.start()
     sink.start()
@@ -610,11 +619,8 @@ def replay_day(ctx: Context, hours: float, seed: int = 11) -> list[Message]:
     ending 15 min ago so every reading is inside the 24 h horizon when replayed."""
     path = ctx.logs / f"replay-{int(time.time())}.jsonl"
     start = int(time.time() * 1000) - int(hours * 3_600_000) - 900_000
-    count = int(hours * 60 * 340)  # ~331 messages per simulated minute; trimmed below
-    subprocess.run([sys.executable, "-m", "citystream", "sim", "--dry-run", "--speed", "0",
-                    "--seed", str(seed), "--start", str(start), "--count", str(count),
-                    "--no-progress", "--record", str(path)], check=True, cwd=ROOT,
-                   capture_output=True)
+    count = int(hours * 60 * CITY_MESSAGES_PER_MINUTE)  # trimmed below
+    record_city(path, start_ms=start, count=count, seed=seed)
     end_iso = time.strftime("%Y-%m-%dT%H:%M:%S",
                             time.gmtime((start + hours * 3_600_000) / 1000))
     out: list[Message] = []

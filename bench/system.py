@@ -110,13 +110,6 @@ class HostMeter:
                 "steal_pct": 100 * (c1["steal"] - self.c0["steal"]) / total}
 
 
-def busy_elsewhere_pct(host: dict[str, Any], our_cpu_s: float) -> float:
-    """Share of the machine's CPU (all cores) that other processes used during a measurement."""
-    capacity = host["seconds"] * (os.cpu_count() or 1)
-    used = host["busy_pct"] / 100 * capacity
-    return max(0.0, 100 * (used - our_cpu_s) / capacity) if capacity else 0.0
-
-
 def _first_line(argv: list[str]) -> str | None:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=20)

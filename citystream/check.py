@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 
 import click
@@ -18,15 +14,11 @@ from models.settings import ConfigError, Settings
 
 def _mqtt(settings: Settings) -> str:
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+
+    from connectors.mqtt import client_for
 
     s = settings.mqtt
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                         client_id=f"citystream-check-{int(time.time())}")
-    if s.username:
-        client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
-    if s.tls_ca:
-        client.tls_set(ca_certs=str(s.tls_ca))
+    client = client_for(s, mqtt.Client, f"citystream-check-{int(time.time())}")
     refused: list[str] = []
 
     def on_connect(_c: object, _u: object, _f: object, rc: object, _p: object) -> None:
@@ -69,32 +61,30 @@ def _kafka(settings: Settings) -> str:
 def _influx(settings: Settings) -> str:
     """The pipeline needs only to write both buckets (its token may do nothing else): an empty
     write, which stores nothing, proves it and tells a missing bucket from a weak token."""
+    from connectors.influxdb.admin import InfluxAdmin
+    from connectors.influxdb.errors import describe_missing_buckets, describe_write_error
+    from models.errors import ProvisionError
+
     s = settings.influx
-    with urllib.request.urlopen(f"{s.url}/health", timeout=5) as resp:
-        health = json.loads(resp.read())
+    health = InfluxAdmin(s.url, timeout=5.0).call("GET", "/health")
     if not s.token:
         raise RuntimeError("no token: set CITYSTREAM_INFLUX__TOKEN")
+    admin = InfluxAdmin(s.url, s.token.get_secret_value(), timeout=5.0)
     missing = []
     for bucket in (s.bucket_telemetry, s.bucket_kpi):
-        query = urllib.parse.urlencode({"org": s.org, "bucket": bucket, "precision": "ms"})
-        req = urllib.request.Request(f"{s.url}/api/v2/write?{query}", data=b"", method="POST")
-        req.add_header("Authorization", f"Token {s.token.get_secret_value()}")
         try:
-            with urllib.request.urlopen(req, timeout=5):
-                pass
-        except urllib.error.HTTPError as exc:
-            message = exc.read().decode(errors="replace")
-            if exc.code == 404 and "organization" in message:
-                raise RuntimeError(f"no organization {s.org!r} in InfluxDB: check "
-                                   "CITYSTREAM_INFLUX__ORG") from None
-            if exc.code != 404:
-                raise RuntimeError(f"HTTP {exc.code} writing to bucket {bucket!r} of org "
-                                   f"{s.org!r}: check CITYSTREAM_INFLUX__TOKEN (it must be "
-                                   "allowed to write both buckets) and __ORG") from None
+            admin.call("POST", "/api/v2/write", data=b"", org=s.org, bucket=bucket,
+                       precision="ms")
+        except ProvisionError as exc:
+            if exc.status is None:
+                raise
+            # the message ends with InfluxDB's own, which names a missing organization
+            problem = describe_write_error(exc.status, str(exc), s.org, bucket)
+            if problem is not None:
+                raise RuntimeError(problem) from None
             missing.append(bucket)
     if missing:
-        raise RuntimeError(f"bucket(s) {missing} missing in org {s.org!r}: create them "
-                           "or set CITYSTREAM_INFLUX__BUCKET_TELEMETRY/__BUCKET_KPI")
+        raise RuntimeError(describe_missing_buckets(missing, s.org))
     return (f"{s.url} {health.get('version', '?')}, token writes buckets {s.bucket_telemetry}, "
             f"{s.bucket_kpi}")
 

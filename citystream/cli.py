@@ -1,8 +1,8 @@
 """The `citystream` command line: one entry point for the local stack and every component.
 
 The top layer: it imports the components' commands only when one is run (`LazyGroup`), so
-`citystream worker` loads the worker and what it needs, and no dashboard, simulator or
-benchmark code.
+`citystream worker` loads the worker and what it needs, and no dashboard or simulator
+code. The benchmarks are not part of it: they run from a checkout (`python -m bench`).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ COMPONENTS: dict[str, str] = {
     "opendata": "opendata.cli:opendata",
     "report": "analysis.cli:report",
     "baseline": "analysis.cli:baseline",
+    "erase": "analysis.erase:erase",
     "sim": "sensors_sim.cli:sim",
-    "bench": "bench.cli:bench",
 }
 """The components' commands, imported when run (or listed by --help)."""
 

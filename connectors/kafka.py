@@ -1,8 +1,10 @@
-"""Kafka side of ingest: durable, idempotent produce of record batches.
+"""Kafka producing: durable, idempotent produce of record batches, and topic creation.
 
-`KafkaSink.send` returns only when Kafka acknowledged every record (acks=all, idempotent
-producer, PITFALLS.md), so the caller may then acknowledge the MQTT messages behind them.
-`MemorySink` is the fake for unit tests.
+`Sink` is the interface: `KafkaSink` (aiokafka) for production, `MemorySink` the fake for tests
+and benchmarks. `KafkaSink.send` returns only when Kafka acknowledged every record (acks=all,
+idempotent producer, PITFALLS.md), so ingest may then acknowledge the MQTT messages behind them;
+the InfluxDB sink sends its dead letters and counters through one too. `ensure_topics` creates
+missing topics with the configured partitions, replication factor and `min.insync.replicas`.
 
 Every call is bounded in time: aiokafka's producer can wait forever when the broker goes away
 (its idempotent start-up loops for a producer id without a deadline, and a send can wait for
@@ -17,11 +19,16 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from models.settings import KafkaSettings
 
@@ -36,7 +43,7 @@ class OutRecord:
 
 
 class Sink(Protocol):
-    """Where ingest puts records. `send` returns once all records are durable, else raises."""
+    """Where records go to Kafka. `send` returns once all records are durable, else raises."""
 
     async def start(self) -> None: ...
 
@@ -118,23 +125,53 @@ async def _discard(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
             await asyncio.wait_for(client.close(), 5.0)
 
 
-async def ensure_topics(settings: KafkaSettings, topics: list[str] | dict[str, dict[str, str]],
-                        replication: int = 1) -> None:
-    """Create missing topics with the configured partition count (and per-topic config)."""
+async def ensure_topics(settings: KafkaSettings,
+                        topics: list[str] | dict[str, dict[str, str]]) -> None:
+    """Create missing topics with the configured partition count, replication factor and
+    `min.insync.replicas` (`KafkaSettings.topic_config`), plus each topic's own config.
+
+    Kafka never changes the replication factor of an existing topic by itself: one created
+    with fewer copies than configured (say by a single-node development run) is logged as a
+    warning naming it, and stays as it is."""
     configs = topics if isinstance(topics, dict) else {t: {} for t in topics}
+    replicas = settings.replication_factor
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in configs if t not in existing]
         if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([
-                    NewTopic(t, settings.partitions, replication, topic_configs=configs[t])
-                    for t in missing])
-            log.info("created Kafka topics %s (%d partitions)", missing, settings.partitions)
+            response = await admin.create_topics([
+                NewTopic(t, settings.partitions, replicas,
+                         topic_configs={**settings.topic_config(), **configs[t]})
+                for t in missing])
+            _raise_refusal(response.topic_errors, replicas)
+            log.info("created Kafka topics %s (%d partitions, %d replicas, min.insync.replicas "
+                     "%d)", missing, settings.partitions, replicas, settings.min_insync_replicas)
+        present = [t for t in configs if t in existing]
+        if present and replicas > 1:
+            for topic in await admin.describe_topics(present):
+                fewer = min((len(p["replicas"]) for p in topic["partitions"]), default=replicas)
+                if fewer < replicas:
+                    log.warning("Kafka topic %s has partitions with %d replicas, fewer than "
+                                "CITYSTREAM_KAFKA__REPLICATION_FACTOR=%d; Kafka does not add "
+                                "replicas by itself (kafka-reassign-partitions.sh does)",
+                                topic["topic"], fewer, replicas)
     finally:
         await admin.close()
+
+
+def _raise_refusal(topic_errors: list[tuple[Any, ...]], replicas: int) -> None:
+    """The first per-topic refusal of a CreateTopics answer as its `KafkaError` (aiokafka
+    returns them without raising; a topic that already exists is no refusal)."""
+    for topic, code, *message in topic_errors:
+        if code in (0, TopicAlreadyExistsError.errno):
+            continue
+        hint = (" (lower CITYSTREAM_KAFKA__REPLICATION_FACTOR, or add brokers)"
+                if code == InvalidReplicationFactorError.errno else "")
+        detail = f": {message[0]}" if message and message[0] else ""
+        raise for_code(code)(f"Kafka refused to create topic {topic} with {replicas} "
+                             f"replicas{detail}{hint}")
 
 
 @dataclass

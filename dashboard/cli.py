@@ -24,12 +24,15 @@ log = logging.getLogger("dashboard")
               envvar="CITYSTREAM_DASHBOARD__POLL_S", show_envvar=True,
               help="Seconds between InfluxDB polls; one poller serves every page [default: 5].")
 def dashboard(host: str | None, port: int | None, poll_s: float | None) -> None:
-    """Serve the live operator dashboard: KPIs against targets, 24 h charts and active alerts.
+    """Serve the live operator dashboard: KPIs against targets, 24 h charts, active alerts and
+    the sensors needing attention.
 
     Reads the kpi bucket of InfluxDB (one poller for every open page) and pushes changes to the
     pages over Server-Sent Events; the page needs nothing from the internet. Districts,
     junctions and routes come from the city file, so those without data yet are shown as such,
-    and so does a panel per feed the city file declares.
+    and so does a panel per feed the city file declares. Every KPI says how many sensors it was
+    computed from; sensors whose latest hour of sensor_quality scored below the threshold, had
+    rejected readings or were stuck are listed worst first, with what is wrong and since when.
 
     \b
     Settings (env):
@@ -37,6 +40,7 @@ def dashboard(host: str | None, port: int | None, poll_s: float | None) -> None:
                                     falls back to CITYSTREAM_INFLUX__TOKEN, with a warning)
       CITYSTREAM_DASHBOARD__HISTORY_H (24), __HISTORY_REFRESH_S (60), __LOOKBACK_D (7),
       __QUERY_TIMEOUT_S (10)
+      CITYSTREAM_QUALITY__MIN_SCORE (80): a sensor scoring below it needs attention
       CITYSTREAM_INFLUX__URL, __ORG, __BUCKET_KPI; CITYSTREAM_CITY__FILE
 
     \b
@@ -66,7 +70,8 @@ def dashboard(host: str | None, port: int | None, poll_s: float | None) -> None:
                           timeout_s=dash.query_timeout_s, token_setting=token_setting)
     options = PollerOptions(bucket=settings.influx.bucket_kpi, poll_s=dash.poll_s,
                             lookback_d=dash.lookback_d, history_h=dash.history_h,
-                            history_refresh_s=dash.history_refresh_s)
+                            history_refresh_s=dash.history_refresh_s,
+                            min_score=settings.quality.min_score)
     poller = Poller(source, city, Hub(), options)
 
     def ready(url: str) -> None:

@@ -6,6 +6,9 @@ Events (each a JSON object, sent over Server-Sent Events by `dashboard.server`):
   content changed;
 - ``history``: `views.History`, re-read when a KPI point changed, after InfluxDB came back, and
   at least every `history_refresh_s` (late corrections rewrite old windows);
+- ``quality``: `views.QualityView`, the sensors needing attention (`sensor_quality`, hourly
+  points), re-read with the KPI coverage (`coverage_query`) at least every `history_refresh_s`
+  and after InfluxDB came back;
 - ``tick``: ``{"checked_ms": ..., "ok": ...}`` after every poll, so a page knows the server is
   alive and when InfluxDB was last asked.
 
@@ -26,17 +29,33 @@ from typing import Final
 
 import orjson
 
-from dashboard.queries import Row, alerts_query, history_query, latest_query
+from dashboard.queries import (
+    Row,
+    alerts_query,
+    attention_query,
+    coverage_query,
+    history_query,
+    latest_query,
+)
 from dashboard.source import FluxSource, SourceError
-from dashboard.views import Snapshot, SourceStatus, build_history, build_snapshot
+from dashboard.views import (
+    Snapshot,
+    SourceStatus,
+    build_history,
+    build_quality,
+    build_snapshot,
+)
 from models.city import City
+from models.errors import CitystreamError
 
 log = logging.getLogger(__name__)
 
-EVENTS: Final = ("snapshot", "history", "tick")
+EVENTS: Final = ("snapshot", "history", "quality", "tick")
+# The sensors needing attention and the coverage are judged over this many hours.
+QUALITY_HOURS: Final = 24
 
 
-class HubFull(Exception):
+class HubFull(CitystreamError):
     """Too many pages are connected."""
 
 
@@ -117,6 +136,7 @@ class PollerOptions:
     lookback_d: int = 7
     history_h: int = 24
     history_refresh_s: float = 60.0
+    min_score: float = 80.0
 
 
 def _now_ms() -> int:
@@ -137,11 +157,15 @@ class Poller:
         self.status = SourceStatus(ok=True)
         self._latest: list[Row] = []
         self._alerts: list[Row] = []
+        self._coverage: list[Row] = []
         self._kpis: bytes | None = None
         self._history_at: int | None = None
+        self._quality_at: int | None = None
         self._queries = (latest_query(self.o.bucket, self.o.lookback_d, city.feeds),
                          alerts_query(self.o.bucket, self.o.lookback_d),
-                         history_query(self.o.bucket, self.o.history_h, city.feeds))
+                         history_query(self.o.bucket, self.o.history_h, city.feeds),
+                         attention_query(self.o.bucket, QUALITY_HOURS, self.o.min_score),
+                         coverage_query(self.o.bucket, QUALITY_HOURS))
 
     async def _query(self, flux: str) -> list[Row]:
         return await asyncio.to_thread(self.source.query, flux)
@@ -149,17 +173,23 @@ class Poller:
     async def poll_once(self) -> None:
         """One round: read, publish what changed, and a `tick`."""
         now = self.clock()
-        q_latest, q_alerts, q_history = self._queries
+        q_latest, q_alerts, q_history, q_attention, q_coverage = self._queries
+        refresh_ms = self.o.history_refresh_s * 1000
         try:
             self._latest = await self._query(q_latest)
             self._alerts = await self._query(q_alerts)
             recovered = not self.status.ok
+            if recovered or self._quality_at is None or now - self._quality_at >= refresh_ms:
+                attention = await self._query(q_attention)
+                self._coverage = await self._query(q_coverage)
+                quality = build_quality(self.city, attention, self.o.min_score, QUALITY_HOURS)
+                self.hub.publish("quality", quality.model_dump_json().encode())
+                self._quality_at = now
             self.status = SourceStatus(ok=True)
             snapshot = self._publish_snapshot(now)
             kpis = snapshot.model_dump_json(
                 include={"districts", "junctions", "routes", "feeds"}).encode()
-            stale = (self._history_at is None
-                     or now - self._history_at >= self.o.history_refresh_s * 1000)
+            stale = self._history_at is None or now - self._history_at >= refresh_ms
             if recovered or kpis != self._kpis or stale:
                 rows = await self._query(q_history)
                 history = build_history(rows, now - self.o.history_h * 3_600_000, now,
@@ -177,7 +207,8 @@ class Poller:
         self.hub.publish("tick", orjson.dumps({"checked_ms": now, "ok": self.status.ok}))
 
     def _publish_snapshot(self, now: int) -> Snapshot:
-        snapshot = build_snapshot(self.city, self._latest, self._alerts, self.status, now)
+        snapshot = build_snapshot(self.city, self._latest, self._alerts, self.status, now,
+                                  self._coverage)
         self.hub.publish("snapshot", snapshot.model_dump_json().encode())
         return snapshot
 

@@ -13,8 +13,17 @@ Three queries, all on the `kpi` bucket (contract section 2):
   (`chart_field`: the target's KPI, else the first), averaged to 15 minutes when its windows are
   shorter.
 
+And two on its `sensor_quality` points (contract 6), read less often (they change once an hour):
+
+- `attention_query`: for every sensor whose latest hour of the last 24 needs attention (score
+  below the threshold, rejected readings, or stuck; `models.attention`), that hour's fields and
+  how long the sensor has been so (`bad_for_s`, from the first hour of its current run of bad
+  hours; an hour without a point does not end a run);
+- `coverage_query`: per kind and district, the sensors seen in the last 24 hours (`seen`) and
+  those with readings in the newest hour (`reporting`, `_time` = that hour's end).
+
 Measurement, field and tag names of feeds come from the city file: every name goes into the
-Flux through `flux_string`, like the bucket.
+Flux through `connectors.influxdb.flux` (`flux_string`, `flux_any_of`), like the bucket.
 
 InfluxDB answers with one row per (series, field); `Row` is such a row as a plain dict with
 `_measurement`, `_field`, `_value`, `time_ms` and the tags. `newest_points` and `series` turn
@@ -28,7 +37,9 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, Final
 
+from connectors.influxdb.flux import flux_any_of, flux_string
 from models.feeds import FeedSpec
+from models.quality import HOUR_MS
 
 Row = Mapping[str, Any]
 FieldValue = float | int | bool | str
@@ -52,16 +63,6 @@ FEED_CHART_EVERY_S: Final = 900
 _KEEP: Final = ("_time", "_value", "_field", "_measurement", "district", "junction", "route")
 
 
-def flux_string(text: str) -> str:
-    """A Flux string literal (quotes and backslashes escaped, `${` kept literal)."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
-    return f'"{escaped}"'
-
-
-def _any_of(column: str, values: Iterable[str]) -> str:
-    return " or ".join(f"r.{column} == {flux_string(v)}" for v in values)
-
-
 def chart_field(feed: FeedSpec) -> str:
     """The KPI a feed's small chart shows: its target's KPI, else its first KPI."""
     return feed.target.kpi if feed.target is not None else feed.kpis[0].name
@@ -79,7 +80,7 @@ def latest_query(bucket: str, lookback_d: int, feeds: Sequence[FeedSpec] = ()) -
     measurements = (*KPI_MEASUREMENTS, *(f.measurement for f in feeds), "pipeline")
     return (f"from(bucket: {flux_string(bucket)})\n"
             f"  |> range(start: -{int(lookback_d)}d)\n"
-            f"  |> filter(fn: (r) => {_any_of('_measurement', measurements)})\n"
+            f"  |> filter(fn: (r) => {flux_any_of('_measurement', measurements)})\n"
             "  |> last()")
 
 
@@ -108,7 +109,7 @@ def history_query(bucket: str, hours: int, feeds: Sequence[FeedSpec] = ()) -> st
         parts.append(f"t{i} = from(bucket: {flux_string(bucket)})\n"
                      f"  |> range(start: -{int(hours)}h)\n"
                      f"  |> filter(fn: (r) => r._measurement == {flux_string(measurement)} and "
-                     f"({_any_of('_field', fields)})){step}")
+                     f"({flux_any_of('_field', fields)})){step}")
     names = ", ".join(f"t{i}" for i in range(len(parts)))
     keep = ", ".join(flux_string(c) for c in dict.fromkeys((*_KEEP, *(f.entity for f in feeds))))
     return "\n".join(parts) + f"\nunion(tables: [{names}])\n  |> keep(columns: [{keep}])"
@@ -193,4 +194,123 @@ def series(rows: Iterable[Row], tags: Mapping[str, str] = ENTITY_TAG) -> list[Se
     for key in sorted(points):
         ordered = sorted(points[key])
         out.append(Series(*key, t=[t for t, _ in ordered], v=[v for _, v in ordered]))
+    return out
+
+
+# -- sensor_quality ----------------------------------------------------------------------------
+
+QUALITY_FIELDS: Final = ("readings", "duplicates", "rejected", "late", "completeness_pct",
+                         "stuck", "score")
+
+
+def attention_query(bucket: str, hours: int, min_score: float) -> str:
+    """The latest hour of each sensor needing attention in the last `hours` (module doc): one
+    row per sensor with its tags, the hour's fields (a field left out of the point is null:
+    `rejected` when there were none) and `bad_for_s`; `_time` is the hour's end."""
+    return (f"from(bucket: {flux_string(bucket)})\n"
+            f"  |> range(start: -{int(hours)}h)\n"
+            '  |> filter(fn: (r) => r._measurement == "sensor_quality" and r.window == "1h")\n'
+            f"  |> filter(fn: (r) => {flux_any_of('_field', QUALITY_FIELDS)})\n"
+            '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+            '  |> sort(columns: ["_time"])\n'
+            "  |> map(fn: (r) => ({r with bad:\n"
+            f"      (if exists r.score then r.score < {float(min_score):.6f} else false)\n"
+            "      or (if exists r.rejected then r.rejected > 0 else false)\n"
+            "      or (if exists r.stuck then r.stuck else false)}))\n"
+            '  |> stateDuration(fn: (r) => r.bad, column: "bad_for_s", unit: 1s)\n'
+            "  |> tail(n: 1)\n"
+            "  |> filter(fn: (r) => r.bad)\n"
+            '  |> drop(columns: ["_measurement", "window", "bad"])')
+
+
+def coverage_query(bucket: str, hours: int) -> str:
+    """Per kind and district: `seen` (sensors with a point in the last `hours`) and
+    `reporting` (with readings > 0 in the newest hour, whose end is `_time`)."""
+    return (f"from(bucket: {flux_string(bucket)})\n"
+            f"  |> range(start: -{int(hours)}h)\n"
+            '  |> filter(fn: (r) => r._measurement == "sensor_quality" and '
+            'r._field == "readings" and r.window == "1h")\n'
+            "  |> last()\n"
+            '  |> group(columns: ["kind", "district"])\n'
+            "  |> reduce(identity: {seen: 0, reporting: 0, newest: 0}, fn: (r, accumulator) => {\n"
+            "      t = int(v: r._time)\n"
+            "      up = if r._value > 0 then 1 else 0\n"
+            "      return {seen: accumulator.seen + 1,\n"
+            "              reporting: if t > accumulator.newest then up\n"
+            "                  else if t == accumulator.newest then accumulator.reporting + up\n"
+            "                  else accumulator.reporting,\n"
+            "              newest: if t > accumulator.newest then t else accumulator.newest}\n"
+            "  })\n"
+            "  |> map(fn: (r) => ({r with _time: time(v: r.newest)}))")
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SensorHour:
+    """A sensor's latest hour of `sensor_quality` that needs attention: the hour's end, the
+    start of its current run of bad hours (`since_ms`) and the hour's fields (None: not in the
+    point)."""
+
+    kind: str
+    district: str
+    sensor_id: str
+    time_ms: int
+    since_ms: int
+    readings: int | None
+    duplicates: int | None
+    rejected: int | None
+    late: int | None
+    completeness_pct: float | None
+    stuck: bool | None
+    score: float | None
+
+
+def sensor_hours(rows: Iterable[Row]) -> list[SensorHour]:
+    """The rows of `attention_query` (rows without a sensor are ignored)."""
+    out = []
+    for row in rows:
+        if any(row.get(tag) in (None, "") for tag in ("kind", "district", "sensor_id")):
+            continue
+        time_ms = int(row["time_ms"])
+        bad_for_s = max(0, _int(row.get("bad_for_s")) or 0)
+        stuck = row.get("stuck")
+        out.append(SensorHour(
+            str(row["kind"]), str(row["district"]), str(row["sensor_id"]), time_ms,
+            time_ms - bad_for_s * 1000 - HOUR_MS,
+            _int(row.get("readings")), _int(row.get("duplicates")), _int(row.get("rejected")),
+            _int(row.get("late")), _number(row.get("completeness_pct")),
+            stuck if isinstance(stuck, bool) else None, _number(row.get("score"))))
+    return out
+
+
+@dataclass(frozen=True)
+class KindCoverage:
+    """Sensors of one kind in one district: seen in the last 24 h, and reporting (readings >
+    0) in the newest hour, which ended at `hour_ms`."""
+
+    seen: int
+    reporting: int
+    hour_ms: int
+
+
+def kind_coverage(rows: Iterable[Row]) -> dict[tuple[str, str], KindCoverage]:
+    """The rows of `coverage_query` by (kind, district)."""
+    out = {}
+    for row in rows:
+        seen, reporting = _int(row.get("seen")), _int(row.get("reporting"))
+        if row.get("kind") in (None, "") or row.get("district") in (None, "") or seen is None:
+            continue
+        out[(str(row["kind"]), str(row["district"]))] = KindCoverage(
+            seen, reporting or 0, int(row["time_ms"]))
     return out

@@ -4,10 +4,11 @@ Routes:
 
     GET /                 the page (dashboard/static/index.html)
     GET /static/<file>    dashboard.css, dashboard.js, favicon.svg (nothing else is served)
-    GET /events           Server-Sent Events: snapshot, history, tick (see dashboard.live),
-                          and ping when nothing else was sent for `heartbeat_s`
+    GET /events           Server-Sent Events: snapshot, history, quality, tick (see
+                          dashboard.live), and ping when nothing else was sent for `heartbeat_s`
     GET /api/snapshot     the latest snapshot as JSON (scripts, checks)
     GET /api/history      the latest history as JSON
+    GET /api/quality      the sensors needing attention as JSON
     GET /healthz          {"ok": bool, "influx_ok": bool, "pages": n}
 
 Everything is served from the package: no CDN, no network at run time. Every response carries
@@ -129,6 +130,7 @@ def create_app(hub: Hub, *, heartbeat_s: float = 15.0) -> web.Application:
     app.router.add_get("/events", _events)
     app.router.add_get("/api/snapshot", _latest("snapshot"))
     app.router.add_get("/api/history", _latest("history"))
+    app.router.add_get("/api/quality", _latest("quality"))
     app.router.add_get("/healthz", _healthz)
 
     async def close_streams(_app: web.Application) -> None:

@@ -1,9 +1,10 @@
 """Where the dashboard's rows come from: a `FluxSource` (InfluxDB, or a fake in tests).
 
-`InfluxSource` runs a Flux query with influxdb-client and returns plain rows (see
-`dashboard.queries.Row`). Every failure becomes `SourceError` with a short message an operator
-can act on; the message is shown on the page, so it is built here from the status code and the
-server's own message, never from the request (which carries the token).
+`InfluxSource` runs a Flux query with influxdb-client (`connectors.influxdb.query`) and returns
+plain rows (see `dashboard.queries.Row`). Every failure becomes `SourceError` with a short
+message an operator can act on; the message is shown on the page, so it is built
+(`connectors.influxdb.errors`) from the status code and the server's own message, never from the
+request (which carries the token).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-import orjson
 import urllib3
 
+from connectors.influxdb.errors import describe_http_error, describe_transport_error
+from connectors.influxdb.query import query_client
 from dashboard.queries import Row
 from models.errors import CitystreamError
 
@@ -46,49 +48,14 @@ def rows_from_tables(tables: Any) -> list[Row]:
     return rows
 
 
-def describe_http_error(status: int, body: bytes | str | None, token_setting: str) -> str:
-    """An operator's sentence for an InfluxDB HTTP error answer."""
-    message = ""
-    if body:
-        try:
-            message = str(orjson.loads(body).get("message", ""))
-        except (orjson.JSONDecodeError, AttributeError):
-            message = ""
-    if status in (401, 403):
-        return (f"InfluxDB refused the token (HTTP {status}): check {token_setting} "
-                "(it needs read access to the kpi bucket)")
-    if status == 404:
-        return (f"InfluxDB: {message or 'not found'} (HTTP 404): check CITYSTREAM_INFLUX__ORG "
-                "and CITYSTREAM_INFLUX__BUCKET_KPI")
-    return f"InfluxDB answered HTTP {status}" + (f": {message}" if message else "")
-
-
-def describe_transport_error(exc: BaseException, url: str) -> str:
-    """An operator's sentence for a failure to talk to InfluxDB at all."""
-    reason = getattr(exc, "reason", None) or exc
-    text = type(reason).__name__
-    if isinstance(reason, urllib3.exceptions.NameResolutionError):
-        text = "host name not found"
-    elif isinstance(reason, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
-        text = "connection refused"
-    elif isinstance(reason, urllib3.exceptions.TimeoutError | TimeoutError):
-        text = "no answer in time"
-    elif isinstance(reason, urllib3.exceptions.ProtocolError | ConnectionError):
-        text = "connection dropped"
-    return f"cannot reach InfluxDB at {url}: {text}"
-
-
 class InfluxSource:
     """`FluxSource` over InfluxDB 2.x (influxdb-client's synchronous query API)."""
 
     def __init__(self, url: str, org: str, token: str, *, timeout_s: float = 10.0,
                  token_setting: str = "CITYSTREAM_DASHBOARD__TOKEN") -> None:
-        from influxdb_client.client.influxdb_client import InfluxDBClient
-
         self.url = url
         self.token_setting = token_setting
-        self._client = InfluxDBClient(url=url, token=token, org=org,
-                                      timeout=int(timeout_s * 1000))
+        self._client = query_client(url, token, org, timeout_s)
         self._api = self._client.query_api()
 
     def query(self, flux: str) -> list[Row]:

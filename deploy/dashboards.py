@@ -20,7 +20,7 @@ becomes a filter on Grafana's multi-value variable of that tag (`r.district =~
 /^${district:regex}$/`, a predicate InfluxDB pushes down to storage, unlike `contains()`, which
 runs per row) and is dropped for InfluxDB, whose dashboards show every entity. For the same
 reason fields are picked with `==` chains, not `contains()`. Names in queries are Flux string
-literals (`dashboard.queries.flux_string`).
+literals (`connectors.influxdb.flux`).
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as gcommon_model
 from grafana_foundation_sdk.models import dashboard as gmodel
 
-from dashboard.queries import flux_string
+from connectors.influxdb.flux import flux_any_of, flux_string
 from models.city import DEFAULT_CITY_FILE, parse_city
 from models.feeds import FeedSpec, KpiSpec
-from streams.lineproto import PIPELINE_COUNTERS
+from models.records import PIPELINE_COUNTERS
 
 DEPLOY = Path(__file__).resolve().parent
 GRAFANA_DIR = DEPLOY / "grafana" / "dashboards"
@@ -225,7 +225,7 @@ ALERTS_RAISED = f"""from(bucket: "{BUCKET}")
 
 
 def _any_field(fields: tuple[str, ...] | list[str]) -> str:
-    return "(" + " or ".join(f'r._field == "{f}"' for f in fields) + ")"
+    return f"({flux_any_of('_field', fields)})"
 
 
 def _pipeline_rate(fields: tuple[str, ...], unit: str) -> str:

@@ -9,8 +9,9 @@ import socket
 import sys
 
 import click
+from aiokafka.errors import KafkaError
 
-from ingest.kafka_sink import KafkaSink, ensure_topics
+from connectors.kafka import KafkaSink, ensure_topics
 from ingest.mqtt_source import MqttSource
 from ingest.service import Ingest, IngestOptions
 from models.settings import Settings
@@ -61,7 +62,7 @@ def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interva
     \b
     Connection settings (env): CITYSTREAM_MQTT__HOST, __PORT, __USERNAME, __PASSWORD,
     __TLS_CA, __SESSION_EXPIRY_S, __SHARED_GROUP, __CLIENT_ID; CITYSTREAM_KAFKA__BOOTSTRAP,
-    __PARTITIONS.
+    __PARTITIONS, __REPLICATION_FACTOR, __MIN_INSYNC_REPLICAS.
 
     \b
     Example, against the local stack:
@@ -101,6 +102,8 @@ async def _main(settings: Settings, client_id: str, instance: str, receive_maxim
     except (TimeoutError, OSError) as exc:
         raise ConnectionError(f"cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); "
                               "check CITYSTREAM_KAFKA__BOOTSTRAP") from exc
+    except KafkaError as exc:  # refused: more replicas than brokers, say
+        raise ConnectionError(str(exc)) from exc
     sink = KafkaSink(settings.kafka, client_id=client_id)
     await sink.start()
     source = MqttSource(settings.mqtt, client_id, receive_maximum=receive_maximum)

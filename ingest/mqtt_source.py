@@ -9,7 +9,6 @@ nothing is acknowledged it stops sending (flow control instead of an unbounded b
 from __future__ import annotations
 
 import logging
-import ssl
 import struct
 import threading
 import time
@@ -19,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from connectors.mqtt import client_for
 from models.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -168,13 +168,7 @@ class MqttSource:
         self._lock = threading.Lock()
         self.connects = 0
         self.skipped_alerts = 0
-        client = _Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv5, manual_ack=True)
-        if settings.username:
-            password = settings.password.get_secret_value() if settings.password else None
-            client.username_pw_set(settings.username, password)
-        if settings.tls_ca:
-            client.tls_set(ca_certs=str(settings.tls_ca), cert_reqs=ssl.CERT_REQUIRED)
+        client = client_for(settings, _Client, client_id, manual_ack=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

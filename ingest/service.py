@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from connectors.kafka import OutRecord, Sink
 from ingest.decode import decode
-from ingest.kafka_sink import OutRecord, Sink
 from ingest.mqtt_source import Delivery, Source
 from models.topics import DEFAULT, Topics
 

@@ -1,13 +1,17 @@
 """Dead letters: rejected input kept with the reason, so nothing is dropped silently.
 
-A `DeadLetter` carries the raw bytes it was made from, the topic, the receive time and a
-machine-readable `Reason` (docs/contract.md). On the wire it is JSON with `raw` in standard base64.
+A `DeadLetter` (ingest's, on `telemetry.deadletter`) carries the raw bytes it was made from, the
+topic, the receive time and a machine-readable `Reason` (docs/contract.md). On the wire it is
+JSON with `raw` in standard base64. `sink_dead_letter` builds the value of a `sink.deadletter`
+record (the InfluxDB sink's and the worker's): a Kafka record, a reading or a line that could
+not be stored, with where it came from.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import time
 from enum import StrEnum
 from typing import Any
 
@@ -84,3 +88,23 @@ class DeadLetter(BaseModel):
     def from_json(cls, data: bytes | str) -> DeadLetter:
         """Parse `to_json` output; raises pydantic's ValidationError if it is not a dead letter."""
         return cls.model_validate(orjson.loads(data))
+
+
+def sink_dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int, *,
+                     raw: bytes | None = None, index: int | None = None,
+                     line: str | None = None, bucket: str | None = None) -> bytes:
+    """The JSON value of a `sink.deadletter` record: `reason` (`undecodable`,
+    `rejected_by_influxdb`, `engine_error`), `detail`, the source `topic`, `partition` and
+    `offset`, `received_at_ms` (now), then `index` (a reading's place in its array), `raw` (base64
+    of the record or reading) and `bucket` with the refused `line`, those that are given."""
+    body: dict[str, object] = {
+        "reason": reason, "detail": detail, "topic": topic, "partition": partition,
+        "offset": offset, "received_at_ms": int(time.time() * 1000)}
+    if index is not None:
+        body["index"] = index
+    if raw is not None:
+        body["raw"] = base64.b64encode(raw).decode("ascii")
+    if line is not None:
+        body["bucket"] = bucket
+        body["line"] = line
+    return orjson.dumps(body)

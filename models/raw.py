@@ -2,7 +2,7 @@
 
 One point per accepted reading, at its `ts_ms`: measurement = the kind, tags from validated ids
 only (the reading's district, sensor_id and the kind's entity), fields typed once and for all.
-`streams.lineproto` renders readings by these schemas.
+`connectors.influxdb.lineproto` renders readings by these schemas.
 """
 
 from __future__ import annotations

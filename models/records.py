@@ -4,23 +4,20 @@ Each record class knows its measurement, its tag names and its timestamp (`time_
 the END of its window). Field types never change: counts are int, `on_track`/`active` bool,
 `message` str, everything else float (ints given for float fields become floats). A float field
 may be None when it is undefined (e.g. a saving against a zero baseline); it is then left out of
-the point. `to_line_protocol` renders a record as one InfluxDB line.
+the point. `connectors.influxdb.lineproto.to_line_protocol` renders a record as one InfluxDB
+line; `record_to_json` / `record_from_json` are its Kafka form.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.errors import RecordError
 
 INT64_MAX: Final = 2**63 - 1
-Precision = Literal["s", "ms", "us", "ns"]
-_TO_PRECISION: Final[dict[str, tuple[int, int]]] = {
-    "s": (1, 1000), "ms": (1, 1), "us": (1000, 1), "ns": (1_000_000, 1)}
 
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 EntityId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -125,54 +122,9 @@ class PipelineCounters(Record):
     written: Count = 0
 
 
-_KEY_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
-_MEASUREMENT_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
-_STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
-
-
-def _check_text(what: str, text: str) -> str:
-    if "\n" in text or "\r" in text:
-        raise RecordError(f"{what} {text!r} contains a line break, which line protocol cannot "
-                          "carry")
-    return text
-
-
-def _key(what: str, text: str) -> str:
-    if not text:
-        raise RecordError(f"{what} is empty")
-    return _check_text(what, text).translate(_KEY_ESCAPES)
-
-
-def _field_value(name: str, value: float | int | bool | str) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return f"{value}i"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise RecordError(f"field {name} is {value}; InfluxDB would drop it")
-        return repr(value)
-    return '"' + _check_text(f"field {name}", value).translate(_STRING_ESCAPES) + '"'
-
-
-def to_line_protocol(record: Record, precision: Precision = "ms") -> str:
-    """One line-protocol line (no trailing newline), tags sorted, timestamp in `precision`.
-
-    Raises `RecordError` for what line protocol cannot carry: line breaks in tags or strings,
-    empty tag values, non-finite floats, a record with no defined field.
-    """
-    parts = [_check_text("measurement", record.measurement).translate(_MEASUREMENT_ESCAPES)]
-    for name, value in sorted(record.tags().items()):
-        parts.append(f"{_key('tag key', name)}={_key(f'tag {name}', value)}")
-    fields = record.fields()
-    if not fields:
-        raise RecordError(f"{record.measurement} point has no defined field")
-    field_set = ",".join(f"{_key('field key', name)}={_field_value(name, value)}"
-                         for name, value in fields.items())
-    mul, div = _TO_PRECISION[precision]
-    return f"{','.join(parts)} {field_set} {record.time_ms * mul // div}"
+PIPELINE_COUNTERS: Final = PipelineCounters.field_names()
+"""The contract's `pipeline` fields (integers): received, accepted, rejected, late, duplicates,
+written; a counters record carries those its component counts."""
 
 
 def record_to_json(record: Record) -> bytes:

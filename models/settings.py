@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.city import City, load_city
@@ -59,10 +59,30 @@ class KafkaSettings(BaseModel):
     partitions: int = Field(8, ge=1)
     topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]{0,100}$",
                               description="namespace for every topic and consumer group")
+    replication_factor: int = Field(1, ge=1, description="copies of each partition of every "
+                                    "topic citystream creates (ingest's, the worker's and its "
+                                    "changelogs); 3 on a production cluster")
+    min_insync_replicas: int = Field(1, ge=1, description="copies that must have a record "
+                                     "before Kafka acknowledges it to a producer (all of "
+                                     "citystream's use acks=all); 2 with a replication factor "
+                                     "of 3: one broker may fail, a second stops producers")
 
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    def topic_config(self) -> dict[str, str]:
+        """The topic-level config every topic citystream creates carries."""
+        return {"min.insync.replicas": str(self.min_insync_replicas)}
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"CITYSTREAM_KAFKA__MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) is more "
+                f"than CITYSTREAM_KAFKA__REPLICATION_FACTOR ({self.replication_factor}): no "
+                "record could ever be acknowledged")
+        return self
 
     @field_validator("bootstrap")
     @classmethod

@@ -1,7 +1,7 @@
 """The Flux the open-data service runs: pure functions, no I/O.
 
 Nothing a client sends reaches the Flux text: measurements, fields and tags come from the
-registry (`opendata.datasets`) and go in through `dashboard.queries.flux_string`, the bucket too;
+registry (`opendata.datasets`) and go in through `connectors.influxdb.flux`, the bucket too;
 times are integers (epoch nanoseconds, `time(v: ...)`), the row limit an integer.
 
 - `points_query`: the points of one KPI dataset with window end in [start, stop), one row per
@@ -17,9 +17,9 @@ times are integers (epoch nanoseconds, `time(v: ...)`), the row limit an integer
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from dashboard.queries import flux_string
+from connectors.influxdb.flux import flux_any_of, flux_string
 from opendata.datasets import DATA_QUALITY, PRIVACY_COUNT, Dataset
 
 QUALITY_SUMS = ("readings", "rejected")
@@ -30,10 +30,6 @@ def _time(ns: int) -> str:
     return f"time(v: {int(ns)})"
 
 
-def _any(column: str, values: Iterable[str]) -> str:
-    return " or ".join(f"r.{column} == {flux_string(v)}" for v in values)
-
-
 def points_query(bucket: str, dataset: Dataset, start_ns: int, stop_ns: int, limit: int) -> str:
     """One row per point of `dataset` with `_time` in [start_ns, stop_ns), at most `limit`."""
     if dataset.measurement == DATA_QUALITY:
@@ -41,7 +37,7 @@ def points_query(bucket: str, dataset: Dataset, start_ns: int, stop_ns: int, lim
     return (f"from(bucket: {flux_string(bucket)})\n"
             f"  |> range(start: {_time(start_ns)}, stop: {_time(stop_ns)})\n"
             f"  |> filter(fn: (r) => r._measurement == {flux_string(dataset.source)})\n"
-            f"  |> filter(fn: (r) => {_any('_field', dataset.field_names)})\n"
+            f"  |> filter(fn: (r) => {flux_any_of('_field', dataset.field_names)})\n"
             '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
             '  |> drop(columns: ["_start", "_stop", "_measurement"])\n'
             "  |> group()\n"
@@ -54,9 +50,9 @@ def data_quality_query(bucket: str, start_ns: int, stop_ns: int, limit: int) -> 
     return (f"src = from(bucket: {flux_string(bucket)})\n"
             f"  |> range(start: {_time(start_ns)}, stop: {_time(stop_ns)})\n"
             '  |> filter(fn: (r) => r._measurement == "sensor_quality")\n'
-            f"  |> filter(fn: (r) => {_any('_field', fields)})\n"
+            f"  |> filter(fn: (r) => {flux_any_of('_field', fields)})\n"
             '  |> group(columns: ["_time", "kind", "district", "window", "_field"])\n'
-            f"sums = src |> filter(fn: (r) => {_any('_field', QUALITY_SUMS)}) |> sum()\n"
+            f"sums = src |> filter(fn: (r) => {flux_any_of('_field', QUALITY_SUMS)}) |> sum()\n"
             f"means = src |> filter(fn: (r) => r._field == {flux_string(QUALITY_MEAN)})"
             " |> mean()\n"
             "sensors = src\n"
@@ -85,7 +81,7 @@ def latest_query(bucket: str, datasets: Sequence[Dataset], start_ns: int, stop_n
     """The newest value before `stop_ns` (and not before `start_ns`) of each series of the
     targets' fields (`latest_fields`) of `datasets`."""
     parts = [f"(r._measurement == {flux_string(d.source)} and "
-             f"({_any('_field', latest_fields(d))}))" for d in datasets if d.target]
+             f"({flux_any_of('_field', latest_fields(d))}))" for d in datasets if d.target]
     if not parts:
         parts = ["false"]
     return (f"from(bucket: {flux_string(bucket)})\n"
@@ -98,7 +94,7 @@ def coverage_query(bucket: str, datasets: Sequence[Dataset], stop_ns: int) -> st
     """The first and the last point time of every series of `datasets` (sensor_quality: its
     `readings`), as rows with `_measurement`, `_time` and `edge` (`first`, `last`)."""
     kpis = [d.source for d in datasets if d.measurement != DATA_QUALITY]
-    parts = [f"({_any('_measurement', kpis)})"] if kpis else []
+    parts = [f"({flux_any_of('_measurement', kpis)})"] if kpis else []
     if any(d.measurement == DATA_QUALITY for d in datasets):
         parts.append('(r._measurement == "sensor_quality" and r._field == "readings")')
     wanted = " or ".join(parts) or "false"

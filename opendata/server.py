@@ -43,6 +43,7 @@ import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
+from models.errors import CitystreamError
 from opendata import ngsi
 from opendata.catalog import LICENSE_LINK, OGL, catalog
 from opendata.datasets import Dataset
@@ -97,7 +98,7 @@ class Options:
     cache_bytes: int = 64 * 1024 * 1024
 
 
-class PublicError(Exception):
+class PublicError(CitystreamError):
     """A request the service refuses; `message` is shown to the client."""
 
     def __init__(self, status: int, message: str, ngsi_type: str = "BadRequestData") -> None:

@@ -5,7 +5,8 @@ benchmarks).
 blocks the server and a timeout really cancels it) with a READ-ONLY token, and parses InfluxDB's
 annotated CSV into typed values. It reads the `kpi` bucket only; nothing here can read
 `telemetry`. Every failure becomes `StoreError` (`StoreTimeout` when InfluxDB did not answer in
-time) with a message for the operator's log; the public sees a generic sentence.
+time) with a message for the operator's log (`connectors.influxdb.errors`); the public sees a
+generic sentence.
 
 `MemoryStore` holds points in memory and answers the same questions the same way, including the
 `data_quality` aggregate of `sensor_quality` points (it is the oracle the integration tests
@@ -24,7 +25,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from dashboard.source import describe_http_error, describe_transport_error
+from connectors.influxdb.errors import describe_http_error, describe_transport_error
 from models.errors import CitystreamError
 from opendata import queries
 from opendata.datasets import DATA_QUALITY, SENSOR_QUALITY, Dataset

@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import orjson
 
+from models.errors import CitystreamError
 from opendata.datasets import Column, Dataset
 
 Value = float | int | bool | str | None
@@ -46,7 +47,7 @@ class Point:
     fields: Mapping[str, Value]
 
 
-class TimeError(ValueError):
+class TimeError(CitystreamError, ValueError):
     """A `from`/`to` value is not an RFC 3339 date-time; the message says what is expected."""
 
 

@@ -153,7 +153,8 @@ def _env(name: str) -> str:
                    "message): invalid_json, too_large, bad_topic, schema, non_finite, "
                    "out_of_range, sensor_mismatch, future_timestamp, too_old, duplicate, "
                    "reorder. Sensor faults (probability per reading): meter_reset (registers "
-                   "and feed counters), silent, clock_skew. Declared feeds get them all. See "
+                   "and feed counters), silent, clock_skew, stuck (water and energy registers "
+                   "freeze). Declared feeds get the first three. See "
                    "docs/simulator.md.")
 @click.option("--faults", "all_faults", type=click.FloatRange(0, 0.09),
               envvar=_env("FAULTS"), show_envvar=True,

@@ -13,7 +13,9 @@ Two families, each drawn with its own rate (a probability):
   `meter_reset` (probability per meter reading that the register restarts from about 0),
   `silent` (share of readings lost to sensors that go quiet for 10-60 simulated minutes; the
   last reading before the gap carries the label), `clock_skew` (share of readings from
-  sensors whose clock is off by 5-91 s, never a whole second, for 15-90 minutes). The `leak`
+  sensors whose clock is off by 5-91 s, never a whole second, for 15-90 minutes), `stuck`
+  (share of readings from water and energy meters whose register freezes at one value for
+  60-180 minutes, then catches up: what `sensor_quality` judges `stuck`). The `leak`
   label (from --leak-district) belongs to this family too. For declared feeds `meter_reset`
   restarts the feed's counter fields (a counter rolling over at its `max` is labelled the same).
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Protocol
 
 import orjson
 
@@ -35,11 +37,10 @@ INVALID_FAULTS: Final = ("bad_topic", "too_large", "invalid_json", "schema", "no
                          "out_of_range", "sensor_mismatch", "future_timestamp", "too_old")
 """Faults that make a message or reading invalid; each is also the contract reason it earns."""
 MESSAGE_FAULTS: Final = (*INVALID_FAULTS, "duplicate", "reorder")
-SENSOR_FAULTS: Final = ("meter_reset", "silent", "clock_skew")
+SENSOR_FAULTS: Final = ("meter_reset", "silent", "clock_skew", "stuck")
 FAULT_KINDS: Final = (*MESSAGE_FAULTS, *SENSOR_FAULTS)
-READING_FAULTS: Final = frozenset({"schema", "non_finite", "out_of_range", "sensor_mismatch",
-                                   "future_timestamp", "too_old"})
-"""Invalid faults that break one reading; the others break the whole message."""
+REGISTER_FAULTS: Final = frozenset({"stuck"})
+"""Sensor faults of water and energy registers only (declared feeds never get them)."""
 
 MAX_PAYLOAD_BYTES: Final = 65536
 FUTURE_OFFSET_MS: Final = 15 * 60_000
@@ -207,6 +208,34 @@ def out_of_range(kind: str, reading: dict[str, Any], u: float) -> dict[str, Any]
     name, value = options[int(u * len(options))]
     broken[name] = value
     return broken
+
+
+class ReadingFaults(Protocol):
+    """How one kind's readings break: `KindFaults` for a Python kind, `FeedFaults` for a
+    declared feed. Each method returns a broken copy of the reading; `u` picks the variant."""
+
+    def schema(self, reading: dict[str, Any], u: float) -> dict[str, Any]: ...
+    def non_finite(self, reading: dict[str, Any], u: float) -> dict[str, Any]: ...
+    def out_of_range(self, reading: dict[str, Any], u: float) -> dict[str, Any]: ...
+
+
+class KindFaults:
+    """`schema`, `non_finite` and `out_of_range` for a Python kind, from the tables above."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def schema(self, reading: dict[str, Any], u: float) -> dict[str, Any]:
+        """See `schema`."""
+        return schema(self.kind, reading, u)
+
+    def non_finite(self, reading: dict[str, Any], u: float) -> dict[str, Any]:
+        """See `non_finite`."""
+        return non_finite(self.kind, reading, u)
+
+    def out_of_range(self, reading: dict[str, Any], u: float) -> dict[str, Any]:
+        """See `out_of_range`."""
+        return out_of_range(self.kind, reading, u)
 
 
 class FeedFaults:

@@ -1,7 +1,10 @@
 """The simulation: a deterministic stream of MQTT messages for simulated time, no transport.
 
-`Simulation(city, config).messages()` yields `Message`s in publish order. Sensors form two
-lanes: the built-in kinds (water, energy, traffic, shuttle) and the city file's declared feeds
+`Simulation(city, config).messages()` yields `Message`s in publish order. Every kind is driven
+through one interface, its `sensors_sim.sources.Source`, which makes the readings; this module
+does what the kinds share (phases, `seq`, sensor and message faults, batches, gateways) and
+never branches on a kind's name. Sensors form two lanes: the built-in kinds
+(`sources.BUILTIN`: water, energy, traffic, shuttle) and the city file's declared feeds
 (`sensors_sim.feeds`, every `[[feeds]]` table, no code per feed). A lane advances in ticks (the
 greatest common divisor of its sensor intervals; the feed lane's also divides the built-in
 one); every sensor reports once per interval at a fixed phase and a fixed sub-tick jitter, so a
@@ -21,11 +24,11 @@ import heapq
 import math
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -33,24 +36,23 @@ import orjson
 
 from models.city import City
 from sensors_sim import faults, feeds, profiles
-from sensors_sim.faults import DUPLICATE, VALID, Expected, FeedFaults
+from sensors_sim.faults import DUPLICATE, VALID, Expected, ReadingFaults
 from sensors_sim.feeds import FeedFleet
-from sensors_sim.fleets import MeterFleet, TrafficCounters
 from sensors_sim.profiles import F64, I64, Bools
-from sensors_sim.shuttle import ShuttleFleet
+from sensors_sim.sources import BUILTIN, FeedSource, Made, Setting, Source, TsFormat
 
 Scenario = Literal["baseline", "savings"]
-TsFormat = Literal["ms", "utc", "local"]
 
-TS_FORMATS: Final[dict[str, TsFormat]] = {
-    "water": "ms", "energy": "utc", "traffic": "ms", "shuttle": "local"}
-"""How each kind writes `ts`: epoch ms, RFC 3339 in UTC (`Z`), RFC 3339 with the city's offset."""
-FEED_TS_FORMAT: Final[TsFormat] = "ms"
-"""How declared feeds write `ts`."""
 FEED_SEEDS: Final = 7
-"""Spawn key of the feed lane's generators: the built-in ones are children 0-6 of the seed."""
+"""Spawn key of the feed lane's generators: the built-in ones are children 0-6 of the seed (one
+per Python kind, in `sources.BUILTIN` order, then sensor faults, message faults, layout)."""
+LABELS: Final = (*faults.SENSOR_FAULTS, "leak")
+"""Sensor-fault labels, in the order a message lists them."""
+WHOLE_MESSAGE_FAULTS: Final = frozenset({"bad_topic", "too_large", "invalid_json"})
+"""Invalid faults that break the whole message; the others break one reading."""
 SILENT_S: Final = (600, 3600)
 SKEW_S: Final = (900, 5400)
+STUCK_S: Final = (3600, 10800)
 SKEW_MS: Final = (5_001, 90_999)
 HOLD_INTERVALS: Final = (1.0, 3.0)
 """A reordered message is held for this many of its sensor's message intervals."""
@@ -122,15 +124,17 @@ class _Lane:
 
 
 class _Kind:
-    """The sensors of one kind: ids, topics, phases and the fleet that makes their readings."""
+    """The sensors of one kind on their lane: topics, phases, how they batch and break, and the
+    source that makes their readings."""
 
-    def __init__(self, name: str, ids: list[str], districts: list[str], interval_s: int,
-                 lane: _Lane, offset: int, layout: np.random.Generator, *, batch: int,
-                 longest_s: int, counters: bool, feed: FeedFleet | None = None) -> None:
-        self.name = name
-        self.ids = ids
+    def __init__(self, source: Source, lane: _Lane, offset: int, layout: np.random.Generator,
+                 *, batch: int, longest_s: int) -> None:
+        self.source = source
+        self.name = name = source.name
+        self.ids = ids = source.ids
+        self.districts = districts = source.districts
         self.topics = [f"city/{d}/{name}/{s}" for d, s in zip(districts, ids, strict=True)]
-        self.districts = districts
+        interval_s = source.interval_s
         self.interval_ms = interval_s * 1000
         self.batch = max(1, min(batch, batch * longest_s // interval_s))
         """Readings per message: `--batch`, but never spanning more than `--batch` intervals of
@@ -139,12 +143,12 @@ class _Kind:
         """A reordered message is held for 1-3 x batch of these."""
         self.lane = lane
         self.offset = offset
-        self.fmt = TS_FORMATS.get(name, FEED_TS_FORMAT)
-        self.counters = counters
+        self.ts_format: TsFormat = source.ts_format
+        self.counters = source.counters
         """Whether `meter_reset` applies (registers, feed counters)."""
-        self.feed = feed
-        self.feed_faults = FeedFaults(feed.feed) if feed is not None else None
-        self.sensor_cuts = (0.0, 0.0, 0.0)
+        self.feed: FeedFleet | None = source.feed
+        self.faults: ReadingFaults = source.faults
+        self.sensor_cuts = (0.0, 0.0, 0.0, 0.0)
         self.phases = self.interval_ms // lane.step_ms
         phase = layout.integers(0, self.phases, len(ids))
         self.groups = {p: np.flatnonzero(phase == p).astype(np.int64)
@@ -194,9 +198,8 @@ class Simulation:
                                   else city.windows.horizon_s)
         self.tz = ZoneInfo(city.timezone)
         self.step_ms = 1000 * math.gcd(*intervals)  # the built-in lane's tick
-        seeds = np.random.SeedSequence(config.seed).spawn(7)
-        rng_water, rng_energy, rng_traffic, rng_shuttle, rng_sensor, rng_msg, rng_layout = (
-            np.random.default_rng(s) for s in seeds)
+        seeds = np.random.SeedSequence(config.seed).spawn(FEED_SEEDS)
+        *rng_kinds, rng_sensor, rng_msg, rng_layout = (np.random.default_rng(s) for s in seeds)
         self.longest_s = max(intervals)
         self.builtin = _Lane(self.step_ms, rng_sensor, rng_msg,
                              config.batch * 1000 * self.longest_s)
@@ -204,42 +207,15 @@ class Simulation:
         self.message_rates = {k: v for k, v in rates.items() if k in faults.MESSAGE_FAULTS}
         self.sensor_rates = {k: v for k, v in rates.items() if k in faults.SENSOR_FAULTS}
 
-        progress = self._progress_fn()
-        traffic_shape = profiles.traffic_shape()
-        self.water = MeterFleet("water", city, config.size, config.meter_interval_s, rng_water,
-                                progress, config.leak_districts, self.local_offset_s)
-        self.energy = MeterFleet("energy", city, config.size, config.meter_interval_s,
-                                 rng_energy, progress, (), self.local_offset_s)
-        self.traffic = TrafficCounters(city, config.size, config.traffic_interval_s,
-                                       rng_traffic, progress, traffic_shape)
-        demand = profiles.shuttle_demand()
-        self.shuttles: list[ShuttleFleet] = []
-        shuttle_ids: list[str] = []
-        shuttle_districts: list[str] = []
-        self._shuttle_of: list[tuple[int, int]] = []  # local shuttle index -> (fleet, vehicle)
-        for route in city.routes:
-            if len(route.stops) < 2:
-                continue
-            fleet = ShuttleFleet(route, config.shuttle_interval_s, rng_shuttle, self.tz,
-                                 config.start_ms, demand, traffic_shape)
-            for v in range(route.fleet_size):
-                shuttle_ids.append(_route_vehicle_id(route.id, v + 1))
-                shuttle_districts.append(route.district)
-                self._shuttle_of.append((len(self.shuttles), v))
-            self.shuttles.append(fleet)
-
+        setting = Setting(city, config, self._progress_fn(), self.local_offset_s, self.tz,
+                          profiles.traffic_shape())
         self.kinds: list[_Kind] = []
         offset = 0
-        for name, ids, districts, interval in (
-                ("water", self.water.ids, self.water.districts, config.meter_interval_s),
-                ("energy", self.energy.ids, self.energy.districts, config.meter_interval_s),
-                ("traffic", self.traffic.ids, self.traffic.districts,
-                 config.traffic_interval_s),
-                ("shuttle", shuttle_ids, shuttle_districts, config.shuttle_interval_s)):
-            self.kinds.append(_Kind(name, ids, districts, interval, self.builtin, offset,
-                                    rng_layout, batch=config.batch, longest_s=self.longest_s,
-                                    counters=name in ("water", "energy")))
-            offset += len(ids)
+        for build, rng in zip(BUILTIN.values(), rng_kinds, strict=True):
+            kind = _Kind(build(setting, rng), self.builtin, offset, rng_layout,
+                         batch=config.batch, longest_s=self.longest_s)
+            self.kinds.append(kind)
+            offset += len(kind.ids)
         jitters = [rng_layout.integers(0, self.step_ms, offset).astype(np.int64)]
         self.loop_step_ms = self.step_ms
         if city.feeds:
@@ -259,11 +235,10 @@ class Simulation:
         self.silent_until = np.full(offset, -1, dtype=np.int64)
         self.skew_until = np.full(offset, -1, dtype=np.int64)
         self.skew_ms = np.zeros(offset, dtype=np.int64)
-        self._buffers: list[list[dict[str, Any]]] = [[] for _ in range(offset)]
-        self._buffer_ts: list[list[int]] = [[] for _ in range(offset)]
-        self._buffer_labels: list[set[str] | None] = [None] * offset
-        self._flush_at = [(g % k.batch) + 1 for k in self.kinds  # staggered first batches
-                          for g in range(k.offset, k.offset + len(k.ids))]
+        self.stuck_until = np.full(offset, -1, dtype=np.int64)
+        self.frozen: dict[int, Any] = {}  # sensor -> the register value it is stuck at
+        self._batches = [_Batch((g % k.batch) + 1) for k in self.kinds  # staggered first ones
+                         for g in range(k.offset, k.offset + len(k.ids))]
         self._out: list[Message] = []
         self._tick = 0
         self._valid: dict[int, tuple[Expected, ...]] = {}
@@ -284,16 +259,14 @@ class Simulation:
         lane = _Lane(step_ms, rng_sensor, rng_msg, self.config.batch * 1000 * self.longest_s)
         prefixes = feeds.sensor_prefixes(f.kind for f in city.feeds)
         start = offset
-        for feed, interval in zip(city.feeds, intervals, strict=True):
+        for feed in city.feeds:
             rng = np.random.default_rng(np.random.SeedSequence(
                 seed, spawn_key=(FEED_SEEDS + 1, zlib.crc32(feed.kind.encode()))))
             fleet = FeedFleet(feed, city, rng, prefixes[feed.kind])
             if not fleet.ids:
                 continue
-            self.kinds.append(_Kind(feed.kind, fleet.ids, fleet.districts, interval, lane,
-                                    offset, rng_layout, batch=self.config.batch,
-                                    longest_s=self.longest_s, counters=fleet.has_counters,
-                                    feed=fleet))
+            self.kinds.append(_Kind(FeedSource(fleet), lane, offset, rng_layout,
+                                    batch=self.config.batch, longest_s=self.longest_s))
             offset += len(fleet.ids)
         if offset > start:
             jitters.append(rng_layout.integers(0, step_ms, offset - start).astype(np.int64))
@@ -308,8 +281,9 @@ class Simulation:
                                          dtype=np.float64)
         return lambda ts: np.zeros(np.shape(ts))
 
-    def _sensor_cuts(self, kind: _Kind) -> tuple[float, float, float]:
-        """Cumulative per-reading start probabilities of meter_reset, silent and clock_skew.
+    def _sensor_cuts(self, kind: _Kind) -> tuple[float, float, float, float]:
+        """Cumulative per-reading start probabilities of meter_reset, silent, clock_skew and
+        stuck (registers only).
 
         A silent or skew rate r is the share of readings affected: with episodes of L readings
         on average, an episode starts with probability r / (L (1 - r)) per unaffected reading.
@@ -326,7 +300,8 @@ class Simulation:
         reset = rates.get("meter_reset", 0.0) if kind.counters else 0.0
         silent = start_p(rates.get("silent", 0.0), SILENT_S)
         skew = start_p(rates.get("clock_skew", 0.0), SKEW_S)
-        return reset, reset + silent, reset + silent + skew
+        stuck = start_p(rates.get("stuck", 0.0), STUCK_S) if kind.source.register else 0.0
+        return reset, reset + silent, reset + silent + skew, reset + silent + skew + stuck
 
     def _gateways(self, n: int) -> I64:
         """Sensors grouped by district (then kind) into `n` gateways of about equal size."""
@@ -373,129 +348,128 @@ class Simulation:
             t += step
 
     def _emit(self, kind: _Kind, local: I64, tick: int) -> None:
+        """One reading from each sensor of `kind` at `local` (the group due at `tick`): its
+        sensor faults, the kind's readings, then messages or the gateways' batches."""
         g = local + kind.offset
         ts = tick - self.jitter[g]
-        n = len(g)
-        silent: Bools | None = None
-        reset: Bools | None = None
-        new_silent: Bools | None = None
-        skewed: Bools | None = None
-        ts_out = ts
-        if self.sensor_rates:
-            rng_sensor = kind.lane.rng_sensor
-            silent = self.silent_until[g] > ts
-            skewed_now = self.skew_until[g] > ts
-            u = rng_sensor.random(n)
-            eligible = ~silent & ~skewed_now
-            c1, c2, c3 = kind.sensor_cuts
-            reset = eligible & (u < c1)
-            new_silent = eligible & (u >= c1) & (u < c2)
-            new_skew = eligible & (u >= c2) & (u < c3)
-            if new_silent.any():
-                hit = g[new_silent]
-                self.silent_until[hit] = ts[new_silent] + 1000 * rng_sensor.integers(
-                    *SILENT_S, len(hit))
-            if new_skew.any():
-                hit = g[new_skew]
-                size = len(hit)
-                self.skew_until[hit] = ts[new_skew] + 1000 * rng_sensor.integers(
-                    *SKEW_S, size)
-                amount = rng_sensor.integers(*SKEW_MS, size)
-                amount += amount % 1000 == 0  # never a whole second: no clash with other ts
-                sign = np.where(rng_sensor.random(size) < 0.5, -1, 1)
-                self.skew_ms[hit] = sign * amount
-                skewed_now = skewed_now | new_skew
-            if not reset.any():
-                reset = None
-            if skewed_now.any():
-                skewed = skewed_now
-                ts_out = np.where(skewed_now, ts + self.skew_ms[g], ts)
-        ts_values = self._format_ts(kind.fmt, ts_out, tick)
+        drawn = self._sensor_faults(kind, g, ts) if self.sensor_rates else _SensorFaults(ts)
         ids = [kind.ids[i] for i in local.tolist()]
-        seqs = self.seq[g].tolist()
-        leaking: I64 | None = None
-        if kind.feed is not None:
-            readings, rolled = kind.feed.step(local, ts, ids, ts_values, seqs, reset)
-            if rolled is not None:  # a counter rolled over at its max: a reset too
-                reset = rolled if reset is None else reset | rolled
-        elif kind.name == "water":
-            readings, leaking = self.water.step(local, ts, ids, ts_values, seqs, reset, tick)
-        elif kind.name == "energy":
-            readings, _ = self.energy.step(local, ts, ids, ts_values, seqs, reset, tick)
-        elif kind.name == "traffic":
-            readings = self.traffic.step(local, ts, ids, ts_values, seqs)
+        made = kind.source.step(local, ts, ids, self._format_ts(kind.ts_format, drawn.ts, tick),
+                                self.seq[g].tolist(), drawn.reset, tick)
+        if drawn.stuck is not None:
+            self._freeze(kind, g, made.readings, drawn.stuck)
+        self.seq[g if drawn.quiet is None else g[~drawn.quiet]] += 1
+        labels = _labels(drawn, made)
+        if self.config.batch > 1:
+            self._add_to_batches(kind, local, made.readings, drawn, labels)
+        elif labels or self.message_rates:
+            self._publish_each(kind, local, made.readings, drawn, labels)
         else:
-            readings = self._shuttle_step(local, ts, ids, ts_values, seqs)
-        if silent is None:
-            self.seq[g] += 1
-        else:
-            self.seq[g[~silent]] += 1
+            self._publish_clean(kind, local, made.readings, drawn, tick)
 
-        labels: dict[int, set[str]] = {}
-        for mask, label in ((reset, "meter_reset"), (new_silent, "silent"),
-                            (skewed, "clock_skew")):
-            if mask is not None and mask.any():
-                for j in np.flatnonzero(mask).tolist():
-                    labels.setdefault(j, set()).add(label)
-        if leaking is not None:
-            for j in leaking.tolist():
-                labels.setdefault(j, set()).add("leak")
+    # -- sensor faults --------------------------------------------------------------------
 
-        quiet = [False] * n if silent is None else silent.tolist()
-        silent_start = new_silent.tolist() if new_silent is not None and new_silent.any() \
-            else None
-        g_list = g.tolist()
-        ts_list = ts_out.tolist()
+    def _sensor_faults(self, kind: _Kind, g: I64, ts: I64) -> _SensorFaults:
+        """The sensor faults of sensors `g` reading at `ts`: ongoing silences and skews, and new
+        resets and episodes drawn from the lane's sensor-fault generator (one uniform per
+        reading, then the new episodes' lengths and skews)."""
+        rng = kind.lane.rng_sensor
+        quiet = self.silent_until[g] > ts
+        skewed = self.skew_until[g] > ts
+        stuck = self.stuck_until[g] > ts
+        u = rng.random(len(g))
+        eligible = ~quiet & ~skewed & ~stuck
+        reset_cut, silent_cut, skew_cut, stuck_cut = kind.sensor_cuts
+        reset = eligible & (u < reset_cut)
+        going_quiet = eligible & (u >= reset_cut) & (u < silent_cut)
+        new_skew = eligible & (u >= silent_cut) & (u < skew_cut)
+        new_stuck = eligible & (u >= skew_cut) & (u < stuck_cut)
+        if going_quiet.any():
+            self._start_silence(rng, g[going_quiet], ts[going_quiet])
+        if new_skew.any():
+            self._start_skew(rng, g[new_skew], ts[new_skew])
+            skewed = skewed | new_skew
+        if new_stuck.any():
+            self._start_stuck(rng, g[new_stuck], ts[new_stuck])
+            stuck = stuck | new_stuck
+        resets = reset if reset.any() else None
+        frozen = stuck if stuck.any() else None
+        if not skewed.any():
+            return _SensorFaults(ts, quiet, resets, going_quiet, None, frozen)
+        return _SensorFaults(np.where(skewed, ts + self.skew_ms[g], ts), quiet, resets,
+                             going_quiet, skewed, frozen)
+
+    def _start_silence(self, rng: np.random.Generator, sensors: I64, ts: I64) -> None:
+        self.silent_until[sensors] = ts + 1000 * rng.integers(*SILENT_S, len(sensors))
+
+    def _start_stuck(self, rng: np.random.Generator, sensors: I64, ts: I64) -> None:
+        self.stuck_until[sensors] = ts + 1000 * rng.integers(*STUCK_S, len(sensors))
+        for sensor in sensors.tolist():
+            self.frozen.pop(sensor, None)
+
+    def _freeze(self, kind: _Kind, g: I64, readings: list[dict[str, Any]], stuck: Bools) -> None:
+        """A stuck register keeps the value of its first reading of the episode (the meter
+        catches up when the episode ends)."""
+        register = kind.source.register
+        assert register is not None
+        for j in np.flatnonzero(stuck).tolist():
+            sensor = int(g[j])
+            value = self.frozen.setdefault(sensor, readings[j][register])
+            readings[j][register] = value
+
+    def _start_skew(self, rng: np.random.Generator, sensors: I64, ts: I64) -> None:
+        size = len(sensors)
+        self.skew_until[sensors] = ts + 1000 * rng.integers(*SKEW_S, size)
+        amount = rng.integers(*SKEW_MS, size)
+        amount += amount % 1000 == 0  # never a whole second: no clash with other ts
+        sign = np.where(rng.random(size) < 0.5, -1, 1)
+        self.skew_ms[sensors] = sign * amount
+
+    # -- readings to messages -------------------------------------------------------------
+
+    def _publish_clean(self, kind: _Kind, local: I64, readings: list[dict[str, Any]],
+                       drawn: _SensorFaults, tick: int) -> None:
+        """One reading a message, no labels, no message faults: the fast path."""
+        valid = self._valid_for(1)
+        out = self._out
+        topics = kind.topics
+        gateways = self.gateway_of
+        offset = kind.offset
         local_list = local.tolist()
-        if self.config.batch == 1:
-            if not labels and not self.message_rates:  # the fast path: clean messages
-                valid = self._valid_for(1)
-                out = self._out
-                gateways = self.gateway_of
-                for j, r in enumerate(readings):
-                    if not quiet[j]:
-                        gi = g_list[j]
-                        out.append(Message(kind.topics[local_list[j]], orjson.dumps(r),
-                                           gateways[gi], 1, (), valid,
-                                           min(ts_list[j], tick), tick))
-                return
-            for j, r in enumerate(readings):
-                if not quiet[j]:
-                    self._finish(kind, local_list[j], [r], [ts_list[j]], labels.get(j))
-            return
-        for j, r in enumerate(readings):
-            if quiet[j]:
-                continue
-            gi = g_list[j]
-            buf = self._buffers[gi]
-            buf.append(r)
-            self._buffer_ts[gi].append(ts_list[j])
-            if j in labels:
-                got = self._buffer_labels[gi]
-                self._buffer_labels[gi] = labels[j] if got is None else got | labels[j]
-            if len(buf) >= self._flush_at[gi] or (silent_start is not None and silent_start[j]):
-                # (a sensor going quiet: the gateway sends what it holds, no batch spans the gap)
-                self._finish(kind, local_list[j], buf, self._buffer_ts[gi],
-                             self._buffer_labels[gi])
-                self._buffers[gi] = []
-                self._buffer_ts[gi] = []
-                self._buffer_labels[gi] = None
-                self._flush_at[gi] = kind.batch
+        ts_list = drawn.ts.tolist()
+        for j in _heard(drawn.quiet, len(readings)):
+            i = local_list[j]
+            out.append(Message(topics[i], orjson.dumps(readings[j]), gateways[offset + i], 1, (),
+                               valid, min(ts_list[j], tick), tick))
 
-    def _shuttle_step(self, local: I64, ts: I64, ids: list[str], ts_values: list[Any],
-                      seqs: list[int]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        ts_list = ts.tolist()
-        for j, i in enumerate(local.tolist()):
-            fleet, vehicle = self._shuttle_of[i]
-            out += self.shuttles[fleet].step([vehicle], [ts_list[j]], [ids[j]], [ts_values[j]],
-                                             [seqs[j]])
-        return out
+    def _publish_each(self, kind: _Kind, local: I64, readings: list[dict[str, Any]],
+                      drawn: _SensorFaults, labels: dict[int, set[str]]) -> None:
+        """One reading a message, each through `_finish`."""
+        local_list = local.tolist()
+        ts_list = drawn.ts.tolist()
+        for j in _heard(drawn.quiet, len(readings)):
+            self._finish(kind, local_list[j], [readings[j]], [ts_list[j]], labels.get(j))
 
-    def _format_ts(self, fmt: TsFormat, ts: I64, tick: int) -> list[Any]:
-        if fmt == "ms":
+    def _add_to_batches(self, kind: _Kind, local: I64, readings: list[dict[str, Any]],
+                        drawn: _SensorFaults, labels: dict[int, set[str]]) -> None:
+        """Each reading joins its sensor's batch, published through `_finish` when full or when
+        the sensor goes quiet (the gateway sends what it holds: no batch spans the gap)."""
+        local_list = local.tolist()
+        ts_list = drawn.ts.tolist()
+        going_quiet = drawn.going_quiet
+        last = going_quiet.tolist() if going_quiet is not None and going_quiet.any() else None
+        for j in _heard(drawn.quiet, len(readings)):
+            i = local_list[j]
+            batch = self._batches[kind.offset + i]
+            batch.add(readings[j], ts_list[j], labels.get(j))
+            if len(batch.readings) >= batch.size or (last is not None and last[j]):
+                self._finish(kind, i, batch.readings, batch.ts, batch.labels)
+                batch.restart(kind.batch)
+
+    def _format_ts(self, ts_format: TsFormat, ts: I64, tick: int) -> list[Any]:
+        if ts_format == "ms":
             return list(ts.tolist())
-        if fmt == "utc":
+        if ts_format == "utc":
             text = np.datetime_as_string(ts.astype("datetime64[ms]"), unit="ms")
             return [s + "Z" for s in text.tolist()]
         offset = self.local_offset_s(tick)
@@ -503,10 +477,10 @@ class Simulation:
         suffix = _offset_suffix(offset)
         return [s + suffix for s in text.tolist()]
 
-    def _format_one(self, fmt: TsFormat, ts: int) -> int | str:
-        if fmt == "ms":
+    def _format_one(self, ts_format: TsFormat, ts: int) -> int | str:
+        if ts_format == "ms":
             return ts
-        return str(self._format_ts(fmt, np.asarray([ts], dtype=np.int64), ts)[0])
+        return str(self._format_ts(ts_format, np.asarray([ts], dtype=np.int64), ts)[0])
 
     def _valid_for(self, n: int) -> tuple[Expected, ...]:
         got = self._valid.get(n)
@@ -514,90 +488,86 @@ class Simulation:
             got = self._valid[n] = (VALID,) * n
         return got
 
-    # -- faults and the output queue ------------------------------------------------------
+    # -- message faults and the output queue ----------------------------------------------
 
     def _finish(self, kind: _Kind, local: int, readings: list[dict[str, Any]],
                 ts_list: list[int], labels: set[str] | None) -> None:
-        tick = self._tick
-        lane = kind.lane
-        gi = kind.offset + local
-        topic = kind.topics[local]
-        gateway = self.gateway_of[gi]
+        """Publish one message of sensor `local` of `kind`: as it is when it carries sensor-fault
+        labels, else with the message fault drawn for it from the lane's uniforms, if any."""
         n = len(readings)
-        oldest = min(min(ts_list), tick)
-        doc: Any = readings[0] if self.config.batch == 1 else readings
+        doc = readings[0] if self.config.batch == 1 else readings
+        tags = tuple(label for label in LABELS if label in labels) if labels else ()
+        msg = Message(kind.topics[local], orjson.dumps(doc), self.gateway_of[kind.offset + local],
+                      n, tags, self._valid_for(n), min(min(ts_list), self._tick))
         if labels:
-            tags = tuple(k for k in (*faults.SENSOR_FAULTS, "leak") if k in labels)
-            self._put(Message(topic, orjson.dumps(doc), gateway, n, tags, self._valid_for(n),
-                              oldest))
+            self._put(msg)
             return
-        uniform = lane.uniform
-        fault = faults.pick(self.message_rates, faults.MESSAGE_FAULTS, uniform()) \
+        lane = kind.lane
+        fault = faults.pick(self.message_rates, faults.MESSAGE_FAULTS, lane.uniform()) \
             if self.message_rates else None
         if fault is None or fault == "duplicate":
-            msg = Message(topic, orjson.dumps(doc), gateway, n, (), self._valid_for(n), oldest)
-            pool = lane.pool
-            while pool and pool[0].sim_time_ms < tick - lane.pool_age_ms:
-                pool.popleft()
-            source = pool[int(uniform() * len(pool))] \
-                if fault == "duplicate" and pool else None
-            self._put(msg)
-            pool.append(msg)
-            if source is not None:
-                self._put(Message(source.topic, source.payload, source.gateway,
-                                  source.readings, ("duplicate",),
-                                  (DUPLICATE,) * len(source.expected), source.oldest_ts_ms))
-            return
-        u = uniform()
-        if fault == "reorder":
-            msg = Message(topic, orjson.dumps(doc), gateway, n, ("reorder",),
-                          self._valid_for(n), oldest)
-            lo, hi = HOLD_INTERVALS
-            hold_ms = int((lo + u * (hi - lo)) * self.config.batch * kind.hold_interval_ms)
-            heapq.heappush(lane.held, (tick + hold_ms, lane.held_count, msg))
-            lane.held_count += 1
-            return
-        bad = (Expected(False, fault, False),)
-        if fault == "bad_topic":
-            self._put(Message(faults.bad_topic(topic, u), orjson.dumps(readings[0]), gateway, 1,
-                              (fault,), bad, oldest))
-            return
-        if fault == "too_large":
-            self._put(Message(topic, faults.too_large(readings[0], u), gateway, 1, (fault,), bad,
-                              oldest))
-            return
-        if fault == "invalid_json":
-            self._put(Message(topic, faults.invalid_json(orjson.dumps(doc), u), gateway, n,
-                              (fault,), bad, oldest))
-            return
-        i = int(uniform() * n)
-        r = readings[i]
-        custom = kind.feed_faults
-        if fault == "schema":
-            broken = faults.schema(kind.name, r, u) if custom is None else custom.schema(r, u)
-        elif fault == "non_finite":
-            broken = faults.non_finite(kind.name, r, u) if custom is None \
-                else custom.non_finite(r, u)
-        elif fault == "out_of_range":
-            broken = faults.out_of_range(kind.name, r, u) if custom is None \
-                else custom.out_of_range(r, u)
-        elif fault == "sensor_mismatch":
-            broken = faults.sensor_mismatch(r, self._other_id(kind, local))
-        elif fault == "future_timestamp":
-            ts_bad = faults.future_ts(tick, self.horizon_ms)
-            broken = faults.retimed(r, self._format_one(kind.fmt, ts_bad))
+            self._publish_pooled(lane, msg, repeat=fault == "duplicate")
+        elif fault == "reorder":
+            self._hold(kind, msg, lane.uniform())
+        elif fault in WHOLE_MESSAGE_FAULTS:
+            self._put(_break_message(msg, readings[0], fault, lane.uniform()))
         else:
-            assert fault == "too_old", fault
-            ts_bad = faults.old_ts(tick, self.horizon_ms)
-            broken = faults.retimed(r, self._format_one(kind.fmt, ts_bad))
-        expected: tuple[Expected, ...]
+            self._put(self._break_reading(kind, local, msg, readings, fault, lane.uniform()))
+
+    def _publish_pooled(self, lane: _Lane, msg: Message, *, repeat: bool) -> None:
+        """Publish a clean message and keep it for duplicates; with `repeat`, then re-publish a
+        recent clean message of the lane byte for byte (a `duplicate`)."""
+        pool = lane.pool
+        while pool and pool[0].sim_time_ms < self._tick - lane.pool_age_ms:
+            pool.popleft()
+        source = pool[int(lane.uniform() * len(pool))] if repeat and pool else None
+        self._put(msg)
+        pool.append(msg)
+        if source is not None:
+            self._put(Message(source.topic, source.payload, source.gateway, source.readings,
+                              ("duplicate",), (DUPLICATE,) * len(source.expected),
+                              source.oldest_ts_ms))
+
+    def _hold(self, kind: _Kind, msg: Message, u: float) -> None:
+        """Hold a message back (`reorder`) for 1-3 x batch of its sensor's hold intervals;
+        `_release_held` publishes it."""
+        lane = kind.lane
+        lo, hi = HOLD_INTERVALS
+        hold_ms = int((lo + u * (hi - lo)) * self.config.batch * kind.hold_interval_ms)
+        heapq.heappush(lane.held, (self._tick + hold_ms, lane.held_count,
+                                   replace(msg, faults=("reorder",))))
+        lane.held_count += 1
+
+    def _break_reading(self, kind: _Kind, local: int, msg: Message,
+                       readings: list[dict[str, Any]], fault: str, u: float) -> Message:
+        """`msg` with one reading (drawn from the lane's uniforms) broken by `fault`."""
+        n = len(readings)
+        i = int(kind.lane.uniform() * n)
+        broken = self._broken(kind, local, readings[i], fault, u)
+        bad = Expected(False, fault, False)
         if n == 1 and self.config.batch == 1:
-            payload = faults.dumps(broken)
-            expected = bad
-        else:
-            payload = faults.dumps([broken if k == i else x for k, x in enumerate(readings)])
-            expected = tuple(bad[0] if k == i else VALID for k in range(n))
-        self._put(Message(topic, payload, gateway, n, (fault,), expected, oldest))
+            return replace(msg, payload=faults.dumps(broken), faults=(fault,), expected=(bad,))
+        payload = faults.dumps([broken if k == i else r for k, r in enumerate(readings)])
+        return replace(msg, payload=payload, faults=(fault,),
+                       expected=tuple(bad if k == i else VALID for k in range(n)))
+
+    def _broken(self, kind: _Kind, local: int, reading: dict[str, Any], fault: str,
+                u: float) -> dict[str, Any]:
+        match fault:
+            case "schema":
+                return kind.faults.schema(reading, u)
+            case "non_finite":
+                return kind.faults.non_finite(reading, u)
+            case "out_of_range":
+                return kind.faults.out_of_range(reading, u)
+            case "sensor_mismatch":
+                return faults.sensor_mismatch(reading, self._other_id(kind, local))
+            case "future_timestamp":
+                ts = faults.future_ts(self._tick, self.horizon_ms)
+            case _:
+                assert fault == "too_old", fault
+                ts = faults.old_ts(self._tick, self.horizon_ms)
+        return faults.retimed(reading, self._format_one(kind.ts_format, ts))
 
     def _other_id(self, kind: _Kind, local: int) -> str:
         if len(kind.ids) > 1:
@@ -618,9 +588,81 @@ class Simulation:
             self._out.append(late)
 
 
-def _route_vehicle_id(route_id: str, number: int) -> str:
-    tail = f"-{number:02d}"
-    return f"sh-{route_id[: 64 - 3 - len(tail)]}{tail}"
+class _SensorFaults(NamedTuple):
+    """The sensor faults of a group of readings at one tick (None: no reading has it)."""
+
+    ts: I64
+    """The `ts` each reading carries (a skewed clock's, where skewed)."""
+    quiet: Bools | None = None
+    """Silent sensors: their readings are lost."""
+    reset: Bools | None = None
+    """Registers restarting (`meter_reset`)."""
+    going_quiet: Bools | None = None
+    """Sensors going silent after this reading (`silent`)."""
+    skewed: Bools | None = None
+    """Readings from a skewed clock (`clock_skew`)."""
+    stuck: Bools | None = None
+    """Registers stuck at one value (`stuck`)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The readings a gateway holds for one sensor until it publishes them as one message."""
+
+    size: int
+    """Readings to collect (the first batches are staggered)."""
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    labels: set[str] | None = None
+
+    def add(self, reading: dict[str, Any], ts: int, labels: set[str] | None) -> None:
+        self.readings.append(reading)
+        self.ts.append(ts)
+        if labels is not None:
+            self.labels = labels if self.labels is None else self.labels | labels
+
+    def restart(self, size: int) -> None:
+        self.size = size
+        self.readings = []
+        self.ts = []
+        self.labels = None
+
+
+def _labels(drawn: _SensorFaults, made: Made) -> dict[int, set[str]]:
+    """Sensor-fault labels by position in the group: resets (drawn, or a counter rolling over),
+    sensors going quiet, skewed clocks and leaks."""
+    reset = drawn.reset
+    if made.rolled is not None:
+        reset = made.rolled if reset is None else reset | made.rolled
+    labels: dict[int, set[str]] = {}
+    for mask, label in ((reset, "meter_reset"), (drawn.going_quiet, "silent"),
+                        (drawn.skewed, "clock_skew"), (drawn.stuck, "stuck")):
+        if mask is not None and mask.any():
+            for j in np.flatnonzero(mask).tolist():
+                labels.setdefault(j, set()).add(label)
+    if made.leaking is not None:
+        for j in made.leaking.tolist():
+            labels.setdefault(j, set()).add("leak")
+    return labels
+
+
+def _heard(quiet: Bools | None, n: int) -> Iterable[int]:
+    """Positions of the readings that are sent (not lost to a silent sensor), in order."""
+    return range(n) if quiet is None else np.flatnonzero(~quiet).tolist()
+
+
+def _break_message(msg: Message, first: dict[str, Any], fault: str, u: float) -> Message:
+    """`msg` broken as a whole by `fault` (bad_topic and too_large send only `first`)."""
+    bad = (Expected(False, fault, False),)
+    if fault == "bad_topic":
+        return Message(faults.bad_topic(msg.topic, u), orjson.dumps(first), msg.gateway, 1,
+                       (fault,), bad, msg.oldest_ts_ms)
+    if fault == "too_large":
+        return Message(msg.topic, faults.too_large(first, u), msg.gateway, 1, (fault,), bad,
+                       msg.oldest_ts_ms)
+    assert fault == "invalid_json", fault
+    return Message(msg.topic, faults.invalid_json(msg.payload, u), msg.gateway, msg.readings,
+                   (fault,), bad, msg.oldest_ts_ms)
 
 
 @lru_cache(maxsize=4096)

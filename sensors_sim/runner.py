@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
 
+from models.errors import CitystreamError
 from sensors_sim.generator import Message
 from sensors_sim.recording import Recorder, iso_utc
 from sensors_sim.transport import Transport, TransportReport
@@ -31,7 +32,7 @@ HORIZON_GUARD_MS = 120_000
 """Valid readings are published at least this long before they would fall out of the horizon."""
 
 
-class FellBehind(RuntimeError):
+class FellBehind(CitystreamError):
     """The simulated clock fell so far behind the wall clock that readings would be too old."""
 
 

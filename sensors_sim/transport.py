@@ -1,4 +1,4 @@
-"""Publishing: one paho-mqtt client per gateway, all driven from one thread.
+"""Publishing: one paho-mqtt client per gateway (`connectors.mqtt`), all driven from one thread.
 
 Every gateway is its own MQTT 5 connection (QoS 1, clean start). Rather than a loop thread per
 client (GIL contention), one `poll()` loop serves all sockets: `publish` hands a message to
@@ -36,6 +36,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from connectors.mqtt import mqtt_client
+from models.errors import CitystreamError
 from sensors_sim.generator import Message
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ _FAST_ACK_INTERNALS = ("_in_packet", "_out_messages", "_out_message_mutex", "_in
                        "_max_inflight_messages", "_userdata")
 
 
-class TransportError(RuntimeError):
+class TransportError(CitystreamError):
     """The broker cannot be reached, refused us, or stopped acknowledging."""
 
 
@@ -179,15 +181,11 @@ class MqttTransport:
         self.report = TransportReport()
         fast = fast_acks and fast_acks_supported()
         for g in range(gateways):
-            client = (_FastAckClient if fast else mqtt.Client)(
-                CallbackAPIVersion.VERSION2, client_id=f"{prefix}-{g:03d}",
-                protocol=mqtt.MQTTv5, userdata=g)
+            client = mqtt_client(_FastAckClient if fast else mqtt.Client, f"{prefix}-{g:03d}",
+                                 username=username, password=password, tls_ca=tls_ca,
+                                 userdata=g)
             if isinstance(client, _FastAckClient):
                 client.on_ack = self._on_ack
-            if username is not None:
-                client.username_pw_set(username, password)
-            if tls_ca is not None:
-                client.tls_set(ca_certs=str(tls_ca))
             client.max_inflight_messages_set(0)
             client.max_queued_messages_set(window)
             client.on_connect = self._on_connect

@@ -37,7 +37,9 @@ def rocksdb_options(table_memory_mb: float) -> dict[str, int]:
 def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
     """Every topic the worker reads or writes, with its config: created before Faust starts,
     so the changelog topics exist with the source topics' partition count (Faust otherwise
-    races its own metadata and fails with PartitionsMismatch on a fresh cluster)."""
+    races its own metadata and fails with PartitionsMismatch on a fresh cluster), and, like
+    every topic `ensure_topics` creates, with CITYSTREAM_KAFKA__REPLICATION_FACTOR copies and
+    its `min.insync.replicas`."""
     topics = settings.kafka.topics
     app_id = f"{settings.kafka.topic_prefix}citystream-worker"
     plain: dict[str, str] = {}
@@ -63,7 +65,7 @@ class FaustHost:
             store=options.store,
             datadir=str(data_dir),
             topic_partitions=settings.kafka.partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=settings.kafka.replication_factor,
             table_standby_replicas=0,
             producer_acks=-1,
             broker_commit_interval=options.commit_interval_s,

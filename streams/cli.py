@@ -48,7 +48,8 @@ def worker(**values: Any) -> None:
     (they share the partitions of each topic; the partition count bounds parallelism).
 
     \b
-    Settings (env): CITYSTREAM_KAFKA__BOOTSTRAP, __PARTITIONS; CITYSTREAM_INFLUX__URL, __ORG,
+    Settings (env): CITYSTREAM_KAFKA__BOOTSTRAP, __PARTITIONS, __REPLICATION_FACTOR,
+    __MIN_INSYNC_REPLICAS; CITYSTREAM_INFLUX__URL, __ORG,
     __TOKEN, __BUCKET_TELEMETRY, __BUCKET_KPI; CITYSTREAM_CITY__FILE (baselines, targets,
     grace and horizon); CITYSTREAM_MQTT__* (alerts are published on city/alerts/...).
 
@@ -59,8 +60,9 @@ def worker(**values: Any) -> None:
     import asyncio
 
     import faust
+    from aiokafka.errors import KafkaError
 
-    from ingest.kafka_sink import ensure_topics
+    from connectors.kafka import ensure_topics
     from models.settings import settings_and_city
     from streams.app import create_app, worker_topics
     from streams.worker import mark_clean_shutdown, recover_state_dir
@@ -72,6 +74,9 @@ def worker(**values: Any) -> None:
     except (TimeoutError, OSError) as exc:
         click.echo(f"error: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); check "
                    "CITYSTREAM_KAFKA__BOOTSTRAP", err=True)
+        sys.exit(1)
+    except KafkaError as exc:  # refused: more replicas than brokers, say
+        click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     recover_state_dir(options)
     app = create_app(settings, city, options)
@@ -116,7 +121,7 @@ def sink(instance: str, counters_s: float) -> None:
     import signal
     import time
 
-    from ingest.kafka_sink import OutRecord
+    from connectors.kafka import OutRecord
     from models.records import PipelineCounters, record_to_json
     from models.settings import settings_and_city
     from streams.sink import InfluxSink, serve

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
+from connectors.mqtt import client_for
 from models.records import Alert
 from models.settings import MqttSettings
 
@@ -19,13 +20,7 @@ class AlertPublisher:
 
     def __init__(self, settings: MqttSettings, client_id: str) -> None:
         self.settings = settings
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
-        if settings.username:
-            password = settings.password.get_secret_value() if settings.password else None
-            self.client.username_pw_set(settings.username, password)
-        if settings.tls_ca:
-            self.client.tls_set(ca_certs=str(settings.tls_ca))
+        self.client = client_for(settings, mqtt.Client, client_id)
         self.client.reconnect_delay_set(1, 30)
         self.client.max_queued_messages_set(10_000)
         self.started = False

@@ -12,7 +12,8 @@ A `kpi.records` value is one record as `models.records.record_to_json` writes it
 the sink reads it back with `record_from_json`, so field types are the contract's whatever the
 producer wrote, and renders it with `to_line_protocol`. A `pipeline.counters` value is either
 that form of a `PipelineCounters` or ingest's counters object; the contract's counters present
-in it become the fields (`streams.lineproto.pipeline_line`).
+in it become the fields (`pipeline_line`). Both, and `reading_line` for readings, are in
+`connectors.influxdb.lineproto`; the HTTP writes go through `connectors.influxdb.write`.
 
 Delivery is at least once and idempotent: a point's identity is (measurement, tags, timestamp),
 so writing a record again overwrites the same point. The loop, one batch at a time:
@@ -40,37 +41,35 @@ the sink bisects the request until each refused line stands alone; rewriting the
 on the way is harmless. A `sink.deadletter` value is a JSON object: `reason` (`undecodable` or
 `rejected_by_influxdb`), `detail` (for the latter the server's message), the source `topic`,
 `partition` and `offset`, `received_at_ms`, and either `raw` (base64 of the record, or of the
-reading at `index` in its array) or the refused `line` and its `bucket`. The worker writes the
-same shape for a `telemetry.<kind>` record its KPI engine cannot take (`undecodable`, or
-`engine_error` for a bug), then goes on with the next record.
+reading at `index` in its array) or the refused `line` and its `bucket`
+(`models.deadletter.sink_dead_letter`). The worker writes the same shape for a
+`telemetry.<kind>` record its KPI engine cannot take (`undecodable`, or `engine_error` for a
+bug), then goes on with the next record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import bisect
 import contextlib
-import gzip
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-from urllib.parse import urlencode
 
 import orjson
-import urllib3
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
-from ingest.kafka_sink import KafkaSink, OutRecord, Sink
+from connectors.influxdb.lineproto import pipeline_line, reading_line, to_line_protocol
+from connectors.influxdb.write import InfluxWriter, PointsRejected, PointWriter, SinkBackpressure
+from connectors.kafka import KafkaSink, OutRecord, Sink
 from models import kinds
-from models.errors import BackpressureError, RecordError, SinkError
-from models.records import record_from_json, to_line_protocol
-from models.settings import InfluxSettings, KafkaSettings, Settings
+from models.deadletter import sink_dead_letter
+from models.errors import RecordError
+from models.records import record_from_json
+from models.settings import KafkaSettings, Settings
 from models.topics import DEFAULT, Topics
-from streams.lineproto import pipeline_line, reading_line
 
 log = logging.getLogger(__name__)
 
@@ -81,143 +80,6 @@ REBALANCE_TIMEOUT_MS: Final = 120_000
 def sink_topics(topics: Topics = DEFAULT) -> list[str]:
     """The topics the sink consumes."""
     return [*topics.telemetry.values(), topics.kpi_records, topics.pipeline_counters]
-
-
-class SinkBackpressure(BackpressureError):
-    """InfluxDB cannot take the write now (429, 503, other 5xx, unreachable, timeout, or a
-    401/403/404 configuration problem); nothing is known to be written: retry the same lines
-    after `retry_after_s`."""
-
-
-class PointsRejected(SinkError):
-    """InfluxDB refused the data itself (400, 413, 422): retrying the same request is pointless.
-
-    `status` is the HTTP status, `message` the server's; `dropped` is InfluxDB's count of
-    refused points for a 422 partial write (the rest of the request was written), else None.
-    """
-
-    def __init__(self, message: str, status: int = 400, dropped: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.dropped = dropped
-
-
-# -- writers ----------------------------------------------------------------------------------
-
-
-class PointWriter(Protocol):
-    """Writes line-protocol lines (ms timestamps) to a bucket.
-
-    `write` is called from a worker thread with at most `batch_points` lines; on return they are
-    durable in InfluxDB. It raises `SinkBackpressure` for transient failures and `PointsRejected`
-    when the server refuses the data.
-    """
-
-    def write(self, bucket: str, lines: list[str]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-_DROPPED_RE: Final = re.compile(r"dropped=(\d+)")
-
-
-def _server_message(body: bytes) -> str:
-    try:
-        message = orjson.loads(body).get("message")
-    except (orjson.JSONDecodeError, AttributeError):
-        message = None
-    return str(message) if message else body.decode("utf-8", "replace")[:2000]
-
-
-def _retry_after(value: str | None, default: float) -> float:
-    try:
-        return max(0.0, float(value)) if value else default
-    except ValueError:  # an HTTP date; rare enough to ignore
-        return default
-
-
-class InfluxWriter:
-    """`PointWriter` over InfluxDB 2.x's HTTP API: ``POST /api/v2/write?precision=ms``.
-
-    Plain HTTP with a keep-alive pool (measured faster than influxdb-client's synchronous
-    `WriteApi`, see bench/sink_bench.py) and full control of status codes. `gzip_level` 1-9
-    compresses request bodies (worth it over a network, not on loopback). A connection dropped
-    mid-request is retried once at once (a write is idempotent); any other transport error is
-    `SinkBackpressure`.
-    """
-
-    def __init__(self, settings: InfluxSettings, *, gzip_level: int = 0,
-                 timeout_s: float = 30.0, unavailable_retry_s: float = 1.0) -> None:
-        if not 0 <= gzip_level <= 9:
-            raise ValueError("gzip_level must be 0 (off) to 9")
-        self.base = settings.url.rstrip("/") + "/api/v2/write?"
-        self.org = settings.org
-        self.gzip_level = gzip_level
-        self.unavailable_retry_s = unavailable_retry_s
-        self.headers = {"Content-Type": "text/plain; charset=utf-8",
-                        "Accept": "application/json"}
-        if settings.token is not None:
-            self.headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
-        if gzip_level:
-            self.headers["Content-Encoding"] = "gzip"
-        self._http = urllib3.PoolManager(
-            num_pools=2, maxsize=2, timeout=urllib3.Timeout(connect=5.0, read=timeout_s),
-            retries=False)
-
-    def write(self, bucket: str, lines: list[str]) -> None:
-        if not lines:
-            return
-        body = "\n".join(lines).encode()
-        if self.gzip_level:
-            body = gzip.compress(body, compresslevel=self.gzip_level, mtime=0)
-        url = self.base + urlencode({"org": self.org, "bucket": bucket, "precision": "ms"})
-        try:
-            try:
-                response = self._http.request("POST", url, body=body, headers=self.headers)
-            except urllib3.exceptions.ProtocolError:  # a kept-alive connection went stale
-                response = self._http.request("POST", url, body=body, headers=self.headers)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SinkBackpressure(f"InfluxDB unreachable: {exc}",
-                                   self.unavailable_retry_s) from exc
-        status = response.status
-        if status < 300:
-            return
-        message = _server_message(response.data)
-        if status in (400, 413, 422):
-            dropped = _DROPPED_RE.search(message) if status == 422 else None
-            raise PointsRejected(message, status, int(dropped.group(1)) if dropped else None)
-        raise SinkBackpressure(
-            f"InfluxDB answered {status}: {message}",
-            _retry_after(response.headers.get("Retry-After"), self.unavailable_retry_s))
-
-    def close(self) -> None:
-        self._http.clear()
-
-
-@dataclass
-class MemoryWriter:
-    """Fake `PointWriter`: keeps lines per bucket. `fail_next` makes the next N writes raise
-    `SinkBackpressure`; lines containing a `reject` substring make a write raise
-    `PointsRejected` (400, nothing written), like InfluxDB refusing a bad line."""
-
-    lines: dict[str, list[str]] = field(default_factory=dict)
-    fail_next: int = 0
-    reject: tuple[str, ...] = ()
-    calls: int = 0
-
-    def write(self, bucket: str, lines: list[str]) -> None:
-        self.calls += 1
-        if self.fail_next > 0:
-            self.fail_next -= 1
-            raise SinkBackpressure("simulated outage", 0.0)
-        bad = [line for line in lines if any(r in line for r in self.reject)]
-        if bad:
-            raise PointsRejected(f"unable to parse {bad[0]!r}: simulated", 400)
-        self.lines.setdefault(bucket, []).extend(lines)
-
-    def close(self) -> None:
-        return None
 
 
 def write_isolating(writer: PointWriter, bucket: str, lines: list[str]
@@ -346,18 +208,9 @@ class _Batch:
 def _dead_letter(topic: str, reason: str, detail: str, origin: _Origin, *,
                  raw: bytes | None = None, line: str | None = None, bucket: str | None = None,
                  index: int | None = None) -> OutRecord:
-    body: dict[str, object] = {
-        "reason": reason, "detail": detail, "topic": origin.topic,
-        "partition": origin.partition, "offset": origin.offset,
-        "received_at_ms": int(time.time() * 1000)}
-    if index is not None:
-        body["index"] = index
-    if raw is not None:
-        body["raw"] = base64.b64encode(raw).decode("ascii")
-    if line is not None:
-        body["bucket"] = bucket
-        body["line"] = line
-    return OutRecord(topic, origin.topic.encode(), orjson.dumps(body))
+    return OutRecord(topic, origin.topic.encode(), sink_dead_letter(
+        reason, detail, origin.topic, origin.partition, origin.offset, raw=raw, index=index,
+        line=line, bucket=bucket))
 
 
 class InfluxSink:

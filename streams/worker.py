@@ -22,7 +22,6 @@ only when a timer first reads a table: `citystream --help` imports `WorkerOption
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ctypes
 import functools
@@ -35,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
-
 from kpi.alerts import AlertRules, AlertSettings
+from kpi.quality import add_rejected, rejected_hour
 from models import kinds
 from models.city import City
+from models.deadletter import DeadLetter, sink_dead_letter
+from models.quality import HOUR_MS, SensorQuality
 from models.readings import BaseReading
 from models.records import Alert, Kpi, PipelineCounters, Record, record_to_json
 from models.settings import Settings
@@ -114,6 +114,8 @@ class WorkerOptions:
 
 
 CLEAN_MARK = ".clean-shutdown"
+REJECTED_TABLE = "quality-rejected"
+"""The table of `rejected` counts: `<kind>|<district>|<sensor_id>` -> its last 48 hours."""
 
 
 def recover_state_dir(options: WorkerOptions) -> None:
@@ -352,7 +354,10 @@ class Worker:
         self.options = options
         self.host = host
         self.engines: Mapping[str, Engine] = engines if engines is not None else kinds.engines_for(
-            city, rules=AlertRules(AlertSettings(timezone=city.timezone)))
+            city, rules=AlertRules(AlertSettings(
+                timezone=city.timezone, quality_min_score=settings.quality.min_score,
+                quality_alert_hours=settings.quality.alert_hours)))
+        self.horizon_ms = city.windows.horizon_s * 1000
         self.alerts: Alerts = alerts if alerts is not None else AlertPublisher(
             settings.mqtt, f"citystream-worker-{options.instance}")
         self.reader: Reader = reader if reader is not None else KafkaRangeReader(
@@ -369,6 +374,7 @@ class Worker:
                                         TableStore(host.table(f"{kind}-state")))
                        for kind in self.engines}
         self.kind_of_topic = {tables.topic: kind for kind, tables in self.tables.items()}
+        self.rejected = TableStore(host.table(REJECTED_TABLE))
         self.activity: dict[tuple[str, str], float] = {}  # (kind, entity) -> last reading
         self.timer_done: dict[tuple[str, str], int] = {}  # (kind, entity) -> version closed
         self.seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> last record
@@ -416,11 +422,35 @@ class Worker:
             self.activity[(kind, entity)] = now
             if tables.entities.get(entity) != where:
                 tables.entities[entity] = where
-        for record in [*outcome.records, *outcome.alerts]:
+        for record in [*outcome.records, *outcome.quality, *outcome.alerts]:
             await self.kpi_topic.send(key=_key_of(record), value=record_to_json(record))
-        self.counters.emitted += len(outcome.records)
+        self.counters.emitted += len(outcome.records) + len(outcome.quality)
         for alert in outcome.alerts:
             self.alerts.publish(alert)
+
+    async def count_rejected(self, offset: int, value: bytes) -> None:
+        """Called by the dead-letter agent with every record of ingest's `telemetry.deadletter`,
+        in partition order (a topic's letters share a partition). A letter whose topic names a
+        sensor of a registered kind adds one to that sensor's `rejected` in its hour
+        (`kpi.quality.rejected_hour`); the hour's count goes to `kpi.records` as a
+        `sensor_quality` point with only `rejected`. Counted once per letter; a redelivered
+        letter sends the count again."""
+        try:
+            letter = DeadLetter.from_json(value)
+        except Exception:  # not ingest's: nothing to attribute
+            return
+        where = kinds.parse_topic(letter.topic)
+        if where is None:
+            return
+        district, kind, sensor_id = where
+        key = f"{kind}|{district}|{sensor_id}"
+        hour = rejected_hour(letter.raw, letter.received_at_ms, self.horizon_ms)
+        stored, count = add_rejected(self.rejected.get(key), offset, hour)
+        if stored is not None:
+            self.rejected[key] = stored
+        record = SensorQuality(kind=kind, district=district, sensor_id=sensor_id,
+                               hour_end_ms=hour + HOUR_MS, rejected=count)
+        await self.kpi_topic.send(key=_key_of(record), value=record_to_json(record))
 
     async def dead_letter(self, topic: str, partition: int, offset: int, value: bytes,
                           reason: str, exc: Exception) -> None:
@@ -428,11 +458,8 @@ class Worker:
         engine's state is unchanged by it: the engine forgets a batch that raised)."""
         log.error("%s record on %s[%s]@%s, kept on %s: %r", reason, topic, partition, offset,
                   self.settings.kafka.topics.sink_deadletter, exc)
-        await self.deadletters.send(key=topic.encode(), value=orjson.dumps({
-            "reason": reason, "detail": repr(exc)[:500], "topic": topic,
-            "partition": partition, "offset": offset,
-            "received_at_ms": int(time.time() * 1000),
-            "raw": base64.b64encode(value).decode()}))
+        await self.deadletters.send(key=topic.encode(), value=sink_dead_letter(
+            reason, repr(exc)[:500], topic, partition, offset, raw=value))
 
     # -- timers ------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 The schema comes from the code that writes the points: `models.records.RECORD_TYPES` for the
 `kpi` bucket (contract section 2; tests/unit/deploy/test_dashboards.py also checks that
-docs/contract.md's table says the same) and `streams.lineproto.RAW_SCHEMAS` for `telemetry`.
+docs/contract.md's table says the same) and the kinds' raw schemas (`models.kinds.raw_schemas`,
+rendered by `connectors.influxdb.lineproto`) for `telemetry`.
 
 `check(query)` extracts what a query names, by the conventions our queries follow:
 measurements in `_measurement == "..."`; fields in `_field == "..."`,

@@ -1,12 +1,14 @@
-"""InfluxDB 2.x's management API: the one client citystream uses for it, and its one error mapping.
+"""InfluxDB 2.x's management API: the one client citystream uses for it.
 
 `InfluxAdmin(url, token)` sends JSON requests with token auth. Whatever goes wrong, an error
-answer or no answer at all, becomes a `ProvisionError` whose message `describe_http_error` writes
-(the request, the HTTP status and InfluxDB's own message) and whose `status` is the HTTP status
-(None when InfluxDB could not be reached). The functions below are the requests citystream makes:
-health and onboarding, orgs, buckets, authorizations (tokens) and write access. Idempotent set-up
-built on them (buckets with retention, InfluxQL mappings, the roll-up task, the read-only token)
-is in `deploy.influxdb.provision`; the local stack (`deploy.local.influxdb`) uses both.
+answer or no answer at all, becomes a `ProvisionError` whose `status` is the HTTP status (None
+when InfluxDB could not be reached) and whose message says the request and, from
+`connectors.influxdb.errors`, the status and InfluxDB's own message or why there was no answer.
+The functions below are the requests citystream makes: health and onboarding, orgs, buckets,
+authorizations (tokens) and write access. Idempotent set-up built on them (buckets with
+retention, InfluxQL mappings, the roll-up task, the read-only token) is in
+`deploy.influxdb.provision`; the local stack (`deploy.local.influxdb`) uses both, and
+`citystream check` probes the pipeline's token with this client.
 """
 
 from __future__ import annotations
@@ -17,22 +19,12 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from connectors.influxdb.errors import describe_request_error, describe_transport_error
 from models.errors import ProvisionError
 
 __all__ = ["InfluxAdmin", "ProvisionError", "authorizations", "bucket_permissions",
-           "can_write", "create_authorization", "delete_authorization", "describe_http_error",
-           "find_bucket", "healthy", "onboard"]
-
-
-def describe_http_error(method: str, path: str, status: int, body: bytes | str | None) -> str:
-    """The sentence for an InfluxDB error answer: the request, the status, InfluxDB's message
-    (its JSON `message`, else the start of the body)."""
-    text = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
-    try:
-        message = str(json.loads(text).get("message") or text)
-    except (ValueError, AttributeError):
-        message = text
-    return f"{method} {path}: HTTP {status} {message[:1000]}".rstrip()
+           "can_write", "create_authorization", "delete_authorization", "find_bucket",
+           "healthy", "onboard"]
 
 
 class InfluxAdmin:
@@ -60,12 +52,11 @@ class InfluxAdmin:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            raise ProvisionError(describe_http_error(method, path, exc.code, exc.read()),
+            raise ProvisionError(describe_request_error(method, path, exc.code, exc.read()),
                                  exc.code) from None
         except OSError as exc:  # URLError, refused, reset, timed out
-            reason = getattr(exc, "reason", None) or exc
-            raise ProvisionError(f"{method} {path}: cannot reach InfluxDB at {self.url} "
-                                 f"({reason})") from None
+            raise ProvisionError(f"{method} {path}: {describe_transport_error(exc, self.url)}"
+                                 ) from None
         return json.loads(raw) if raw else None
 
     def org_id(self, org: str) -> str:

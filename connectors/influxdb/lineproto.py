@@ -1,4 +1,11 @@
-"""InfluxDB line protocol for raw readings (the `telemetry` bucket), built directly as strings.
+"""InfluxDB line protocol: the one encoder for every point citystream writes, built as strings.
+
+- `reading_line`: a raw reading (the `telemetry` bucket), by its kind's schema (below);
+- `to_line_protocol`: a `models.records.Record` (KPI points, alerts, sensor quality and
+  pipeline counters: the `kpi` bucket), tags sorted, fields in declaration order;
+- `pipeline_line`: the `pipeline` point of a `pipeline.counters` record (either form);
+- `format_line`: the general builder under `pipeline_line` (tags escaped, fields typed by their
+  Python type), with `escape_tag`, `escape_measurement` and `field_text`.
 
 The contract (section 2) says only that the `telemetry` bucket holds "valid raw readings"; this
 is their schema. One point per reading, timestamp = the reading's `ts_ms` (write with
@@ -17,18 +24,24 @@ plus `seq` (int) on every kind when the reading has one. Optional fields are lef
 reading lacks them. `route` is the reading's `route_id`. Each kind declares its schema (`RAW` in
 kinds/<kind>.py; a declared feed's from its fields, `kinds.feed.raw_schema`).
 
-Rules that keep the bucket consistent:
-- Tags come only from validated ids (`district` a slug, the others `[A-Za-z0-9_-]{1,64}`), so
+Rules that keep the buckets consistent:
+- Raw tags come only from validated ids (`district` a slug, the others `[A-Za-z0-9_-]{1,64}`), so
   they never need escaping and cannot explode series cardinality with free text; `status` and
   `stop_id` are therefore fields. A tag value that breaks its pattern is a `RecordError`.
 - A field's type never changes: floats are always written as floats (`5.0`, never `5`, even if
   the JSON carried an integer), counts with the `i` suffix, flags as `true`/`false`, strings
-  quoted. A value of the wrong type (a bool for a number, a string for a count) is a
-  `RecordError`, never coerced.
+  quoted with `"` and `\\` escaped. A value of the wrong type (a bool for a number, a string
+  for a count) is a `RecordError`, never coerced.
 - Same measurement, tags and timestamp -> same point: replaying a reading overwrites it.
+- What line protocol cannot carry is a `RecordError`: a line break anywhere, an empty key or
+  tag value, a non-finite float, a point without a field.
 
-`format_line` is the general builder (tags escaped, fields typed by their Python type) used for
-`pipeline` counters; KPI and alert records use `models.records.to_line_protocol`.
+Backslashes in keys and tag values: InfluxDB 2.x unescapes only `\\,` `\\=` `\\ ` there and keeps
+any other backslash literally (`a\\\\b` is stored as `a\\\\b`, tested on 2.7.12), so such text
+cannot round-trip: `escape_tag` and `escape_measurement` (so `format_line` and `pipeline_line`)
+refuse it. `to_line_protocol` doubles it instead, as it always has: a record's tags are
+validated ids, slugs and window tags that cannot hold one, except `PipelineCounters.instance`,
+which the sink writes through `pipeline_line` (so refuses).
 """
 
 from __future__ import annotations
@@ -36,22 +49,28 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from models import kinds
 from models.errors import RecordError
 from models.raw import PointType, RawSchema
+from models.records import PIPELINE_COUNTERS, Record
 
 _SLUG_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CACHE_MAX: Final = 100_000
 
-# InfluxDB 2.x unescapes only these in keys and tag values and keeps a backslash literal (`a\\b`
-# is stored as `a\\b`, tested on 2.7.12), so one before a special character or at the end
-# cannot round-trip: text with a backslash is refused rather than stored wrong.
+# What InfluxDB 2.x unescapes in keys and tag values (see the module docstring on backslashes).
 _KEY_ESCAPES: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _MEASUREMENT_ESCAPES: Final = str.maketrans({",": "\\,", " ": "\\ "})
+# `to_line_protocol`'s: the same, and a backslash doubled.
+_RECORD_KEY_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
+_RECORD_MEASUREMENT_ESCAPES: Final = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
 _STRING_ESCAPES: Final = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+Precision = Literal["s", "ms", "us", "ns"]
+_TO_PRECISION: Final[dict[str, tuple[int, int]]] = {
+    "s": (1, 1000), "ms": (1, 1), "us": (1000, 1), "ns": (1_000_000, 1)}
 
 
 class _ValidIds:
@@ -179,12 +198,22 @@ def reading_line(reading: Mapping[str, Any], kind: str | None = None) -> str:
     return build(reading)
 
 
-def _check_key(what: str, text: str) -> None:
+def _checked(what: str, text: str) -> str:
+    """`text` if line protocol can carry it as a key or tag value: not empty, no line break."""
     if not text:
-        raise RecordError(f"{what} cannot be empty")
-    if "\n" in text or "\r" in text or "\\" in text:
-        raise RecordError(f"{what} {text!r} contains a line break or a backslash, which InfluxDB "
-                          "line protocol cannot carry faithfully")
+        raise RecordError(f"{what} is empty")
+    if "\n" in text or "\r" in text:
+        raise RecordError(f"{what} {text!r} contains a line break, which line protocol cannot "
+                          "carry")
+    return text
+
+
+def _faithful(what: str, text: str) -> str:
+    """`_checked`, and no backslash (InfluxDB 2.x would store it differently)."""
+    if "\\" in _checked(what, text):
+        raise RecordError(f"{what} {text!r} contains a backslash, which InfluxDB 2.x cannot "
+                          "store faithfully")
+    return text
 
 
 def escape_tag(text: str) -> str:
@@ -193,22 +222,21 @@ def escape_tag(text: str) -> str:
     Raises `RecordError` for what InfluxDB cannot store faithfully: empty text, a line break, a
     backslash (InfluxDB 2.x keeps escaping backslashes literally).
     """
-    _check_key("tag or field key or tag value", text)
-    return text.translate(_KEY_ESCAPES)
+    return _faithful("tag or field key or tag value", text).translate(_KEY_ESCAPES)
 
 
 def escape_measurement(text: str) -> str:
     """Escape a measurement name (comma, space); the same text is refused as in `escape_tag`,
     and a leading `#` (that line would be a comment)."""
-    _check_key("measurement", text)
+    _faithful("measurement", text)
     if text.startswith("#"):
         raise RecordError(f"measurement {text!r} starts with '#', which makes a comment line")
     return text.translate(_MEASUREMENT_ESCAPES)
 
 
 def field_text(name: str, value: float | int | bool | str) -> str:
-    """A field value typed by its Python type: bool, int (`i`), float (always with a point or
-    exponent, finite), str (quoted, escaped, no line breaks)."""
+    """A field value typed by its Python type: bool, int (`i`, 64-bit), float (always with a
+    point or exponent, finite), str (quoted, escaped, no line breaks)."""
     if type(value) is bool:
         return _bool_text(name, value)
     if type(value) is int:
@@ -231,8 +259,32 @@ def format_line(measurement: str, tags: Mapping[str, str],
     return f"{head} {body} {ts_ms}"
 
 
-PIPELINE_COUNTERS: Final = ("received", "accepted", "rejected", "late", "duplicates", "written")
-"""The contract's `pipeline` fields (integers); a record carries those its component counts."""
+def _record_key(what: str, text: str) -> str:
+    return _checked(what, text).translate(_RECORD_KEY_ESCAPES)
+
+
+def to_line_protocol(record: Record, precision: Precision = "ms") -> str:
+    """One line-protocol line for a record (no trailing newline), tags sorted, fields in
+    declaration order (undefined ones left out, `field_text`), timestamp in `precision`.
+
+    Raises `RecordError` for what line protocol cannot carry: line breaks in tags or strings,
+    empty tag values, non-finite floats, a record with no defined field. A backslash in a key
+    or tag value is doubled (see the module docstring).
+    """
+    measurement = record.measurement
+    if "\n" in measurement or "\r" in measurement:
+        raise RecordError(f"measurement {measurement!r} contains a line break, which line "
+                          "protocol cannot carry")
+    parts = [measurement.translate(_RECORD_MEASUREMENT_ESCAPES)]
+    for name, value in sorted(record.tags().items()):
+        parts.append(f"{_record_key('tag key', name)}={_record_key(f'tag {name}', value)}")
+    fields = record.fields()
+    if not fields:
+        raise RecordError(f"{record.measurement} point has no defined field")
+    field_set = ",".join(f"{_record_key('field key', name)}={field_text(name, value)}"
+                         for name, value in fields.items())
+    mul, div = _TO_PRECISION[precision]
+    return f"{','.join(parts)} {field_set} {record.time_ms * mul // div}"
 
 
 def pipeline_line(record: Mapping[str, Any]) -> str:

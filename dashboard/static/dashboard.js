@@ -1,4 +1,4 @@
-// citystream live dashboard. Receives `snapshot`, `history` and `tick` events over SSE from
+// citystream live dashboard. Receives `snapshot`, `history`, `quality` and `tick` events over SSE from
 // /events and redraws. Every piece of data is written with text nodes or setAttribute, never
 // parsed as HTML: names and messages come from sensors and files nobody fully trusts.
 "use strict";
@@ -6,7 +6,7 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   const WATCHDOG_MS = 60000;
   const S = {
-    snap: null, hist: null, series: new Map(), conn: "connecting", lastEvent: 0,
+    snap: null, hist: null, quality: null, series: new Map(), conn: "connecting", lastEvent: 0,
     lostSince: null, es: null,
   };
 
@@ -94,6 +94,12 @@
   }
 
   const isStale = (p) => Date.now() - p.time_ms > 3 * windowMs(p.window) + 120000;
+
+  // How many sensors a KPI point comes from ("computed from 37 of 40 meters"), added to `box`.
+  function addCoverage(box, p, what) {
+    const c = p && p.coverage;
+    if (c) box.append(el("div", { class: "coverage", title: c.text, data: { coverage: what } }, c.text));
+  }
 
   function badge(onTrack) {
     if (onTrack === true) return el("span", { class: "badge on" }, "On track");
@@ -227,7 +233,8 @@
     box.append(spark(seriesOf(`${kind}_kpi`, d.id, "saving_pct_24h"), { cls: kind, refs: [{ v: target, cls: "target" }], label: `${label} saving, last 24 h` }));
     box.append(el("div", { class: `kpi-foot${isStale(p) ? " stale" : ""}` },
       `last ${p.window || "window"}: `, el("b", { data: { field: `${kind}.saving_pct` } }, `${fixed(f.saving_pct, 1)} %`),
-      ` · ${int(f.meters_reporting)} meters${isStale(p) ? ` · ${hhmm(p.time_ms)}` : ""}`));
+      isStale(p) ? ` · ${hhmm(p.time_ms)}` : ""));
+    addCoverage(box, p, kind);
     return box;
   }
 
@@ -279,6 +286,7 @@
         row.append(el("div", { class: "empty small" }, `No data yet for ${j.name}`));
         return row;
       }
+      addCoverage(row.firstChild, p, "traffic");
       const f = p.fields;
       const ci = num(f.congestion_index), base = num(f.baseline_congestion_index);
       const cmp = sv("svg", { class: "cmp", viewBox: "0 0 100 8", preserveAspectRatio: "none", role: "img", "aria-label": `congestion ${fixed(ci, 2)} against baseline ${fixed(base, 2)}` });
@@ -344,6 +352,7 @@
         el("div", null, el("dt", null, "In service"), el("dd", { data: { field: "shuttle.availability" } }, inService)),
         el("div", null, el("dt", null, "Boardings"), el("dd", null, int(f.boardings))),
         el("div", null, el("dt", null, "Disengaged"), el("dd", { class: dis ? "bad" : "" }, int(dis)))));
+      addCoverage(route, p, "shuttle");
       return route;
     }));
   }
@@ -400,6 +409,7 @@
       el("dd", null, el("span", { data: { field: `${feed.kind}.${k.name}` } }, kpiValue(p.fields[k.name], k.integer)),
         k.unit ? el("span", { class: "unit" }, ` ${k.unit}`) : null)))));
     card.append(el("div", { class: `kpi-foot${isStale(p) ? " stale" : ""}` }, `last ${p.window || "window"}: to ${hhmm(p.time_ms)}`));
+    addCoverage(card, p, feed.kind);
     return card;
   }
 
@@ -468,6 +478,37 @@
         el("div", { class: "entity" }, a.entity_name, el("span", { class: "kind" }, a.kind_title || a.kind)),
         a.message ? el("div", { class: "msg" }, a.message) : null);
     }));
+  }
+
+  // ---- sensors needing attention (the `quality` event) ------------------------------------
+  function scoreClass(score, min) {
+    if (num(score) === null || score < min / 2) return "bad";
+    return "warn";
+  }
+
+  function forHours(ms) {
+    const h = Math.round(ms / 3600000);
+    return h < 48 ? `${h} h` : `${Math.round(h / 24)} d`;
+  }
+
+  function renderQuality() {
+    const q = S.quality;
+    const count = $("attention-count");
+    if (!q) return;
+    count.textContent = String(q.total);
+    count.className = q.total ? "count" : "count zero";
+    const shown = q.sensors.length < q.total ? ` · the worst ${q.sensors.length} of ${q.total}` : "";
+    $("attention-sub").textContent = `Latest hour of each sensor, last ${q.hours} h: score below ${trim(q.min_score)}, rejected readings or stuck · worst first${shown}`;
+    if (!q.sensors.length) {
+      $("attention").replaceChildren(el("li", { class: "all-clear" }, el("span", { class: "tick" }, "✓"), `No sensor needs attention in the last ${q.hours} h`));
+      return;
+    }
+    $("attention").replaceChildren(...q.sensors.map((s) => el("li", { class: "sensor", data: { sensor: `${s.kind}/${s.district}/${s.sensor_id}` } },
+      el("span", { class: `score ${scoreClass(s.score, q.min_score)}`, title: "score (0-100) of its latest hour" }, num(s.score) === null ? "–" : fixed(s.score, 0)),
+      el("span", { class: "who" }, el("span", { class: "sid" }, s.sensor_id),
+        el("span", { class: "where" }, `${s.kind_title} · ${s.district_name}`)),
+      el("span", { class: "why" }, s.problems.join(" · ")),
+      el("span", { class: "when", title: `latest hour to ${hhmm(s.hour_ms)}` }, `since ${hhmm(s.since_ms)} · ${forHours(s.hour_ms - s.since_ms)}`))));
   }
 
   function renderPipeline(snap) {
@@ -541,6 +582,7 @@
     renderFeeds(snap);
     renderAlerts(snap);
     renderPipeline(snap);
+    renderQuality();
     renderStatus();
     renderClock();
     document.body.dataset.rendered = String(Date.now());
@@ -567,6 +609,7 @@
       S.series = new Map(d.series.map((s) => [`${s.measurement}\u0000${s.entity}\u0000${s.field}`, s]));
       renderAll();
     }));
+    es.addEventListener("quality", onEvent("quality", (d) => { S.quality = d; renderQuality(); }));
     es.addEventListener("tick", onEvent("tick", () => renderStatus()));
     es.addEventListener("ping", onEvent("ping", () => renderStatus()));
     es.onopen = () => { S.lastEvent = Date.now(); };

@@ -7,7 +7,7 @@ plan's, maps each bucket to an InfluxQL database of the same name (DBRP, retenti
 (tasks/kpi_1h.flux) from `kpi` into `kpi_1h`. `read_authorization` keeps one read-only token per
 purpose, `write_authorization` makes a write-only one. `citystream up` calls these during
 onboarding; deploy/influxdb/init/ does the same for the Docker image with the `influx` CLI.
-Every request goes through `deploy.influxdb.admin`; its errors are `ProvisionError`s.
+Every request goes through `connectors.influxdb.admin`; its errors are `ProvisionError`s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.influxdb.admin import (
+from connectors.influxdb.admin import (
     InfluxAdmin,
     authorizations,
     bucket_permissions,

@@ -2,7 +2,7 @@
 once /health says `pass`; then onboarded and provisioned at every start (org, buckets with
 retention, InfluxQL mappings, the roll-up task) and given its two narrow tokens: the dashboard's
 read-only one and the pipeline's write-only one. Every request goes through
-`deploy.influxdb.admin`."""
+`connectors.influxdb.admin`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from deploy.influxdb.admin import InfluxAdmin, can_write, healthy, onboard
+from connectors.influxdb.admin import InfluxAdmin, can_write, healthy, onboard
 from deploy.influxdb.provision import (
     ensure_buckets,
     provision,

@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from deploy.influxdb.admin import can_write
+from connectors.influxdb.admin import can_write
 from deploy.local import influxdb, kafka, mosquitto
 from deploy.local.credentials import (
     MQTT_GATEWAY_USER,

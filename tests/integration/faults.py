@@ -39,8 +39,9 @@ from aiokafka.partitioner import DefaultPartitioner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deploy.local.stack import Credentials, Stack
-from tests.integration.helpers import ALL_TIME, ROOT, Lane, city_kinds, read_kafka
+from tests.integration.helpers import Lane, city_kinds, read_kafka
 from tests.oracle import parse_ts, read_recording
+from tests.support import ALL_TIME, ROOT
 
 CANARY_DISTRICT = "canary"
 CANARY_SENSOR = "canary-0001"

@@ -1,5 +1,6 @@
-"""Real clients and processes for integration tests: an MQTT publisher, a Kafka reader, and
-`citystream ingest` run as a child process (so it can be killed with SIGKILL)."""
+"""Real clients for integration tests: an MQTT publisher, a Kafka reader, the oracle's points
+compared with InfluxDB's, and `Lane`, one isolated pipeline on the shared stack. The process
+harness and the InfluxDB helpers are in tests/support.py (the benchmarks use them too)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -16,15 +16,21 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deploy.local.stack import Stack
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import (
+    ROOT,
+    IngestProcess,
+    Point,
+    WorkerProcess,
+    create_bucket,
+    influx_points,
+)
 
 
 @dataclass
@@ -161,68 +167,6 @@ def dead_letter_raw(dead: dict[str, Any]) -> bytes:
     return base64.b64decode(dead["raw"])
 
 
-class IngestProcess:
-    """`citystream ingest` as a child process with the stack's service environment."""
-
-    component = "ingest"
-    verbosity = "-v"  # "-vv" logs at DEBUG
-
-    def __init__(self, stack: Stack, instance: str = "0", *, log_dir: Path,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.stack = stack
-        self.instance = instance
-        self.log = log_dir / f"{self.component}-{instance}.log"
-        self.env = {**os.environ, **stack.service_env(), **(extra_env or {})}
-        self.env["CITYSTREAM_INGEST_COUNTERS_INTERVAL"] = "1"
-        self.env.setdefault("CITYSTREAM_INGEST_LEAVE_ON_EXIT", "1")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def argv(self) -> list[str]:
-        return [sys.executable, "-m", "citystream", self.verbosity, "ingest", "--instance",
-                self.instance]
-
-    def start(self) -> Self:
-        """Start (or start again, after a kill or stop) and wait until it runs."""
-        self._offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
-                                         env=self.env, cwd=ROOT)
-        self.wait_running()
-        return self
-
-    def wait_running(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        marker = f"{self.component} {self.instance} running".encode()
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.component} exited ({self.proc.returncode}):\n"
-                                     f"{self.tail()}")
-            with self.log.open("rb") as f:
-                f.seek(getattr(self, "_offset", 0))
-                if marker in f.read():
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"{self.component} did not start:\n{self.tail()}")
-
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -230,58 +174,6 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.5, what: str = 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
-
-
-class WorkerProcess(IngestProcess):
-    """`citystream worker` as a child process (RocksDB state under `log_dir`)."""
-
-    component = "worker"
-
-    def argv(self) -> list[str]:
-        return [sys.executable, "-m", "citystream", self.verbosity, "worker", "--instance",
-                self.instance,
-                "--data-dir", str(self.log.parent / "worker-state"), "--quiet", "3"]
-
-    def wait_running(self, timeout: float = 300.0) -> None:
-        # After a crash a worker rebuilds its tables from the changelogs first: on a busy
-        # machine that alone has taken more than 90 s.
-        super().wait_running(timeout)
-
-
-Point = tuple[str, tuple[tuple[str, str], ...], int]
-ALL_TIME = "range(start: 0, stop: 2200-01-01T00:00:00Z)"
-"""Flux range of every point, also those stamped in the future (a KPI point is stamped at the
-end of its window: the current window's is a few minutes ahead)."""
-KPI_MEASUREMENTS = ("water_kpi", "energy_kpi", "traffic_kpi", "shuttle_kpi")
-
-
-def influx_points(stack: Stack, bucket: str,
-                  measurements: tuple[str, ...] = KPI_MEASUREMENTS) -> dict[Point, dict[str, Any]]:
-    """Every point of `measurements` in `bucket`: (measurement, sorted tags, ms) -> fields."""
-    from influxdb_client import InfluxDBClient
-
-    info = stack.client_info()["influxdb"]
-    names = " or ".join(f'r._measurement == "{m}"' for m in measurements)
-    query = f'from(bucket: "{bucket}") |> {ALL_TIME} |> filter(fn: (r) => {names})'
-    points: dict[Point, dict[str, Any]] = {}
-    with InfluxDBClient(url=info["url"], token=info["token"], org=info["org"],
-                        timeout=60_000) as client:
-        for table in client.query_api().query(query):
-            for rec in table.records:
-                tags = tuple(sorted((k, str(v)) for k, v in rec.values.items()
-                                    if not k.startswith("_") and k not in ("result", "table")))
-                ts_ms = int(rec.get_time().timestamp() * 1000)
-                points.setdefault((rec.get_measurement(), tags, ts_ms), {})[
-                    rec.get_field()] = rec.get_value()
-    return points
-
-
-def create_bucket(stack: Stack, name: str) -> None:
-    from influxdb_client import InfluxDBClient
-
-    info = stack.client_info()["influxdb"]
-    with InfluxDBClient(url=info["url"], token=info["token"], org=info["org"]) as client:
-        client.buckets_api().create_bucket(bucket_name=name, org=info["org"])
 
 
 def compare_points(got: dict[Point, dict[str, Any]], want: dict[Point, dict[str, Any]],

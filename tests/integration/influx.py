@@ -14,10 +14,11 @@ from typing import Any
 
 from influxdb_client import InfluxDBClient
 
-from deploy.influxdb.admin import InfluxAdmin, ProvisionError
+from connectors.influxdb.admin import InfluxAdmin, ProvisionError
+from connectors.influxdb.lineproto import to_line_protocol
 from deploy.influxdb.provision import Bucket, Plan, provision
 from deploy.local.stack import Stack
-from models.records import Record, to_line_protocol
+from models.records import Record
 
 HOUR_MS = 3_600_000
 

@@ -20,11 +20,11 @@ from tests.integration.helpers import (
     Lane,
     Message,
     gateway_publisher,
-    influx_points,
     oracle_points,
     read_kafka,
     wait_for,
 )
+from tests.support import influx_points
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
 

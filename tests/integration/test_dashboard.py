@@ -17,8 +17,7 @@ from dashboard.queries import alerts_query, history_query, latest_query
 from dashboard.source import InfluxSource, SourceError
 from deploy.local.stack import Credentials, Stack
 from models.city import load_city
-from tests.integration.dashboard_data import MIN, city_kpis, feed_entities, feed_kpis, new_bucket
-from tests.integration.helpers import create_bucket
+from tests.support import MIN, city_kpis, create_bucket, feed_entities, feed_kpis, new_bucket
 
 pytestmark = [pytest.mark.influxdb]
 

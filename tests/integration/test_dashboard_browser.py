@@ -31,17 +31,8 @@ from tests.integration.browser import (
     screenshot,
     wait_rendered,
 )
-from tests.integration.dashboard_data import (
-    MIN,
-    Bucket,
-    city_kpis,
-    feed_entities,
-    feed_kpis,
-    new_bucket,
-    shown,
-    shown_count,
-    shown_kpi,
-)
+from tests.integration.dashboard_data import shown, shown_count, shown_kpi
+from tests.support import MIN, Bucket, city_kpis, feed_entities, feed_kpis, new_bucket
 
 pytestmark = [pytest.mark.browser, pytest.mark.influxdb]
 
@@ -52,6 +43,7 @@ HOSTILE_TAG = "<img/src=x/onerror=window.__xss=4>"
 HOSTILE_MESSAGE = "<script>window.__xss = 5</script><b>bold?</b>"
 HOSTILE_FEED = 'Car parks <img src=x onerror="window.__xss = 6"> & <b>co</b>'
 HOSTILE_ENTITY = "<svg/onload=window.__xss=7>cp</svg>"
+HOSTILE_SENSOR = "<img/src=x/onerror=window.__xss=8>"
 EMPTY = "stony-stratford"
 NO_DATA_FEED = "bus_occupancy"
 
@@ -105,6 +97,10 @@ def env(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]
     bucket.write_lines([f"car_park_kpi,car_park={entity},window=15m occupancy_pct=50.0,"
                         f"sensors_reporting=2i,target=85.0,occupancy_pct_24h=48.5,"
                         f"on_track=true {end - 15 * MIN}"])
+    sensor = HOSTILE_SENSOR.replace("=", "\\=")
+    bucket.write_lines([f"sensor_quality,district=bletchley,kind=water,sensor_id={sensor},"
+                        f"window=1h readings=1i,duplicates=0i,late=0i,completeness_pct=25.0,"
+                        f"stuck=false,score=25.0 {end // (60 * MIN) * (60 * MIN)}"])
     dashboard = DashboardProcess({
         **stack.dashboard_env(),
         "CITYSTREAM_INFLUX__BUCKET_KPI": bucket.name,
@@ -240,11 +236,14 @@ def test_hostile_names_render_as_text_and_run_nothing(env: Env) -> None:
                  "car_park.occupancy_pct_24h") == "48.5"
     assert text(page, "[data-alert='car_park/car-park-2/full'] .kind") == HOSTILE_FEED
     assert HOSTILE_FEED in text(page, f"{car_parks} [data-feed-alert] .msg")
+    page.wait_for_function("document.body.dataset.qualityEvents", timeout=20_000)
+    assert text(page, "#attention .sid") == HOSTILE_SENSOR        # the one sensor listed
+    assert text(page, "#attention .why") == "25 % complete"
     assert page.evaluate("window.__xss") is None
     assert page.evaluate("document.scripts.length") == 1
     assert page.evaluate("document.images.length") == 1              # the logo
     assert page.evaluate("document.querySelectorAll('[onerror], [onload], #alerts b, "
-                         "#feeds b, #feeds img, #feeds script').length") == 0
+                         "#feeds b, #feeds img, #feeds script, #attention img').length") == 0
     assert env.errors == []
 
 
@@ -285,7 +284,7 @@ def secrets_of(stack: Stack, env: Env) -> list[str]:
 
 def served(env: Env) -> dict[str, bytes]:
     paths = ("/", "/static/dashboard.js", "/static/dashboard.css", "/static/favicon.svg",
-             "/api/snapshot", "/api/history", "/healthz")
+             "/api/snapshot", "/api/history", "/api/quality", "/healthz")
     out = {path: env.dashboard.get(path) for path in paths}
     out["/events"] = env.dashboard.events(3)
     out["page"] = env.page.content().encode()

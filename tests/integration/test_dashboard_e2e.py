@@ -19,8 +19,8 @@ from playwright.sync_api import Page
 from deploy.local.stack import Stack
 from models.city import City, load_city
 from tests.integration.browser import chromium, new_page, screenshot, wait_rendered
-from tests.integration.dashboard_data import MIN, shown
-from tests.integration.helpers import ROOT, influx_points
+from tests.integration.dashboard_data import shown
+from tests.support import MIN, ROOT, influx_points
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.mqtt, pytest.mark.kafka,
               pytest.mark.influxdb]

@@ -35,10 +35,8 @@ from tests.integration.faults import (
     secrets_in_logs,
 )
 from tests.integration.helpers import (
-    IngestProcess,
     Lane,
     Message,
-    WorkerProcess,
     gateway_publisher,
     oracle_points,
     read_kafka,
@@ -46,6 +44,7 @@ from tests.integration.helpers import (
     start_of_run,
     water_messages,
 )
+from tests.support import IngestProcess, WorkerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
 

@@ -20,11 +20,11 @@ from tests.integration.helpers import (
     Message,
     compare_points,
     gateway_publisher,
-    influx_points,
     read_kafka,
     wait_for,
 )
 from tests.oracle.feeds import compute_feed_points
+from tests.support import influx_points
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
 

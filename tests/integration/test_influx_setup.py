@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from connectors.influxdb.admin import InfluxAdmin, find_bucket
 from deploy import dashboards
-from deploy.influxdb.admin import InfluxAdmin, find_bucket
 from deploy.influxdb.provision import Bucket, Plan, provision, task_name
 from deploy.local.stack import Stack
 from models.feeds import FeedSpec, kpi_model

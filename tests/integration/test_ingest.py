@@ -17,7 +17,6 @@ import pytest
 
 from deploy.local.stack import Stack
 from tests.integration.helpers import (
-    IngestProcess,
     Message,
     gateway_publisher,
     kafka_contents,
@@ -25,6 +24,7 @@ from tests.integration.helpers import (
     wait_for,
     water_messages,
 )
+from tests.support import IngestProcess
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.kafka]
 
@@ -249,8 +249,9 @@ def test_seeded_simulation_lands_exactly_as_recorded(stack: Stack, tmp_path: Pat
     import os
     import sys
 
-    from tests.integration.helpers import ROOT, city_kinds, read_kafka
+    from tests.integration.helpers import city_kinds, read_kafka
     from tests.oracle import parse_ts
+    from tests.support import ROOT
 
     tag = uuid.uuid4().hex[:8]
     env = {"CITYSTREAM_KAFKA__TOPIC_PREFIX": f"s{tag}.", "CITYSTREAM_MQTT__SHARED_GROUP": f"s{tag}"}

@@ -35,7 +35,6 @@ from models.records import Alert, Record
 from opendata.datasets import DATA_QUALITY, Dataset, published
 from opendata.store import MemoryStore
 from opendata.tables import rows
-from tests.integration.dashboard_data import MIN, Bucket, city_kpis, feed_kpis, new_bucket
 from tests.opendata_checks import (
     DCAT,
     DCT,
@@ -46,6 +45,7 @@ from tests.opendata_checks import (
     read_csv,
     validate_kpi_entity,
 )
+from tests.support import MIN, Bucket, city_kpis, feed_kpis, new_bucket
 
 pytestmark = [pytest.mark.influxdb]
 

@@ -13,14 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.helpers import (
-    Lane,
-    Message,
-    gateway_publisher,
-    influx_points,
-    oracle_points,
-    start_of_run,
-)
+from tests.integration.helpers import Lane, Message, gateway_publisher, oracle_points, start_of_run
+from tests.support import influx_points
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
 

@@ -29,14 +29,8 @@ from deploy.local.stack import Credentials, Stack
 from ingest.mqtt_source import MqttSource
 from models.settings import MqttSettings
 from tests.integration.faults import lane_logs, secrets_in_logs
-from tests.integration.helpers import (
-    IngestProcess,
-    Lane,
-    WorkerProcess,
-    gateway_publisher,
-    wait_for,
-    water_messages,
-)
+from tests.integration.helpers import Lane, gateway_publisher, wait_for, water_messages
+from tests.support import IngestProcess, WorkerProcess
 
 REPO_CONF = HERE.parent / "mosquitto" / "mosquitto.conf"
 

@@ -18,8 +18,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from pydantic import SecretStr
 
+from connectors.influxdb.write import InfluxWriter
+from connectors.kafka import KafkaSink, ensure_topics
 from deploy.local.stack import Stack
-from ingest.kafka_sink import KafkaSink, ensure_topics
 from kinds.shuttle import ShuttleReading
 from kinds.traffic import TrafficReading
 from kinds.water import WaterKpi, WaterReading
@@ -30,7 +31,6 @@ from streams.sink import (
     GROUP_ID,
     Buckets,
     InfluxSink,
-    InfluxWriter,
     SinkOptions,
     kafka_consumer,
     sink_topics,

@@ -3,45 +3,29 @@ equal the oracle when the sink is killed with SIGKILL mid-run and started again.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
-from tests.integration.helpers import (
-    ROOT,
-    IngestProcess,
-    Lane,
-    influx_points,
-    oracle_points,
-    start_of_run,
-)
+from tests.integration.helpers import Lane, oracle_points, start_of_run
 from tests.integration.test_pipeline import FAULTS, SIM
+from tests.support import IngestProcess, influx_points
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
 
 
 class SinkProcess(IngestProcess):
-    """`citystream sink` as a child process."""
+    """`citystream sink` as a child process, publishing its counters every second."""
 
     component = "sink"
+    start_timeout_s = 60.0
 
-    def start(self) -> SinkProcess:
+    def start(self, *, wait: bool = True) -> Self:
         self.env["CITYSTREAM_SINK_COUNTERS_S"] = "1"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "citystream", "-v", "sink", "--instance", self.instance],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
-        deadline = time.monotonic() + 60
-        while f"sink {self.instance} running" not in self.log.read_text(errors="replace"):
-            assert self.proc.poll() is None, f"sink exited:\n{self.tail()}"
-            assert time.monotonic() < deadline, f"sink did not start:\n{self.tail()}"
-            time.sleep(0.2)
-        return self
+        return super().start(wait=wait)
 
 
 def test_a_separate_sink_killed_mid_run_loses_nothing(lane: Lane, tmp_path: Path) -> None:

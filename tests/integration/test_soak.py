@@ -32,14 +32,9 @@ from tests.integration.faults import (
     plot,
     reconcile,
 )
-from tests.integration.helpers import (
-    IngestProcess,
-    Lane,
-    compare_points,
-    influx_points,
-    oracle_points,
-)
+from tests.integration.helpers import Lane, compare_points, oracle_points
 from tests.integration.test_faults import SIM
+from tests.support import IngestProcess, influx_points
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka,
               pytest.mark.influxdb]

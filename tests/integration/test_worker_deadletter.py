@@ -12,7 +12,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from models.topics import Topics
-from tests.integration.helpers import Lane, influx_points, read_kafka, wait_for
+from tests.integration.helpers import Lane, read_kafka, wait_for
+from tests.support import influx_points
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.influxdb, pytest.mark.mqtt]
 

@@ -16,7 +16,8 @@ from aiokafka.errors import KafkaError
 
 from models.settings import KafkaSettings
 from models.topics import Topics
-from tests.integration.helpers import Lane, WorkerProcess, oracle_points, start_of_run
+from tests.integration.helpers import Lane, oracle_points, start_of_run
+from tests.support import WorkerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
 

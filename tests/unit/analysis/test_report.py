@@ -11,7 +11,15 @@ import pytest
 
 from analysis.chart import plot
 from analysis.cli import parse_span, parse_when, resolve_period
-from analysis.report import Period, Selection, render_table, summarise, to_csv, verdict
+from analysis.report import (
+    Period,
+    ReportRow,
+    Selection,
+    render_table,
+    summarise,
+    verdict,
+    write_csv,
+)
 from kinds.energy import EnergyKpi
 from kinds.shuttle import ShuttleKpi
 from kinds.traffic import TrafficKpi
@@ -140,9 +148,16 @@ def test_table_is_aligned_and_marks_status() -> None:
     assert "no KPI windows" in render_table([], PERIOD)
 
 
+def read_csv(rows: list[ReportRow]) -> list[dict[str, str]]:
+    """What `citystream report --csv` writes for `rows`, read back."""
+    out = io.StringIO()
+    write_csv(rows, out, PERIOD)
+    return list(csv.DictReader(io.StringIO(out.getvalue())))
+
+
 def test_csv_round_trips() -> None:
     rows = summarise([water(T0 + H, 50.0, 100.0), shuttle(T0 + H, 80.0)], PERIOD)
-    parsed = list(csv.DictReader(io.StringIO(to_csv(rows, PERIOD))))
+    parsed = read_csv(rows)
     assert [r["kind"] for r in parsed] == ["water", "shuttle"]
     assert float(parsed[0]["figure_pct"]) == rows[0].figure_pct
     assert parsed[0]["status"] == "on track" and parsed[0]["on_time_pct"] == ""
@@ -363,7 +378,7 @@ def test_feed_table_csv_and_chart(tmp_path: Path) -> None:
     assert "parking: 1 of 2 car parks on track" in lines
     assert "noise: 1 of 1 districts on track" in lines
 
-    parsed = list(csv.DictReader(io.StringIO(to_csv(rows, PERIOD))))
+    parsed = read_csv(rows)
     assert [(r["kind"], r["entity"], r["kpi"]) for r in parsed][:3] == [
         ("water", "bletchley", ""), ("parking", "cp-a", "occupancy_pct"),
         ("parking", "cp-a", "entries")]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingest.kafka_sink import KafkaSink, OutRecord
+from connectors.kafka import KafkaSink, OutRecord
 from models.settings import KafkaSettings
 
 

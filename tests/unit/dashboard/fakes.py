@@ -68,6 +68,8 @@ def row(measurement: str, field_name: str, value: Any, time_ms: int,
 def kind_of(flux: str) -> str:
     if "union(" in flux:
         return "history"
+    if '"sensor_quality"' in flux:
+        return "attention" if "stateDuration" in flux else "coverage"
     return "alerts" if '"alert"' in flux else "latest"
 
 

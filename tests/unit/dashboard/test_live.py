@@ -45,12 +45,13 @@ def test_a_poll_publishes_snapshot_history_and_tick() -> None:
                               "history": water(21.0, T0 - 60_000)})
     poller, hub, _clock = setup(source)
     asyncio.run(poller.poll_once())
-    assert source.asked == ["latest", "alerts", "history"]
+    assert source.asked == ["latest", "alerts", "attention", "coverage", "history"]
     snap = last(hub, "snapshot")
     assert snap["influx"] == {"ok": True, "down_since_ms": None, "error": None}
     assert snap["districts"][0]["water"]["fields"]["saving_pct_24h"] == 21.0
     assert last(hub, "history")["series"][0]["v"] == [21.0]
     assert last(hub, "tick") == {"checked_ms": T0, "ok": True}
+    assert last(hub, "quality") == {"min_score": 80.0, "hours": 24, "total": 0, "sensors": []}
 
 
 def test_history_is_read_again_only_for_new_points_or_when_old() -> None:
@@ -83,7 +84,7 @@ def test_the_city_s_feeds_are_polled_and_a_new_feed_window_redraws_the_charts() 
     hub, clock = Hub(), Clock()
     poller = Poller(source, feed_city(), hub, PollerOptions(history_refresh_s=60), clock)
     asyncio.run(poller.poll_once())
-    latest, _alerts, history = source.flux
+    latest, _alerts, _attention, _coverage, history = source.flux
     assert 'r._measurement == "car_park_kpi"' in latest and '"noise_kpi"' in latest
     assert 'r._measurement == "car_park_kpi" and (r._field == "occupancy_pct")' in history
     snap = last(hub, "snapshot")
@@ -197,8 +198,10 @@ def test_one_poll_serves_every_page() -> None:
         poller, hub, _clock = setup(source)
         pages = [hub.subscribe() for _ in range(25)]
         await poller.poll_once()
-        assert source.asked == ["latest", "alerts", "history"]     # not once per page
+        assert source.asked == ["latest", "alerts", "attention", "coverage",
+                                "history"]                          # not once per page
         for page in pages:
-            assert [name for name, _ in await page.next(1)] == ["snapshot", "history", "tick"]
+            assert [name for name, _ in await page.next(1)] == [
+                "snapshot", "history", "quality", "tick"]
 
     asyncio.run(main())

@@ -12,7 +12,6 @@ from dashboard.queries import (
     alerts_query,
     chart_field,
     entity_tags,
-    flux_string,
     history_query,
     latest_query,
     newest_points,
@@ -25,11 +24,6 @@ from tests.unit.dashboard.fakes import feed_city
 def row(measurement: str, field: str, value: Any, time_ms: int, **tags: str) -> dict[str, Any]:
     return {"_measurement": measurement, "_field": field, "_value": value, "time_ms": time_ms,
             "result": "_result", "table": 0, **tags}
-
-
-def test_flux_strings_are_escaped() -> None:
-    assert flux_string("kpi") == '"kpi"'
-    assert flux_string('a"b\\c${x}') == '"a\\"b\\\\c\\${x}"'
 
 
 def test_latest_query_reads_every_kpi_and_the_counters_with_last() -> None:

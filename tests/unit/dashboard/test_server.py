@@ -91,12 +91,13 @@ def test_events_stream_the_latest_state_then_changes() -> None:
     hub = polled_hub(source)
 
     async def check(client: TestClient[Any, Any]) -> None:
-        first = await read_events(client, 3)
-        assert [name for name, _ in first] == ["snapshot", "history", "tick"]
+        first = await read_events(client, 4)
+        assert [name for name, _ in first] == ["snapshot", "history", "quality", "tick"]
         assert first[0][1]["districts"][0]["water"]["fields"]["saving_pct_24h"] == 21.0
         snapshot = await client.get("/api/snapshot")
         assert (await snapshot.json())["city"] == "Testville"
         assert (await client.get("/api/history")).status == 200
+        assert (await (await client.get("/api/quality")).json())["total"] == 0
         health = await (await client.get("/healthz")).json()
         assert health == {"ok": True, "influx_ok": True, "pages": 0}
 
@@ -122,7 +123,7 @@ def test_no_token_in_any_page_event_or_view_when_influxdb_fails() -> None:
         assert snap["influx"]["ok"] is False
         assert "connection refused" in snap["influx"]["error"]
         bodies = [json.dumps(events)]
-        for path in (*PAGES, "/api/snapshot", "/healthz"):
+        for path in (*PAGES, "/api/snapshot", "/api/quality", "/healthz"):
             bodies.append(await (await client.get(path)).text())
         assert all(SECRET not in body for body in bodies)
 

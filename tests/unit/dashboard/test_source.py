@@ -7,36 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import urllib3
 
-from dashboard.source import (
-    InfluxSource,
-    SourceError,
-    describe_http_error,
-    describe_transport_error,
-    rows_from_tables,
-)
+from dashboard.source import InfluxSource, SourceError, rows_from_tables
 from deploy.local.stack import free_port
-
-
-def test_http_errors_name_the_setting_to_fix() -> None:
-    msg = describe_http_error(401, b'{"code":"unauthorized","message":"unauthorized access"}',
-                              "CITYSTREAM_DASHBOARD__TOKEN")
-    assert "HTTP 401" in msg and "CITYSTREAM_DASHBOARD__TOKEN" in msg
-    msg = describe_http_error(404, b'{"message":"failed to initialize execute state: could not '
-                                   b'find bucket \\"kpi\\""}', "X")
-    assert 'could not find bucket "kpi"' in msg and "CITYSTREAM_INFLUX__BUCKET_KPI" in msg
-    assert describe_http_error(500, b"not json", "X") == "InfluxDB answered HTTP 500"
-
-
-def test_transport_errors_are_short() -> None:
-    url = "http://127.0.0.1:1"
-    refused = urllib3.exceptions.MaxRetryError(
-        None, "/api/v2/query",  # type: ignore[arg-type]
-        urllib3.exceptions.NewConnectionError(None, "refused"))  # type: ignore[arg-type]
-    assert describe_transport_error(refused, url).endswith("connection refused")
-    assert describe_transport_error(TimeoutError(), url).endswith("no answer in time")
-    assert describe_transport_error(ConnectionResetError(), url).endswith("connection dropped")
 
 
 def test_a_refused_connection_is_a_source_error_without_the_token() -> None:

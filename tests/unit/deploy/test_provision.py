@@ -1,16 +1,13 @@
-"""deploy/influxdb without a server: retention parsing and the settings that use it, the admin
-client's error mapping."""
+"""deploy/influxdb without a server: retention parsing and the settings that use it (the admin
+client: tests/unit/connectors/influxdb/test_admin.py)."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from deploy.influxdb.admin import InfluxAdmin, ProvisionError, describe_http_error
 from deploy.influxdb.provision import parse_retention
 from deploy.local.settings import StackSettings
-from deploy.local.supervision import free_port
-from models.errors import CitystreamError
 
 
 @pytest.mark.parametrize("text,seconds", [
@@ -44,21 +41,3 @@ def test_bad_retention_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CITYSTREAM_STACK__RETENTION_KPI", "forever")
     with pytest.raises(ValidationError, match="retention_kpi"):
         StackSettings()
-
-
-def test_an_error_answer_names_the_request_and_influxdbs_message() -> None:
-    body = b'{"code":"not found","message":"bucket \\"kpi\\" not found"}'
-    assert describe_http_error("GET", "/api/v2/buckets", 404, body) == (
-        'GET /api/v2/buckets: HTTP 404 bucket "kpi" not found')
-    assert describe_http_error("POST", "/api/v2/setup", 502, b"<html>bad gateway</html>") == (
-        "POST /api/v2/setup: HTTP 502 <html>bad gateway</html>")
-    assert describe_http_error("DELETE", "/api/v2/tasks/1", 500, None) == (
-        "DELETE /api/v2/tasks/1: HTTP 500")
-
-
-def test_no_answer_is_a_provision_error_without_status() -> None:
-    admin = InfluxAdmin(f"http://127.0.0.1:{free_port()}", "token", timeout=2)
-    with pytest.raises(ProvisionError, match="cannot reach InfluxDB") as caught:
-        admin.call("GET", "/api/v2/orgs")
-    assert caught.value.status is None
-    assert isinstance(caught.value, CitystreamError)

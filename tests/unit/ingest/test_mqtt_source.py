@@ -10,17 +10,17 @@ import threading
 import time
 from collections.abc import Callable
 
-from bench.load import _varint
 from ingest.mqtt_source import Delivery, MqttSource
 from models.settings import MqttSettings
+from tests.support import varint
 
 
 def _publish(topic: str, mid: int, payload: bytes, *, qos: int = 1, dup: bool = False,
              properties: bytes = b"") -> bytes:
     body = (struct.pack("!H", len(topic.encode())) + topic.encode()
-            + (struct.pack("!H", mid) if qos else b"") + _varint(len(properties)) + properties
+            + (struct.pack("!H", mid) if qos else b"") + varint(len(properties)) + properties
             + payload)
-    return bytes([0x30 | qos << 1 | dup << 3]) + _varint(len(body)) + body
+    return bytes([0x30 | qos << 1 | dup << 3]) + varint(len(body)) + body
 
 
 class ScriptedBroker(threading.Thread):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ingest.kafka_sink import MemorySink
+from connectors.kafka import MemorySink
 from ingest.mqtt_source import Delivery
 from ingest.service import Ingest, IngestOptions
 from models.topics import DEADLETTER, PIPELINE_COUNTERS, TELEMETRY

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from models.deadletter import FIELD_REASONS, DeadLetter, Reason
+from models.deadletter import FIELD_REASONS, DeadLetter, Reason, sink_dead_letter
 
 CONTRACT_REASONS = ["bad_topic", "too_large", "invalid_json", "schema", "non_finite",
                     "out_of_range", "sensor_mismatch", "future_timestamp", "too_old"]
@@ -70,3 +70,13 @@ def test_bad_base64_rejected() -> None:
 def test_frozen() -> None:
     with pytest.raises(ValidationError):
         letter().detail = "x"  # type: ignore[misc]
+
+
+def test_a_sink_dead_letter_keeps_where_it_came_from() -> None:
+    value = orjson.loads(sink_dead_letter("rejected_by_influxdb", "bad", "kpi.records", 2, 9,
+                                          line="x v=1i 1", bucket="kpi"))
+    assert list(value) == ["reason", "detail", "topic", "partition", "offset",
+                           "received_at_ms", "bucket", "line"]
+    value = orjson.loads(sink_dead_letter("undecodable", "no", "t", 0, 1, raw=b"\x00",
+                                          index=3))
+    assert (value["index"], value["raw"]) == (3, "AA==")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from connectors.influxdb.lineproto import to_line_protocol
 from kpi.engine import engines_for
 from models.city import load_city
 from models.kinds import reading_types
 from models.readings import BaseReading
-from models.records import to_line_protocol
 
 T0 = 1_794_787_200_000  # 2026-11-16T00:00:00Z
 MIN = 60_000

@@ -17,7 +17,8 @@ TOPIC = "telemetry.water"
 
 
 class Agent:
-    """The agent's order of work, as in streams/app.py: catch up, then apply and mark."""
+    """The agent's order of work, as in `Worker.handle` and `Worker.apply` (streams/worker.py):
+    catch up (`streams.offsets.catch_up`), then apply and mark."""
 
     def __init__(self, log: dict[int, bytes]) -> None:
         self.store: dict[str, bytes] = {}

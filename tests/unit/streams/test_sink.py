@@ -1,41 +1,28 @@
 """The InfluxDB sink with fakes: offsets committed only after the write, backpressure, bad data
-dead-lettered, rebalances; and `InfluxWriter` against a stub HTTP server."""
+dead-lettered, rebalances (`InfluxWriter` itself: tests/unit/connectors/influxdb/test_write.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
-import http.server
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from pydantic import SecretStr
 
-from ingest.kafka_sink import MemorySink
+from connectors.influxdb.write import MemoryWriter, PointsRejected, SinkBackpressure
+from connectors.kafka import MemorySink
 from kinds.water import WaterKpi
 from models.errors import RecordError
 from models.records import Alert, record_to_json
-from models.settings import InfluxSettings
 from models.topics import KPI_RECORDS, PIPELINE_COUNTERS, SINK_DEADLETTER, TELEMETRY, Topics
-from streams.sink import (
-    InfluxSink,
-    InfluxWriter,
-    MemoryWriter,
-    PointsRejected,
-    SinkBackpressure,
-    SinkOptions,
-    kpi_line,
-    write_isolating,
-)
+from streams.sink import InfluxSink, SinkOptions, kpi_line, write_isolating
 
 TS = 1_795_241_700_000
 WATER = TELEMETRY["water"]
@@ -596,108 +583,3 @@ class TestKpiLine:
     def test_bad_values(self, value: bytes) -> None:
         with pytest.raises(RecordError):
             kpi_line(value)
-
-
-# -- InfluxWriter against a stub server -------------------------------------------------------
-
-@dataclass
-class Stub:
-    url: str
-    requests: list[tuple[str, dict[str, str], bytes]]
-    respond: list[tuple[int, dict[str, str], bytes]]
-
-
-@pytest.fixture
-def stub() -> Iterator[Stub]:
-    requests: list[tuple[str, dict[str, str], bytes]] = []
-    respond: list[tuple[int, dict[str, str], bytes]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            requests.append((self.path, dict(self.headers), body))
-            status, headers, payload = respond.pop(0) if respond else (204, {}, b"")
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            return None
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield Stub(f"http://127.0.0.1:{server.server_address[1]}", requests, respond)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def influx(url: str, **kw: Any) -> InfluxWriter:
-    return InfluxWriter(InfluxSettings(url=url, org="city org", token=SecretStr("t0k")), **kw)
-
-
-def error(message: str) -> bytes:
-    return orjson.dumps({"code": "invalid", "message": message})
-
-
-class TestInfluxWriter:
-    def test_request(self, stub: Stub) -> None:
-        influx(stub.url).write("telemetry", ["a v=1.0 1", "b v=2.0 2"])
-        path, headers, body = stub.requests[0]
-        url = urlsplit(path)
-        assert url.path == "/api/v2/write"
-        assert parse_qs(url.query) == {"org": ["city org"], "bucket": ["telemetry"],
-                                       "precision": ["ms"]}
-        assert headers["Authorization"] == "Token t0k"
-        assert body == b"a v=1.0 1\nb v=2.0 2"
-
-    def test_gzip(self, stub: Stub) -> None:
-        influx(stub.url, gzip_level=1).write("kpi", ["a v=1.0 1"])
-        _, headers, body = stub.requests[0]
-        assert headers["Content-Encoding"] == "gzip"
-        assert gzip.decompress(body) == b"a v=1.0 1"
-
-    @pytest.mark.parametrize(("status", "message", "dropped"), [
-        (400, "unable to parse 'x': bad timestamp", None),
-        (422, "partial write: field type conflict ... dropped=2", 2),
-        (413, "request too large", None)])
-    def test_refused(self, stub: Stub, status: int, message: str, dropped: int | None) -> None:
-        stub.respond.append((status, {}, error(message)))
-        with pytest.raises(PointsRejected) as info:
-            influx(stub.url).write("b", ["x"])
-        assert (info.value.status, info.value.message, info.value.dropped) == (
-            status, message, dropped)
-
-    @pytest.mark.parametrize(("status", "headers", "retry_after"), [
-        (429, {"Retry-After": "7"}, 7.0), (503, {}, 1.0), (500, {}, 1.0),
-        (401, {}, 1.0), (404, {}, 1.0)])
-    def test_backpressure(self, stub: Stub, status: int, headers: dict[str, str],
-                          retry_after: float) -> None:
-        stub.respond.append((status, headers, error("go away")))
-        with pytest.raises(SinkBackpressure) as info:
-            influx(stub.url).write("b", ["x"])
-        assert info.value.retry_after_s == retry_after
-        assert "go away" in str(info.value) and str(status) in str(info.value)
-
-    def test_unreachable(self) -> None:
-        with pytest.raises(SinkBackpressure, match="unreachable"):
-            influx("http://127.0.0.1:9").write("b", ["x"])
-
-    def test_nothing_to_write_sends_nothing(self, stub: Stub) -> None:
-        influx(stub.url).write("b", [])
-        assert stub.requests == []
-
-
-def test_memory_writer_fails_then_works() -> None:
-    writer = MemoryWriter(fail_next=2)
-    attempt: Callable[[], None] = lambda: writer.write("b", ["x"])  # noqa: E731
-    for _ in range(2):
-        with pytest.raises(SinkBackpressure):
-            attempt()
-    attempt()
-    assert writer.lines == {"b": ["x"]} and writer.calls == 3

@@ -290,11 +290,13 @@ def test_rocksdb_options_split_the_budget() -> None:
 
 
 def test_the_app_has_an_agent_and_two_tables_per_kind(tmp_path: Path) -> None:
+    """Plus the dead-letter agent and its table of `rejected` counts."""
     app = create_app(SETTINGS, CITY, WorkerOptions(data_dir=tmp_path, store="memory://"))
     assert app.conf.id == f"{SETTINGS.kafka.topic_prefix}citystream-worker"
-    assert set(app.agents) == {f"citystream.{kind}_kpis" for kind in kinds.names()}
+    assert set(app.agents) == {f"citystream.{kind}_kpis" for kind in kinds.names()} | {
+        "citystream.rejected_counts"}
     assert set(app.tables) == {f"{kind}-{table}" for kind in kinds.names()
-                               for table in ("entities", "state")}
+                               for table in ("entities", "state")} | {"quality-rejected"}
 
 
 def test_every_table_partition_stays_within_its_memory(tmp_path: Path) -> None:
@@ -304,7 +306,7 @@ def test_every_table_partition_stays_within_its_memory(tmp_path: Path) -> None:
     app = create_app(SETTINGS, CITY, WorkerOptions(data_dir=tmp_path, store="rocksdb://",
                                                    table_memory_mb=4))
     tables = list(app.tables.values())
-    assert len(tables) == 2 * len(kinds.names())  # entities and state, per kind and feed
+    assert len(tables) == 2 * len(kinds.names()) + 1  # per kind and feed, and quality-rejected
     for table in tables:
         assert table.data.rocksdb_options.write_buffer_size == 1 << 20  # type: ignore[attr-defined]
     db = tables[0].data.rocksdb_options.open(tmp_path / "db")  # type: ignore[attr-defined]
@@ -350,3 +352,32 @@ def test_freed_memory_goes_back_to_the_os() -> None:
     release_freed_memory()
     assert held - _rss_mb() > 100, (held, _rss_mb())
     assert len(pin) == 2048
+
+
+def dead_letter(topic: str, ts: int | None, received_at_ms: int = TS + 5000) -> bytes:
+    from models.deadletter import DeadLetter, Reason
+
+    raw = orjson.dumps({"sensor_id": topic.rsplit("/", 1)[-1], "ts": ts, "volume_m3": -1})
+    return DeadLetter(reason=Reason.OUT_OF_RANGE, detail="below 0", field="volume_m3",
+                      topic=topic, raw=raw, received_at_ms=received_at_ms).to_json()
+
+
+def test_ingest_dead_letters_count_as_rejected_for_the_sensor_their_topic_names() -> None:
+    worker, host, _ = build()
+    hour_end = TS - TS % 3_600_000 + 3_600_000
+    topic = "city/bletchley/water/wm-7"
+    for offset in (0, 1, 1):  # the last one is a redelivery
+        asyncio.run(worker.count_rejected(offset, dead_letter(topic, TS)))
+    asyncio.run(worker.count_rejected(2, dead_letter("city/nowhere", TS)))  # names no sensor
+    asyncio.run(worker.count_rejected(3, b"not a dead letter"))
+    sent = [orjson.loads(value) for _, value, _ in kpi_sent(host)]
+    assert [p["rejected"] for p in sent] == [1, 2, 2]
+    assert {(p["measurement"], p["kind"], p["district"], p["sensor_id"], p["hour_end_ms"])
+            for p in sent} == {("sensor_quality", "water", "bletchley", "wm-7", hour_end)}
+    assert all(p["readings"] is None for p in sent), "the worker's other fields stay its own"
+    host2 = FakeHost()
+    host2.tables = host.tables  # a restarted worker: the table restored from its changelog
+    rebuilt = Worker(SETTINGS, CITY, WorkerOptions(), host2, engines={}, alerts=Alerts(),
+                     reader=Reader({}))
+    asyncio.run(rebuilt.count_rejected(4, dead_letter(topic, None, received_at_ms=TS)))
+    assert orjson.loads(kpi_sent(host2)[-1][1])["rejected"] == 3

@@ -10,6 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.influxdb.lineproto import (
+    escape_measurement,
+    escape_tag,
+    field_text,
+    format_line,
+    pipeline_line,
+    reading_line,
+)
 from kinds.energy import EnergyReading
 from kinds.shuttle import ShuttleReading
 from kinds.traffic import TrafficReading
@@ -18,14 +26,6 @@ from models.errors import RecordError
 from models.kinds import raw_schemas
 from models.readings import BaseReading
 from models.records import PipelineCounters, record_to_json
-from streams.lineproto import (
-    escape_measurement,
-    escape_tag,
-    field_text,
-    format_line,
-    pipeline_line,
-    reading_line,
-)
 
 TS = 1_795_241_700_000
 BASE: dict[str, Any] = {"district": "central-mk", "sensor_id": "s-1", "ts_ms": TS}

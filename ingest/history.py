@@ -1,0 +1,379 @@
+"""Past readings from files, as the messages live ingest would have received (`citystream import`).
+
+Three formats, told apart by the file name (`.gz` for gzip on top of either):
+
+- `*.csv`: a vendor's export, one reading per row, read with a mapping (`ingest.csvmap`);
+- `*.jsonl`, `*.ndjson`, `*.json`: JSON lines. A line is one message: `{"topic": ...,
+  "payload": <the reading object or array>}`, or `"payload_b64"` for the exact bytes, or the
+  reading's own fields beside `"topic"` (a flat line). The simulator's recordings
+  (`citystream sim --record`, docs/recording.md) are such lines.
+
+A message may say when it was received: `"received_at"` (RFC 3339 or epoch ms; a recording's
+`"sim_time"`, its publish time, counts as that). Then it is validated exactly as live ingest
+would have validated it then: more than the late-data horizon older than its receipt is
+`too_old`, more than 5 minutes ahead `future_timestamp`. Without one, no age limit applies (the
+live horizon is about the wall clock, and these readings are history) and the future is the
+import's start.
+
+Messages keep the order of the files as given and of the lines in each, as live readings keep
+their arrival order: the KPI engine then applies section 3 of the contract to them (dedupe,
+register ordering, late corrections, the event-time horizon) as the worker would have.
+
+`Inputs` reads the files as one stream of `Item`s with a `Position` to resume from, and
+`Partitioner` says which of the import's parallel partitions owns a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import hashlib
+import json
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+
+from ingest.csvmap import BadRow, CsvMapping, MappingError, RowReader
+from models import kinds
+from models.deadletter import Reason
+from models.errors import CitystreamError
+from models.readings import parse_ts
+
+JSON_SUFFIXES: Final = (".jsonl", ".ndjson", ".json")
+CSV_SUFFIXES: Final = (".csv",)
+RECEIPT_KEYS: Final = ("received_at", "received_at_ms", "sim_time")
+ENVELOPE_KEYS: Final = frozenset({"topic", "payload", "payload_b64", *RECEIPT_KEYS})
+# A recording line as `sensors_sim.recording.Recorder` writes it: the topic without parsing
+# the rest (every partition reads every line, and owns only some).
+_RECORDING_HEAD: Final = re.compile(rb'\{"seq":\d+,"topic":"([^"\\]*)"')
+_FINGERPRINT_BYTES: Final = 1 << 20
+
+
+class HistoryError(CitystreamError):
+    """An import cannot start or go on: an unreadable input, a state that belongs to other
+    inputs, InfluxDB refusing the import's token; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where an import stands: the next message is message `index` of the import, in input
+    `file` at byte `offset` (uncompressed), line `line` (1-based, of the line before it)."""
+
+    file: int = 0
+    offset: int = 0
+    line: int = 0
+    index: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"file": self.file, "offset": self.offset, "line": self.line,
+                "index": self.index}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Position:
+        return cls(int(data["file"]), int(data["offset"]), int(data["line"]),
+                   int(data["index"]))
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """A JSON line that is no message (not JSON, no topic, an unreadable receipt time)."""
+
+    reason: Reason
+    detail: str
+    raw: bytes
+    field: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message of the stream, before it is decoded: `data` is what `Inputs.message`
+    needs (a line, a parsed line, CSV cells, or a `BadLine`/`BadRow`)."""
+
+    index: int
+    topic: str
+    data: Any
+    file: int
+    line: int
+    offset: int  # where it starts: resuming at this item starts here
+
+    @property
+    def position(self) -> Position:
+        """The position that resumes at this item."""
+        return Position(self.file, self.offset, self.line - 1, self.index)
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    path: Path
+    format: str  # "csv" or "jsonl"
+    size: int
+    fingerprint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "size": self.size,
+                "fingerprint": self.fingerprint}
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """A file as bytes, uncompressed if it is gzip (`.gz`)."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    return path.open("rb", buffering=1 << 20)
+
+
+def describe_inputs(paths: list[Path], mapping: CsvMapping | None) -> list[InputFile]:
+    """Check that every input can be read in a known format; `HistoryError` otherwise."""
+    out = []
+    for path in paths:
+        name = path.name[:-3] if path.name.endswith(".gz") else path.name
+        if name.endswith(CSV_SUFFIXES):
+            if mapping is None:
+                raise HistoryError(f"{path} is CSV: give --mapping, the TOML file that says "
+                                   "which column is which (docs/import.md)")
+            fmt = "csv"
+        elif name.endswith(JSON_SUFFIXES):
+            fmt = "jsonl"
+        else:
+            raise HistoryError(f"{path}: not .csv or .jsonl/.ndjson/.json (optionally .gz); "
+                               "rename it to say which it is")
+        try:
+            size = path.stat().st_size
+            fingerprint = _fingerprint(path, size)
+        except OSError as exc:
+            raise HistoryError(f"cannot read {path}: {exc.strerror or exc}") from None
+        out.append(InputFile(path.resolve(), fmt, size, fingerprint))
+    return out
+
+
+def _fingerprint(path: Path, size: int) -> str:
+    """The file's size and the hash of its first and last MiB: the same file again, cheaply."""
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(_FINGERPRINT_BYTES))
+        if size > _FINGERPRINT_BYTES:
+            f.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+class Inputs:
+    """The import's files as one stream of messages (module docstring)."""
+
+    def __init__(self, files: list[InputFile], mapping: CsvMapping | None) -> None:
+        self.files = files
+        self.mapping = mapping
+        self._csv: dict[int, RowReader] = {}
+        for i, f in enumerate(files):
+            if f.format == "csv":
+                assert mapping is not None
+                try:
+                    self._csv[i] = RowReader(f.path, mapping, open_binary)
+                except OSError as exc:
+                    raise HistoryError(f"cannot read {f.path}: {exc}") from None
+        self._sim_time: tuple[str, int] = ("", 0)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def items(self, start: Position) -> Iterator[Item]:
+        """Every message from `start` on, in order."""
+        index = start.index
+        for file in range(start.file, len(self.files)):
+            offset, line = (start.offset, start.line) if file == start.file else (0, 0)
+            if self.files[file].format == "csv":
+                source = self._csv[file].rows(offset, line)
+            else:
+                source = self._json_lines(self.files[file].path, offset, line)
+            for topic, data, first, at in source:
+                yield Item(index, topic, data, file, first, at)
+                index += 1
+
+    def _json_lines(self, path: Path, offset: int, line: int
+                    ) -> Iterator[tuple[str, Any, int, int]]:
+        head = _RECORDING_HEAD.match
+        with open_binary(path) as f:
+            if offset:
+                f.seek(offset)
+            for raw in f:
+                start = offset
+                offset += len(raw)
+                line += 1
+                if raw.isspace():
+                    continue
+                match = head(raw)
+                if match is not None:
+                    try:
+                        yield match.group(1).decode(), raw, line, start
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+                yield (*_parse_line(raw), line, start)
+
+    def message(self, item: Item) -> tuple[bytes, int | None] | BadLine | BadRow:
+        """An owned item's payload and receipt time (None: unknown), or why it is none."""
+        data = item.data
+        if type(data) is list:
+            return self._csv[item.file].message(data)
+        if isinstance(data, BadLine | BadRow):
+            return data
+        if type(data) is bytes:
+            data = _parse_line(data)[1]
+            if isinstance(data, BadLine):
+                return data
+        return self._envelope(data, item)
+
+    def _envelope(self, doc: dict[str, Any], item: Item) -> tuple[bytes, int | None] | BadLine:
+        received: int | None = None
+        for key in RECEIPT_KEYS:
+            value = doc.get(key)
+            if value is not None:
+                received = self._receipt(value)
+                if received is None:
+                    return BadLine(Reason.SCHEMA, f"{key} {value!r} is not an RFC 3339 time "
+                                   "or epoch milliseconds", _dumps(doc), key)
+                break
+        if "payload_b64" in doc:
+            encoded = doc["payload_b64"]
+            try:
+                if type(encoded) is not str:
+                    raise ValueError
+                payload = base64.b64decode(encoded, validate=True)
+            except (ValueError, binascii.Error):
+                return BadLine(Reason.INVALID_JSON, "payload_b64 is not standard base64",
+                               _dumps(doc))
+        elif "payload" in doc:
+            payload = _dumps(doc["payload"])
+        else:
+            payload = _dumps({k: v for k, v in doc.items() if k not in ENVELOPE_KEYS})
+        return payload, received
+
+    def _receipt(self, value: Any) -> int | None:
+        if type(value) is int:
+            return value
+        if type(value) is not str:
+            return None
+        last, ms = self._sim_time  # a recording repeats its sim_time for many lines
+        if value == last:
+            return ms
+        try:
+            ms = parse_ts(value)
+        except ValueError:
+            return None
+        self._sim_time = (value, ms)
+        return ms
+
+
+def _parse_line(raw: bytes) -> tuple[str, dict[str, Any] | BadLine]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = _lenient(raw)
+        if doc is None:
+            return "", BadLine(Reason.INVALID_JSON, "line is not JSON", raw.rstrip(b"\r\n"))
+    if type(doc) is not dict:
+        return "", BadLine(Reason.INVALID_JSON, "line is not a JSON object",
+                           raw.rstrip(b"\r\n"))
+    topic = doc.get("topic")
+    if type(topic) is not str:
+        return "", BadLine(Reason.BAD_TOPIC, "line has no \"topic\" string", raw.rstrip(b"\r\n"))
+    return topic, doc
+
+
+def _lenient(raw: bytes) -> Any:
+    """A line orjson refused for a NaN/Infinity literal or a huge integer: the stdlib reads it,
+    and the payload written back keeps the literal for the decoder to judge (`non_finite`)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogateescape")
+
+
+# -- partitions -------------------------------------------------------------------------------
+
+
+class Partitioner:
+    """Which of `n` partitions owns a topic's messages, so that every KPI entity (district,
+    junction, route, feed entity) lives in exactly one.
+
+    A kind whose Kafka key is the topic's district (water, energy, feeds per district: the
+    entity is the district) is split by (kind, district); any other kind (its key, junction or
+    route, is in the payload) stays whole, by kind. `assignment` maps those units to
+    partitions, balanced by how many messages each had at the start of the input
+    (`plan_assignment`); units it does not know go by a hash of their name.
+    """
+
+    def __init__(self, n: int, assignment: Mapping[str, int]) -> None:
+        self.n = n
+        self.assignment = dict(assignment)
+        self._cache: dict[str, int] = {}
+
+    def __call__(self, topic: str) -> int:
+        owner = self._cache.get(topic)
+        if owner is None:
+            unit = unit_of(topic)
+            owner = self.assignment.get(unit)
+            if owner is None or owner >= self.n:
+                owner = zlib.crc32(unit.encode("utf-8", "surrogateescape")) % self.n
+            if len(self._cache) < 1_000_000:
+                self._cache[topic] = owner
+        return owner
+
+
+def unit_of(topic: str) -> str:
+    """The partitioning unit of a topic (`Partitioner`): `water|bletchley`, `traffic`, or the
+    topic itself when it names no registered kind (it will be a dead letter)."""
+    parsed = kinds.parse_topic(topic)
+    if parsed is None:
+        return topic
+    district, kind, _sensor = parsed
+    spec = kinds.get(kind)
+    if spec is not None and spec.reading_type.partition_field == "district":
+        return f"{kind}|{district}"
+    return kind
+
+
+def plan_assignment(inputs: Inputs, n: int, sample: int = 100_000) -> dict[str, int]:
+    """Units to partitions for the import's first `sample` messages: largest first, each to
+    the partition with the fewest messages so far (ties: the lower number)."""
+    counts: Counter[str] = Counter()
+    units: dict[str, str] = {}
+    for item in inputs.items(Position()):
+        if item.index >= sample:
+            break
+        unit = units.get(item.topic)
+        if unit is None:
+            unit = units[item.topic] = unit_of(item.topic)
+        counts[unit] += 1
+    loads = [0] * n
+    assignment: dict[str, int] = {}
+    for unit, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        target = min(range(n), key=lambda i: (loads[i], i))
+        assignment[unit] = target
+        loads[target] += count
+    return assignment
+
+
+def check_mapping_inputs(paths: list[Path], mapping: CsvMapping | None) -> None:
+    """Fail early with `HistoryError` for a mapping that does not fit a CSV input's header."""
+    for path in paths:
+        try:
+            if path.name.removesuffix(".gz").endswith(CSV_SUFFIXES) and mapping is not None:
+                RowReader(path, mapping, open_binary)
+        except MappingError as exc:
+            raise HistoryError(str(exc)) from None
