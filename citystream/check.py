@@ -9,7 +9,12 @@ from collections.abc import Callable
 
 import click
 
+from models.errors import CitystreamError
 from models.settings import ConfigError, Settings
+
+
+class CheckFailed(CitystreamError):
+    """A service `citystream check` probes refused or did not answer; the message says why."""
 
 
 def _mqtt(settings: Settings) -> str:
@@ -33,9 +38,9 @@ def _mqtt(settings: Settings) -> str:
     connected = client.is_connected()
     client.disconnect()
     if refused:
-        raise RuntimeError(f"refused ({refused[0]}): check CITYSTREAM_MQTT__USERNAME/PASSWORD")
+        raise CheckFailed(f"refused ({refused[0]}): check CITYSTREAM_MQTT__USERNAME/PASSWORD")
     if not connected:
-        raise RuntimeError(f"no CONNACK from {s.host}:{s.port} within 5 s")
+        raise CheckFailed(f"no CONNACK from {s.host}:{s.port} within 5 s")
     return f"mqtt://{s.host}:{s.port} as {s.username or 'anonymous'}"
 
 
@@ -68,7 +73,7 @@ def _influx(settings: Settings) -> str:
     s = settings.influx
     health = InfluxAdmin(s.url, timeout=5.0).call("GET", "/health")
     if not s.token:
-        raise RuntimeError("no token: set CITYSTREAM_INFLUX__TOKEN")
+        raise CheckFailed("no token: set CITYSTREAM_INFLUX__TOKEN")
     admin = InfluxAdmin(s.url, s.token.get_secret_value(), timeout=5.0)
     missing = []
     for bucket in (s.bucket_telemetry, s.bucket_kpi):
@@ -81,10 +86,10 @@ def _influx(settings: Settings) -> str:
             # the message ends with InfluxDB's own, which names a missing organization
             problem = describe_write_error(exc.status, str(exc), s.org, bucket)
             if problem is not None:
-                raise RuntimeError(problem) from None
+                raise CheckFailed(problem) from None
             missing.append(bucket)
     if missing:
-        raise RuntimeError(describe_missing_buckets(missing, s.org))
+        raise CheckFailed(describe_missing_buckets(missing, s.org))
     return (f"{s.url} {health.get('version', '?')}, token writes buckets {s.bucket_telemetry}, "
             f"{s.bucket_kpi}")
 

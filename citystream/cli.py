@@ -59,6 +59,7 @@ class LazyGroup(click.Group):
 COMPONENTS: dict[str, str] = {
     "check": "citystream.check:check",
     "ingest": "ingest.cli:ingest",
+    "import": "ingest.import_cli:import_",
     "worker": "streams.cli:worker",
     "sink": "streams.cli:sink",
     "dashboard": "dashboard.cli:dashboard",

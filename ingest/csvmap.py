@@ -274,7 +274,7 @@ class RowReader:
         fmt = mapping.format
         self._dialect = {"delimiter": fmt.delimiter, "quotechar": fmt.quote}
         self.header, self.data_offset, self.data_line = self._read_header()
-        index = {}
+        index: dict[str, int] = {}
         for i, name in enumerate(self.header):
             index.setdefault(name, i)
         self.width = len(self.header)

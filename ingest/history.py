@@ -36,13 +36,13 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, NamedTuple, cast
 
 import orjson
 
-from ingest.csvmap import BadRow, CsvMapping, MappingError, RowReader
+from ingest.csvmap import BadRow, CsvMapping, RowReader
 from models import kinds
-from models.deadletter import Reason
+from models.deadletter import DeadLetter, Reason
 from models.errors import CitystreamError
 from models.readings import parse_ts
 
@@ -50,9 +50,13 @@ JSON_SUFFIXES: Final = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES: Final = (".csv",)
 RECEIPT_KEYS: Final = ("received_at", "received_at_ms", "sim_time")
 ENVELOPE_KEYS: Final = frozenset({"topic", "payload", "payload_b64", *RECEIPT_KEYS})
-# A recording line as `sensors_sim.recording.Recorder` writes it: the topic without parsing
-# the rest (every partition reads every line, and owns only some).
-_RECORDING_HEAD: Final = re.compile(rb'\{"seq":\d+,"topic":"([^"\\]*)"')
+# A line as `sensors_sim.recording.Recorder` writes it: topic, payload and receipt without a
+# JSON parse (every partition reads every line, and decodes only its own). Other lines, and
+# any that does not match exactly, are parsed as JSON.
+_RECORDING_HEAD: Final = re.compile(rb'\{"seq":\d+,"topic":"([!#-\[\]-~]*)"')
+_RECORDING_LINE: Final = re.compile(
+    rb'\{"seq":\d+,"topic":"([!#-\[\]-~]*)","payload_b64":"([A-Za-z0-9+/]*={0,2})",'
+    rb'"qos":\d+,"sim_time":"([0-9A-Za-z:.+-]*)"')
 _FINGERPRINT_BYTES: Final = 1 << 20
 
 
@@ -90,13 +94,16 @@ class BadLine:
     raw: bytes
     field: str | None = None
 
+    def letter(self, topic: str, received_at_ms: int) -> DeadLetter:
+        return DeadLetter(reason=self.reason, detail=self.detail, field=self.field,
+                          topic=topic, raw=self.raw, received_at_ms=received_at_ms)
 
-@dataclass(frozen=True, slots=True)
-class Item:
+
+class Item(NamedTuple):
     """One message of the stream, before it is decoded: `data` is what `Inputs.message`
     needs (a line, a parsed line, CSV cells, or a `BadLine`/`BadRow`)."""
 
-    index: int
+    n: int  # the message's number in the import, from 0
     topic: str
     data: Any
     file: int
@@ -106,7 +113,7 @@ class Item:
     @property
     def position(self) -> Position:
         """The position that resumes at this item."""
-        return Position(self.file, self.offset, self.line - 1, self.index)
+        return Position(self.file, self.offset, self.line - 1, self.n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,7 @@ class InputFile:
     format: str  # "csv" or "jsonl"
     size: int
     fingerprint: str
+    length: int  # bytes once uncompressed (a gzip file's own count, modulo 4 GiB): progress
 
     def to_json(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format, "size": self.size,
@@ -124,7 +132,7 @@ class InputFile:
 def open_binary(path: Path) -> IO[bytes]:
     """A file as bytes, uncompressed if it is gzip (`.gz`)."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb", buffering=1 << 20)
 
 
@@ -146,10 +154,17 @@ def describe_inputs(paths: list[Path], mapping: CsvMapping | None) -> list[Input
         try:
             size = path.stat().st_size
             fingerprint = _fingerprint(path, size)
+            length = _gzip_length(path, size) if path.name.endswith(".gz") else size
         except OSError as exc:
             raise HistoryError(f"cannot read {path}: {exc.strerror or exc}") from None
-        out.append(InputFile(path.resolve(), fmt, size, fingerprint))
+        out.append(InputFile(path.resolve(), fmt, size, fingerprint, max(length, 1)))
     return out
+
+
+def _gzip_length(path: Path, size: int) -> int:
+    with path.open("rb") as f:
+        f.seek(max(0, size - 4))
+        return int.from_bytes(f.read(4), "little") or size
 
 
 def _fingerprint(path: Path, size: int) -> str:
@@ -181,53 +196,60 @@ class Inputs:
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        """The inputs' length uncompressed: what `Position.offset`s add up to."""
+        return sum(f.length for f in self.files)
+
+    def done_bytes(self, position: Position) -> int:
+        """How much of the input lies before `position`."""
+        before = sum(f.length for f in self.files[:position.file])
+        if position.file >= len(self.files):
+            return before
+        return before + min(position.offset, self.files[position.file].length)
 
     def items(self, start: Position) -> Iterator[Item]:
         """Every message from `start` on, in order."""
-        index = start.index
+        n = start.index
         for file in range(start.file, len(self.files)):
             offset, line = (start.offset, start.line) if file == start.file else (0, 0)
             if self.files[file].format == "csv":
-                source = self._csv[file].rows(offset, line)
-            else:
-                source = self._json_lines(self.files[file].path, offset, line)
-            for topic, data, first, at in source:
-                yield Item(index, topic, data, file, first, at)
-                index += 1
-
-    def _json_lines(self, path: Path, offset: int, line: int
-                    ) -> Iterator[tuple[str, Any, int, int]]:
-        head = _RECORDING_HEAD.match
-        with open_binary(path) as f:
-            if offset:
-                f.seek(offset)
-            for raw in f:
-                start = offset
-                offset += len(raw)
-                line += 1
-                if raw.isspace():
-                    continue
-                match = head(raw)
-                if match is not None:
-                    try:
-                        yield match.group(1).decode(), raw, line, start
+                for topic, data, first, at in self._csv[file].rows(offset, line):
+                    yield Item(n, topic, data, file, first, at)
+                    n += 1
+                continue
+            head = _RECORDING_HEAD.match
+            with open_binary(self.files[file].path) as f:
+                if offset:
+                    f.seek(offset)
+                for raw in f:
+                    at = offset
+                    offset += len(raw)
+                    line += 1
+                    match = head(raw)
+                    if match is not None:
+                        yield Item(n, match.group(1).decode("ascii"), raw, file, line, at)
+                    elif raw.isspace():
                         continue
-                    except UnicodeDecodeError:
-                        pass
-                yield (*_parse_line(raw), line, start)
+                    else:
+                        topic, doc = _parse_line(raw)
+                        yield Item(n, topic, doc, file, line, at)
+                    n += 1
 
     def message(self, item: Item) -> tuple[bytes, int | None] | BadLine | BadRow:
         """An owned item's payload and receipt time (None: unknown), or why it is none."""
         data = item.data
+        if type(data) is bytes:  # a recording's line: its topic was read, the rest is not
+            match = _RECORDING_LINE.match(data)
+            if match is not None and data.rstrip().endswith(b"}"):
+                try:
+                    return (binascii.a2b_base64(match.group(2)),
+                            self._receipt(match.group(3).decode("ascii")))
+                except binascii.Error:
+                    pass
+            data = _parse_line(data)[1]
         if type(data) is list:
             return self._csv[item.file].message(data)
         if isinstance(data, BadLine | BadRow):
             return data
-        if type(data) is bytes:
-            data = _parse_line(data)[1]
-            if isinstance(data, BadLine):
-                return data
         return self._envelope(data, item)
 
     def _envelope(self, doc: dict[str, Any], item: Item) -> tuple[bytes, int | None] | BadLine:
@@ -354,7 +376,7 @@ def plan_assignment(inputs: Inputs, n: int, sample: int = 100_000) -> dict[str, 
     counts: Counter[str] = Counter()
     units: dict[str, str] = {}
     for item in inputs.items(Position()):
-        if item.index >= sample:
+        if item.n >= sample:
             break
         unit = units.get(item.topic)
         if unit is None:
@@ -367,13 +389,3 @@ def plan_assignment(inputs: Inputs, n: int, sample: int = 100_000) -> dict[str, 
         assignment[unit] = target
         loads[target] += count
     return assignment
-
-
-def check_mapping_inputs(paths: list[Path], mapping: CsvMapping | None) -> None:
-    """Fail early with `HistoryError` for a mapping that does not fit a CSV input's header."""
-    for path in paths:
-        try:
-            if path.name.removesuffix(".gz").endswith(CSV_SUFFIXES) and mapping is not None:
-                RowReader(path, mapping, open_binary)
-        except MappingError as exc:
-            raise HistoryError(str(exc)) from None

@@ -32,6 +32,7 @@ import orjson
 
 from kpi.alerts import AlertKey, AlertRules
 from models.quality import HOUR_MS, SensorQuality
+from models.readings import parse_ts
 from models.records import Alert
 
 # A sensor-hour's tally, a JSON array:
@@ -217,12 +218,14 @@ def judge(kind: str, state: QualityState, newest: int, grace_ms: int, judges_stu
 
 
 def rejected_hour(raw: bytes, received_at_ms: int, horizon_ms: int) -> int:
-    """The hour a dead letter of a sensor counts in: its reading's own `ts` when the payload is
-    an object with one within the late-data horizon before it was received (and at most an
-    hour after), else the hour it was received in."""
+    """The hour a dead letter of a sensor counts in: its reading's own `ts` (epoch ms or RFC
+    3339) when the payload is an object with one within the late-data horizon before it was
+    received (and at most an hour after), else the hour it was received in."""
     try:
         ts = orjson.loads(raw).get("ts")
-    except (orjson.JSONDecodeError, AttributeError):
+        if type(ts) is str:
+            ts = parse_ts(ts)
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
         ts = None
     if type(ts) is int and received_at_ms - horizon_ms <= ts <= received_at_ms + HOUR_MS:
         return hour_of(ts)

@@ -22,6 +22,10 @@ module in brackets) and derives from a class here, so the whole tree is this one
     │                           stopped acknowledging [sensors_sim.transport]
     ├── FellBehind              the simulated clock fell so far behind the wall clock that
     │                           readings would be too old [sensors_sim.runner]
+    ├── CheckFailed             a service `citystream check` probes refused or did not answer
+    │                           [citystream.check]
+    ├── ReadBackError           skipped records could not be read back from Kafka
+    │                           [streams.offsets]
     ├── ReadError               InfluxDB could not be read for a report [analysis.influx]
     ├── EraseError              counting, deleting or the audit log failed [analysis.erase]
     ├── SourceError             a dashboard query failed [dashboard.source]

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from models.errors import CitystreamError
+
 log = logging.getLogger(__name__)
 
 APPLIED_PREFIX = "o|"
@@ -47,6 +49,10 @@ def rewind_to(applied: int | None, first: int, end: int) -> int | None:
     and the offset after its newest record."""
     start = first if applied is None else max(applied + 1, first)
     return start if end > start else None
+
+
+class ReadBackError(CitystreamError):
+    """Records the agent skipped could not be read back from Kafka in time."""
 
 
 class RangeReader(Protocol):
@@ -129,7 +135,7 @@ class KafkaRangeReader:
             records = batch.get(tp, [])
             out.extend((r.offset, r.value or b"") for r in records if r.offset < end)
             if not records and loop.time() > deadline:
-                raise RuntimeError(
+                raise ReadBackError(
                     f"could not read {topic}[{partition}] offsets {first}-{end - 1} back from "
                     f"Kafka within {self.timeout_s:.0f}s (position "
                     f"{await consumer.position(tp)})")

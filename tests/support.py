@@ -60,10 +60,12 @@ class Process:
     `start` returns once `ready` appears in what the program logged since (at once without
     `ready`), and raises with the log's tail if it exits or takes longer than
     `start_timeout_s`. `stop` sends SIGTERM to its process group and SIGKILL when it is still
-    there after `timeout_s`. A stopped or killed process can be started again.
+    there after `timeout_s`. A stopped or killed process can be started again. With `netns`
+    set it runs in that network namespace (``ip netns exec``, which keeps the pid).
     """
 
     start_timeout_s = 120.0
+    netns: str | None = None
 
     def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], log: Path,
                  ready: str | None = None, cwd: Path = ROOT) -> None:
@@ -88,8 +90,9 @@ class Process:
     def start(self, *, wait: bool = True) -> Self:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._offset = self.log.stat().st_size if self.log.exists() else 0
+        argv = ["ip", "netns", "exec", self.netns, *self.argv()] if self.netns else self.argv()
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
                                          start_new_session=True)
         self.started_at = time.time()

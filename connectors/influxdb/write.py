@@ -115,6 +115,28 @@ class InfluxWriter:
         self._http.clear()
 
 
+def write_isolating(writer: PointWriter, bucket: str, lines: list[str]
+                    ) -> list[tuple[int, str]]:
+    """Write `lines`; if InfluxDB refuses some, bisect until each refused line stands alone.
+
+    Returns (index, server message) for every refused line; all others are written when it
+    returns. `SinkBackpressure` propagates (retry the whole call: rewriting is idempotent).
+    A 422 whose `dropped` count is the whole request (e.g. every point outside the bucket's
+    retention) is taken at its word, without bisecting. (`citystream import`'s writer; the
+    sink in streams/sink.py has its own copy of this rule.)
+    """
+    try:
+        writer.write(bucket, lines)
+    except PointsRejected as exc:
+        if len(lines) == 1 or exc.dropped == len(lines):
+            return [(i, exc.message) for i in range(len(lines))]
+        mid = len(lines) // 2
+        left = write_isolating(writer, bucket, lines[:mid])
+        right = write_isolating(writer, bucket, lines[mid:])
+        return left + [(i + mid, message) for i, message in right]
+    return []
+
+
 @dataclass
 class MemoryWriter:
     """Fake `PointWriter`: keeps lines per bucket. `fail_next` makes the next N writes raise

@@ -18,7 +18,7 @@ from deploy.influxdb.provision import (
     write_authorization,
 )
 from deploy.local.credentials import Credentials
-from deploy.local.settings import LOOPBACK, StackSettings
+from deploy.local.settings import StackSettings
 from deploy.local.supervision import Progress, Service, check_port, say, wait_ready
 from models.errors import ProvisionError, StackError
 
@@ -55,12 +55,12 @@ def start(s: StackSettings, home: Path, svc: Service, creds: Credentials,
           say: Progress = say) -> None:
     """Start influxd with its files under ``<home>/influxdb``, wait until healthy, then onboard
     and provision it and make sure both narrow tokens in `creds` work (saving new ones)."""
-    check_port(s.influxdb_port, "INFLUXDB_PORT")
+    check_port(s.influxdb_port, "INFLUXDB_PORT", s.host)
     binary = install(s, say)
     d = home / "influxdb"
     d.mkdir(parents=True, exist_ok=True)
     svc.spawn([str(binary), "run",
-               f"--http-bind-address={LOOPBACK}:{s.influxdb_port}",
+               f"--http-bind-address={s.host}:{s.influxdb_port}",
                f"--bolt-path={d}/influxd.bolt", f"--engine-path={d}/engine",
                f"--sqlite-path={d}/influxd.sqlite",
                "--reporting-disabled", "--ui-disabled", "--log-level=info"])

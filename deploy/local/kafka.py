@@ -1,5 +1,6 @@
 """Kafka for the local stack: broker jars from Maven Central, one KRaft node (broker and
-controller), ready once an admin DescribeCluster request lists the broker."""
+controller), ready once an admin DescribeCluster request lists the broker. The same code starts
+each node of a replicated `Quorum` (deploy/local/cluster.py): `start_node`, `wait_node`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import base64
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local.credentials import Credentials
-from deploy.local.settings import LOOPBACK, StackSettings
+from deploy.local.settings import StackSettings
 from deploy.local.supervision import (
     Progress,
     Service,
@@ -68,24 +70,75 @@ def install(s: StackSettings, say: Progress = say) -> Path:
     return lib
 
 
-def kafka_properties(s: StackSettings, data: Path) -> str:
-    """server.properties of a single KRaft node keeping its logs in `data`."""
+@dataclass(frozen=True)
+class Node:
+    """One Kafka node in KRaft combined mode (broker and controller): its id and addresses."""
+
+    node_id: int
+    host: str
+    port: int
+    controller_port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Quorum:
+    """The nodes of one Kafka cluster, each a broker and a controller (the KRaft voters).
+
+    Kafka's own topics (consumer offsets, transactions) and auto-created ones get
+    `replication_factor` copies, one per node up to three; `min_insync_replicas` of them must
+    have a record before it is acknowledged to an acks=all producer. `cluster_id` formats every
+    node's storage alike (random when empty: one node)."""
+
+    nodes: tuple[Node, ...]
+    min_insync_replicas: int = 1
+    cluster_id: str = ""
+
+    @property
+    def replication_factor(self) -> int:
+        return min(3, len(self.nodes))
+
+    @property
+    def voters(self) -> str:
+        return ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.address for n in self.nodes)
+
+
+def single_node(s: StackSettings) -> Quorum:
+    """The local stack's Kafka: one node on the stack's address and ports."""
+    return Quorum((Node(1, s.host, s.kafka_port, s.kafka_controller_port),))
+
+
+def kafka_properties(s: StackSettings, data: Path, node: Node | None = None,
+                     quorum: Quorum | None = None) -> str:
+    """server.properties of `node` of `quorum` (by default the single node of `s`) keeping its
+    logs in `data`."""
+    quorum = quorum or single_node(s)
+    node = node or quorum.nodes[0]
+    rf, isr = quorum.replication_factor, quorum.min_insync_replicas
     return "\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@{LOOPBACK}:{s.kafka_controller_port}",
-        f"listeners=PLAINTEXT://{LOOPBACK}:{s.kafka_port},"
-        f"CONTROLLER://{LOOPBACK}:{s.kafka_controller_port}",
-        f"advertised.listeners=PLAINTEXT://{LOOPBACK}:{s.kafka_port}",
+        f"node.id={node.node_id}",
+        f"controller.quorum.voters={quorum.voters}",
+        f"listeners=PLAINTEXT://{node.address},CONTROLLER://{node.host}:{node.controller_port}",
+        f"advertised.listeners=PLAINTEXT://{node.address}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
         "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         f"log.dirs={data}",
         f"num.partitions={s.kafka_partitions}",
-        "offsets.topic.replication.factor=1",
+        f"default.replication.factor={rf}",
+        f"min.insync.replicas={isr}",
+        f"offsets.topic.replication.factor={rf}",
         "offsets.topic.num.partitions=10",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
+        f"transaction.state.log.replication.factor={rf}",
+        f"transaction.state.log.min.isr={isr}",
         "transaction.state.log.num.partitions=4",
         "group.initial.rebalance.delay.ms=0",
         "auto.create.topics.enable=true",
@@ -100,21 +153,30 @@ def start(s: StackSettings, home: Path, svc: Service, creds: Credentials,
           say: Progress = say) -> None:
     """Write the broker's files under ``<home>/kafka`` (formatting its storage on the first
     start), start it, wait until it answers. Kafka takes no credentials on loopback."""
-    check_port(s.kafka_port, "KAFKA_PORT")
-    check_port(s.kafka_controller_port, "KAFKA_CONTROLLER_PORT")
+    quorum = single_node(s)
+    start_node(s, home / "kafka", svc, quorum.nodes[0], quorum, say)
+
+
+def start_node(s: StackSettings, d: Path, svc: Service, node: Node, quorum: Quorum,
+               say: Progress = say, *, wait: bool = True) -> None:
+    """Start `node` of `quorum` with its files under `d` (formatting its storage on the first
+    start); with `wait`, return once it answers and sees every node of the quorum as a broker
+    (a node of several cannot be ready before a majority of them runs: start them all first
+    with ``wait=False``, then `wait_node` for each)."""
+    check_port(node.port, "KAFKA_PORT", node.host)
+    check_port(node.controller_port, "KAFKA_CONTROLLER_PORT", node.host)
     java = java_binary()
     lib = install(s, say)
-    d = home / "kafka"
     data = d / "data"
     data.mkdir(parents=True, exist_ok=True)
     props = d / "server.properties"
-    props.write_text(kafka_properties(s, data))
+    props.write_text(kafka_properties(s, data, node, quorum))
     log4j = d / "log4j.properties"
     log4j.write_text(KAFKA_LOG4J)
     cp = f"{lib}/*"
     if not (data / "meta.properties").exists():
         # one id in 64 starts with "-": given as --cluster-id=ID, never as a separate word
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = quorum.cluster_id or new_cluster_id()
         run([java, f"-Dlog4j.configuration=file:{log4j}", "-cp", cp,
              "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)],
             "formatting Kafka storage")
@@ -122,25 +184,37 @@ def start(s: StackSettings, home: Path, svc: Service, creds: Credentials,
                "-XX:+AlwaysPreTouch", "-XX:+UseG1GC",
                "-Djava.awt.headless=true", f"-Dlog4j.configuration=file:{log4j}",
                "-cp", cp, "kafka.Kafka", str(props)])
-    wait_ready("kafka", svc, lambda: _ready(s), s.ready_timeout_s)
+    if wait:
+        wait_node(s, svc, node, quorum)
 
 
-def _ready(s: StackSettings) -> bool:
+def wait_node(s: StackSettings, svc: Service, node: Node, quorum: Quorum) -> None:
+    """Wait until `node` answers a DescribeCluster request listing every node of `quorum`."""
+    wait_ready(f"kafka node {node.node_id}" if len(quorum.nodes) > 1 else "kafka", svc,
+               lambda: brokers(node.host, node.port) >= len(quorum.nodes), s.ready_timeout_s)
+
+
+def new_cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def brokers(host: str, port: int) -> int:
+    """How many brokers the node at `host`:`port` knows of (0 while its port is closed)."""
     import logging
 
     from aiokafka.admin import AIOKafkaAdminClient
 
-    if not port_in_use(s.kafka_port):
-        return False
+    if not port_in_use(port, host):
+        return 0
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-    async def probe() -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=f"{LOOPBACK}:{s.kafka_port}",
+    async def probe() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=f"{host}:{port}",
                                     request_timeout_ms=3000)
         await admin.start()
         try:
             cluster = await admin.describe_cluster()
-            return bool(cluster.get("brokers"))
+            return len(cluster.get("brokers") or ())
         finally:
             await admin.close()
 

@@ -16,7 +16,7 @@ from deploy.local.credentials import (
     Credentials,
     write_private,
 )
-from deploy.local.settings import LOOPBACK, StackSettings
+from deploy.local.settings import StackSettings
 from deploy.local.supervision import Progress, Service, check_port, run, say, wait_ready
 from models.errors import StackError
 
@@ -82,9 +82,9 @@ max_queued_messages 1000000
 max_queued_bytes 0
 max_inflight_messages 0
 set_tcp_nodelay true
-listener {s.mqtt_port} {LOOPBACK}
+listener {s.mqtt_port} {s.host}
 """ + (f"""
-listener {s.mqtt_tls_port} {LOOPBACK}
+listener {s.mqtt_tls_port} {s.host}
 cafile {d}/certs/ca.crt
 certfile {d}/certs/server.crt
 keyfile {d}/certs/server.key
@@ -96,7 +96,7 @@ def start(s: StackSettings, home: Path, svc: Service, creds: Credentials,
           say: Progress = say) -> None:
     """Write the broker's files under ``<home>/mosquitto``, start it, wait until it answers."""
     install(say)
-    check_port(s.mqtt_port, "MQTT_PORT")
+    check_port(s.mqtt_port, "MQTT_PORT", s.host)
     d = home / "mosquitto"
     (d / "data").mkdir(parents=True, exist_ok=True)
     passwd = d / "passwd"
@@ -106,7 +106,7 @@ def start(s: StackSettings, home: Path, svc: Service, creds: Credentials,
         run(["mosquitto_passwd", "-b", str(passwd), user, pw], "mosquitto_passwd")
     write_private(d / "acl", MOSQUITTO_ACL_FILE.read_text())
     if s.mqtt_tls_port and not (d / "certs" / "ca.crt").exists():
-        check_port(s.mqtt_tls_port, "MQTT_TLS_PORT")
+        check_port(s.mqtt_tls_port, "MQTT_TLS_PORT", s.host)
         run(["bash", str(MAKE_DEV_CA), str(d / "certs")],
             "making the development CA for Mosquitto's TLS listener")
     (d / "mosquitto.conf").write_text(mosquitto_config(s, d))
@@ -122,7 +122,7 @@ def _ready(s: StackSettings, creds: Credentials) -> bool:
                          client_id=f"citystream-ready-{secrets.token_hex(4)}")
     client.username_pw_set(MQTT_SERVICE_USER, creds.mqtt_service_password)
     try:
-        client.connect(LOOPBACK, s.mqtt_port, keepalive=5)
+        client.connect(s.host, s.mqtt_port, keepalive=5)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and not client.is_connected():
             client.loop(timeout=0.1)

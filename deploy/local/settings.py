@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class StackSettings(BaseSettings):
 
     home: Path = Field(default_factory=default_stack_home, description="data, logs and stack.json")
     cache: Path = Field(default_factory=_default_cache, description="downloads and builds")
+    host: str = Field(LOOPBACK, description="the address every service listens on (the "
+                      "replicated topology of deploy/local/cluster.py gives its bridge's)")
     mqtt_port: int = 1883
     mqtt_tls_port: int = Field(0, description="TLS listener with a generated dev CA; 0 = off")
     kafka_port: int = 9092
@@ -50,6 +53,12 @@ class StackSettings(BaseSettings):
     sim_rate: float = Field(0.0, description="most messages per second for `up`'s simulator "
                             "(0 = no limit)")
 
+    @field_validator("host")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
     @field_validator("retention_telemetry", "retention_kpi", "retention_kpi_1h")
     @classmethod
     def _retention(cls, value: str) -> str:
@@ -65,4 +74,4 @@ class StackSettings(BaseSettings):
 
     @property
     def influxdb_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.influxdb_port}"
+        return f"http://{self.host}:{self.influxdb_port}"

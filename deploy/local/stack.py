@@ -64,7 +64,7 @@ def install_all(s: StackSettings, say: Progress = say) -> None:
 class Stack:
     """The local stack under one home directory (see module docstring)."""
 
-    SERVICES = ("mosquitto", "kafka", "influxdb")
+    SERVICES: tuple[str, ...] = ("mosquitto", "kafka", "influxdb")
     PIPELINE = ("ingest", "worker", "dashboard", "opendata", "sim")
 
     def __init__(self, settings: StackSettings | None = None, say: Progress = say) -> None:
@@ -113,9 +113,9 @@ class Stack:
         """The contract's `citystream status --json` object (section 4)."""
         creds = creds or Credentials.load_or_create(self.home)
         return {
-            "mqtt": {"host": LOOPBACK, "port": self.s.mqtt_port, "username": MQTT_GATEWAY_USER,
+            "mqtt": {"host": self.s.host, "port": self.s.mqtt_port, "username": MQTT_GATEWAY_USER,
                      "password": creds.mqtt_gateway_password},
-            "kafka": {"bootstrap": f"{LOOPBACK}:{self.s.kafka_port}"},
+            "kafka": {"bootstrap": f"{self.s.host}:{self.s.kafka_port}"},
             "influxdb": {"url": self.s.influxdb_url,
                          "org": self.s.influxdb_org, "token": creds.influxdb_token,
                          "buckets": {"telemetry": self.s.bucket_telemetry,
@@ -199,14 +199,14 @@ class Stack:
                  f"log {svc.log}")
 
     def _where(self, name: str) -> str:
-        return {"mosquitto": f"mqtt://{LOOPBACK}:{self.s.mqtt_port}",
-                "kafka": f"kafka {LOOPBACK}:{self.s.kafka_port}",
+        return {"mosquitto": f"mqtt://{self.s.host}:{self.s.mqtt_port}",
+                "kafka": f"kafka {self.s.host}:{self.s.kafka_port}",
                 "influxdb": self.s.influxdb_url}.get(name, name)
 
     def down(self) -> None:
         """Stop every service this home started (pipeline processes first)."""
         order = [n for n in self.services if n not in self.SERVICES]
-        order += ["influxdb", "kafka", "mosquitto"]
+        order += [n for n in ("influxdb", "kafka", "mosquitto") if n in self.services]
         for name in order:
             svc = self.services[name]
             if svc.running():

@@ -72,27 +72,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def check_port(port: int, setting: str) -> None:
-    """`StackError` naming ``CITYSTREAM_STACK__<setting>`` when `port` is taken."""
-    if port_in_use(port):
-        raise StackError(f"port {port} on {LOOPBACK} is already in use (another instance?); "
+def check_port(port: int, setting: str, host: str = LOOPBACK) -> None:
+    """`StackError` naming ``CITYSTREAM_STACK__<setting>`` when `port` is taken on `host`."""
+    if port_in_use(port, host):
+        raise StackError(f"port {port} on {host} is already in use (another instance?); "
                          f"stop it or choose another port with CITYSTREAM_STACK__{setting}")
 
 
 @dataclass
 class Service:
-    """One supervised service process: spawned detached, stopped by process group."""
+    """One supervised service process: spawned detached, stopped by process group; in the
+    network namespace `netns` when given (``ip netns exec``, which keeps the pid)."""
 
     name: str
     home: Path
     pid: int | None = None
     started: str | None = None
+    netns: str | None = None
 
     @property
     def log(self) -> Path:
         return self.home / "logs" / f"{self.name}.log"
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())

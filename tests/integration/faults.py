@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deploy.local.stack import Credentials, Stack
-from tests.integration.helpers import Lane, city_kinds, read_kafka
+from tests.integration.helpers import Lane, city_kinds, oracle_points, read_kafka
 from tests.oracle import parse_ts, read_recording
 from tests.support import ALL_TIME, ROOT
 
@@ -616,6 +617,38 @@ def lane_logs(lane: Lane) -> list[Path]:
 def all_rows(record: Path, probe: Probe) -> list[dict[str, Any]]:
     """The recording followed by the canary's rows (separate entities: order is immaterial)."""
     return [*read_recording(record), *probe.rows]
+
+
+def settle(lane: Lane, probe: Probe, record: Path, capsys: pytest.CaptureFixture[str], *,
+           exact_counters: bool = False, timeout: float = 300.0) -> None:
+    """After the run: every reading accounted for (`reconcile`), no secret in any log, the
+    recovery times printed and saved to `recovery.json` beside the logs, and last the KPIs
+    equal to the oracle (`KpiMismatch` otherwise)."""
+    rows = all_rows(record, probe)
+    deadline = time.monotonic() + timeout
+    while True:
+        result = reconcile(lane, rows, exact_counters=exact_counters)
+        if not result.problems or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    save_report(probe, lane.dir / "recovery.json", result.table())
+    with capsys.disabled():
+        print(f"\n--- recovery times (until fresh data passed each stage; "
+              f"{lane.dir / 'recovery.json'})\n{probe.report()}\n--- reconciliation\n"
+              f"{result.table()}", flush=True)
+    assert not result.problems, "\n".join([*result.problems, result.table()])
+    leaked = secrets_in_logs({lane.stack, lane.influx}, [lane.env["CITYSTREAM_INFLUX__TOKEN"]],
+                             lane_logs(lane))
+    assert not leaked, f"secrets in logs: {leaked}"
+    lane.wait_equal(oracle_points(rows), timeout=timeout)  # KpiMismatch
+
+
+def save_report(probe: Probe, path: Path, reconciliation: str = "") -> None:
+    path.write_text(json.dumps({
+        "recoveries": [r.__dict__ for r in probe.recoveries],
+        "events": [e.__dict__ for e in probe.events],
+        "reconciliation": reconciliation,
+        "samples": [s.__dict__ for s in probe.samples]}, indent=1))
 
 
 # -- plots and trends -------------------------------------------------------------------------

@@ -246,14 +246,18 @@ class Lane:
     def prefix(self) -> str:
         return self.env["CITYSTREAM_KAFKA__TOPIC_PREFIX"]
 
-    def ingest(self, instance: str = "0") -> IngestProcess:
-        proc = IngestProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env).start()
-        self.processes.append(proc)
+    def ingest(self, instance: str = "0", *, netns: str | None = None) -> IngestProcess:
+        """Start `citystream ingest` (in the network namespace `netns` when given)."""
+        proc = IngestProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env)
+        proc.netns = netns
+        self.processes.append(proc.start())
         return proc
 
-    def worker(self, instance: str = "0") -> WorkerProcess:
-        proc = WorkerProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env).start()
-        self.processes.append(proc)
+    def worker(self, instance: str = "0", *, netns: str | None = None) -> WorkerProcess:
+        """Start `citystream worker` (in the network namespace `netns` when given)."""
+        proc = WorkerProcess(self.stack, instance, log_dir=self.dir, extra_env=self.env)
+        proc.netns = netns
+        self.processes.append(proc.start())
         return proc
 
     def sim_env(self) -> dict[str, str]:

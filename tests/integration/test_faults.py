@@ -26,14 +26,7 @@ from pathlib import Path
 import pytest
 
 from deploy.local.stack import Stack, StackSettings, free_port
-from tests.integration.faults import (
-    BackgroundSim,
-    Probe,
-    all_rows,
-    lane_logs,
-    reconcile,
-    secrets_in_logs,
-)
+from tests.integration.faults import BackgroundSim, Probe, save_report, settle
 from tests.integration.helpers import (
     Lane,
     Message,
@@ -50,38 +43,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.
 
 SIM = ["--seed", "11", "--speed", "0", "--gateways", "4", "--faults", "0.004",
        "--fault", "duplicate=0.02", "--fault", "reorder=0.02", "--fault", "meter_reset=0.002"]
-
-
-def settle(lane: Lane, probe: Probe, record: Path, capsys: pytest.CaptureFixture[str], *,
-           exact_counters: bool = False, timeout: float = 300.0) -> None:
-    """After the run: every reading accounted for (`reconcile`), no secret in any log, the
-    recovery times printed and saved to `recovery.json` beside the logs, and last the KPIs
-    equal to the oracle (`KpiMismatch` otherwise)."""
-    rows = all_rows(record, probe)
-    deadline = time.monotonic() + timeout
-    while True:
-        result = reconcile(lane, rows, exact_counters=exact_counters)
-        if not result.problems or time.monotonic() > deadline:
-            break
-        time.sleep(5)
-    save_report(probe, lane.dir / "recovery.json", result.table())
-    with capsys.disabled():
-        print(f"\n--- recovery times (until fresh data passed each stage; "
-              f"{lane.dir / 'recovery.json'})\n{probe.report()}\n--- reconciliation\n"
-              f"{result.table()}", flush=True)
-    assert not result.problems, "\n".join([*result.problems, result.table()])
-    leaked = secrets_in_logs({lane.stack, lane.influx}, [lane.env["CITYSTREAM_INFLUX__TOKEN"]],
-                             lane_logs(lane))
-    assert not leaked, f"secrets in logs: {leaked}"
-    lane.wait_equal(oracle_points(rows), timeout=timeout)  # KpiMismatch
-
-
-def save_report(probe: Probe, path: Path, reconciliation: str = "") -> None:
-    path.write_text(json.dumps({
-        "recoveries": [r.__dict__ for r in probe.recoveries],
-        "events": [e.__dict__ for e in probe.events],
-        "reconciliation": reconciliation,
-        "samples": [s.__dict__ for s in probe.samples]}, indent=1))
 
 
 def kill_and_restart(probe: Probe, proc: IngestProcess, what: str) -> None:

@@ -1,19 +1,37 @@
-"""Data quality end to end (contract 6, `sensor_quality`): water meters with known faults (a
-silent spell, a frozen register, a burst of bad input, QoS 1 duplicates, late readings) go
-through the real Mosquitto, ingest, Kafka, the worker and InfluxDB. Each sensor's hours carry
-exactly the counts of what was sent, the faulty sensors and only those need attention, and a
-`sensor_quality` alert is raised and cleared for each low score."""
+"""Data quality end to end (contract 6, `sensor_quality`) through the real Mosquitto, ingest,
+Kafka, the worker and InfluxDB.
+
+- Hand-made: water meters with known faults (a silent spell, a frozen register, a burst of bad
+  input, QoS 1 duplicates, late readings): each sensor's hours carry exactly the counts of what
+  was sent, the faulty sensors and only those need attention, and a `sensor_quality` alert is
+  raised and cleared for each low score.
+- Simulated: the shipped city (every kind and declared feed) with the simulator's stuck
+  registers, silences, duplicates and bad readings: every judged hour's counts equal the
+  recording's, stuck hours are exactly those of the documented rule, and every sensor-hour that
+  needs attention has its fault in the recording.
+"""
 
 from __future__ import annotations
 
+import base64
+import collections
+import itertools
 import json
+import statistics
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.helpers import Lane, Message, gateway_publisher, wait_for
+from tests.integration.helpers import (
+    Lane,
+    Message,
+    gateway_publisher,
+    start_of_run,
+    wait_for,
+)
 from tests.support import influx_points
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka, pytest.mark.influxdb]
@@ -136,3 +154,116 @@ def test_faulty_meters_and_only_those_are_flagged_with_exact_counts(quality_lane
     assert quality_alerts() == [("m-bad", 1, True), ("m-bad", 2, False), ("m-dup", 0, True),
                        ("m-dup", 1, False), ("m-frozen", 3, True), ("m-gap", 1, True),
                        ("m-gap", 2, False)]
+
+
+SIM = ["--seed", "5", "--speed", "0", "--size", "0.05", "--gateways", "2", "--count", "20000",
+       "--fault", "stuck=0.05", "--fault", "silent=0.02", "--fault", "duplicate=0.02",
+       "--fault", "out_of_range=0.005"]
+SensorHour = tuple[str, int]  # (sensor id, hour start in ms)
+
+
+def _ms(ts: Any) -> int:
+    return ts if isinstance(ts, int) else int(datetime.fromisoformat(ts).timestamp() * 1000)
+
+
+class Recorded:
+    """What the simulator sent, per sensor and hour of the readings' own `ts`."""
+
+    def __init__(self, record: Path) -> None:
+        self.readings: collections.Counter[SensorHour] = collections.Counter()
+        self.duplicates: collections.Counter[SensorHour] = collections.Counter()
+        self.rejected: collections.Counter[SensorHour] = collections.Counter()
+        self.stuck_labels: collections.Counter[SensorHour] = collections.Counter()
+        self.silent: set[str] = set()
+        self.kind: dict[str, str] = {}
+        times: dict[str, list[int]] = collections.defaultdict(list)
+        for line in record.read_text().splitlines():
+            row = json.loads(line)
+            _city, _district, kind, sensor = row["topic"].split("/")
+            body = json.loads(base64.b64decode(row["payload_b64"]))
+            ts = _ms(body["ts"])
+            key = (sensor, ts - ts % HOUR)
+            (expected,) = row["expected"]
+            self.kind[sensor] = kind
+            if not expected["valid"]:
+                assert expected["reason"] == "out_of_range", row
+                self.rejected[key] += 1
+            elif expected["duplicate"]:
+                self.duplicates[key] += 1
+            else:
+                self.readings[key] += 1
+                times[sensor].append(ts)
+                self.stuck_labels[key] += "stuck" in row["faults"]
+            if "silent" in row["faults"]:
+                self.silent.add(sensor)
+        self.interval = {s: statistics.mode(b - a for a, b in itertools.pairwise(t))
+                         for s, t in times.items() if len(t) > 1}
+
+    def fully_stuck(self, key: SensorHour) -> bool:
+        return self.readings[key] >= 3 and self.stuck_labels[key] == self.readings[key]
+
+    def stuck_hours(self, judged: dict[SensorHour, dict[str, Any]]) -> set[SensorHour]:
+        """The hours judged stuck by the documented rule (docs/quality.md): a frozen register
+        over 3 or more readings, after 3 judged hours of the sensor that each changed it."""
+        stuck = set()
+        for sensor in {s for s, _ in judged if self.kind[s] in ("water", "energy")}:
+            moves: list[bool] = []
+            for key in sorted(k for k in judged if k[0] == sensor):
+                if self.readings[key] < 3:
+                    continue
+                if self.fully_stuck(key) and len(moves) == 3 and all(moves):
+                    stuck.add(key)
+                else:
+                    moves = [*moves, not self.fully_stuck(key)][-3:]
+        return stuck
+
+
+def test_the_simulated_city_s_faults_are_what_the_quality_figures_find(lane: Lane,
+                                                                        tmp_path: Path) -> None:
+    lane.ingest()
+    lane.worker()
+    record = tmp_path / "run.jsonl"
+    start = int(start_of_run(hours_back=8))
+    lane.simulate(*SIM, "--start", str(start), record=record)
+    sent = Recorded(record)
+    last_hour = max(h for _s, h in sent.readings)
+    due = {k for k in sent.readings if k[1] <= last_hour - 2 * HOUR}  # final for every entity
+
+    def judged() -> dict[SensorHour, dict[str, Any]]:
+        points = influx_points(lane.stack, lane.kpi_bucket, ("sensor_quality",))
+        return {(dict(tags)["sensor_id"], end - HOUR): fields
+                for (_m, tags, end), fields in points.items()}
+
+    def every_hour_judged() -> bool:
+        return due <= {k for k, f in judged().items() if "readings" in f}
+
+    wait_for(every_hour_judged, 240, interval=3, what="sensor_quality of every hour")
+    time.sleep(5)
+    got = judged()
+    assert {s for s, _h in got} == set(sent.kind), "a point for every sensor"
+    for key, fields in got.items():
+        assert fields.get("rejected", 0) == sent.rejected[key], key
+    assert sum(f.get("rejected", 0) for f in got.values()) == sum(sent.rejected.values())
+    got = {k: f for k, f in got.items() if "readings" in f}  # judged (not only rejects)
+    assert due <= set(got)
+    for key, fields in got.items():
+        assert fields["readings"] == sent.readings[key], key
+        assert fields["duplicates"] == sent.duplicates[key], key
+        assert fields["late"] == 0, key
+
+    stuck = {k for k, f in got.items() if f["stuck"]}
+    assert stuck == sent.stuck_hours(got)
+    assert stuck, "the run has a register stuck for a whole hour"
+
+    attention = {k for k, f in got.items()
+                 if f["score"] < 80 or f["stuck"] or f.get("rejected", 0) > 0}
+    for sensor, hour in attention:
+        key = (sensor, hour)
+        short = sent.readings[key] * sent.interval[sensor] < 0.8 * HOUR
+        assert (sent.rejected[key] or key in stuck or sent.duplicates[key]
+                or (short and sensor in sent.silent) or sent.readings[key] == 0), key
+    for key in due:
+        sensor, hour = key
+        earlier = sum(1 for k in got if k[0] == sensor and k[1] < hour)
+        if earlier >= 3 and sent.readings[key] * sent.interval.get(sensor, HOUR) < 0.5 * HOUR:
+            assert key in attention, ("a sensor silent most of an hour needs attention", key)
