@@ -223,11 +223,18 @@ class Ext4Disk:
         self.mount()
 
     def mount(self) -> None:
-        _root_cmd("mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mountpoint))
+        """On a loop device of its own: `mount -o loop` would reuse a device still attached to
+        the image, and with it the failed file system, if another mount namespace (one made
+        by `ip netns exec` meanwhile) still holds the old mount."""
+        self.loop = subprocess.run(["losetup", "--find", "--show", str(self.image)],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+        _root_cmd("mount", "-o", "errors=remount-ro", self.loop, str(self.mountpoint))
+
+    def detach(self) -> None:
+        subprocess.run(["losetup", "-d", self.loop], capture_output=True)
 
     def device(self) -> str:
-        return subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(self.mountpoint)],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return self.loop
 
     def fail(self) -> None:
         name = Path(self.device()).name
@@ -265,6 +272,7 @@ class Ext4Disk:
 
     def repair(self) -> None:
         self.unmount()
+        self.detach()
         done = subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True,
                               text=True, timeout=300)
         assert done.returncode in (0, 1), f"e2fsck failed ({done.returncode}): {done.stdout}"
@@ -273,6 +281,7 @@ class Ext4Disk:
     def remove(self) -> None:
         if os.path.ismount(self.mountpoint):
             subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
+        self.detach()
         self.image.unlink(missing_ok=True)
 
 
