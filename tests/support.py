@@ -32,6 +32,7 @@ from connectors.influxdb.lineproto import to_line_protocol
 from connectors.influxdb.write import InfluxWriter
 from deploy.influxdb.provision import read_authorization
 from deploy.local.stack import Stack
+from deploy.local.supervision import in_netns
 from kinds.energy import EnergyKpi
 from kinds.shuttle import ShuttleKpi
 from kinds.traffic import TrafficKpi
@@ -61,7 +62,7 @@ class Process:
     `ready`), and raises with the log's tail if it exits or takes longer than
     `start_timeout_s`. `stop` sends SIGTERM to its process group and SIGKILL when it is still
     there after `timeout_s`. A stopped or killed process can be started again. With `netns`
-    set it runs in that network namespace (``ip netns exec``, which keeps the pid).
+    set it runs in that network namespace (`deploy.local.supervision.in_netns`: same pid).
     """
 
     start_timeout_s = 120.0
@@ -90,7 +91,7 @@ class Process:
     def start(self, *, wait: bool = True) -> Self:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._offset = self.log.stat().st_size if self.log.exists() else 0
-        argv = ["ip", "netns", "exec", self.netns, *self.argv()] if self.netns else self.argv()
+        argv = in_netns(self.netns, self.argv()) if self.netns else self.argv()
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,

@@ -11,7 +11,7 @@ behind `citystream up` (mosquitto.py, kafka.py, influxdb.py). `citystream up` st
     netns cs<pid>-k3  10.213.<n>.13  ───┤  Kafka node 3
     netns cs<pid>-in  10.213.<n>.21  ───┤  ingest     } where the caller runs them
     netns cs<pid>-w0  10.213.<n>.31  ───┤  worker 0   } (`Cluster.netns`, e.g. through
-    netns cs<pid>-w1  10.213.<n>.32  ───┘  worker 1   }  `ip netns exec`)
+    netns cs<pid>-w1  10.213.<n>.32  ───┘  worker 1   }  `supervision.in_netns`)
 
 Kafka's own topics and every topic citystream creates get 3 replicas and
 ``min.insync.replicas=2`` (`Cluster.kafka_env` gives the pipeline

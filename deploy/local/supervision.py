@@ -79,10 +79,19 @@ def check_port(port: int, setting: str, host: str = LOOPBACK) -> None:
                          f"stop it or choose another port with CITYSTREAM_STACK__{setting}")
 
 
+def in_netns(netns: str, argv: list[str]) -> list[str]:
+    """`argv` run in the network namespace `netns` (of ``ip netns add``), with the same pid.
+
+    ``nsenter --net`` rather than ``ip netns exec``: the latter also makes a mount namespace,
+    a copy of every mount of the moment, which then pins them (a loop device another test
+    wants to detach, say) for as long as the process runs."""
+    return ["nsenter", f"--net=/run/netns/{netns}", "--", *argv]
+
+
 @dataclass
 class Service:
     """One supervised service process: spawned detached, stopped by process group; in the
-    network namespace `netns` when given (``ip netns exec``, which keeps the pid)."""
+    network namespace `netns` when given (`in_netns`)."""
 
     name: str
     home: Path
@@ -96,7 +105,7 @@ class Service:
 
     def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
+            argv = in_netns(self.netns, argv)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())

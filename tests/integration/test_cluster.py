@@ -40,7 +40,7 @@ from tests.integration.faults import (
     save_report,
     settle,
 )
-from tests.integration.helpers import Lane, city_kinds, start_of_run
+from tests.integration.helpers import KpiMismatch, Lane, city_kinds, start_of_run
 from tests.support import IngestProcess
 
 pytestmark = [pytest.mark.cluster]
@@ -220,6 +220,8 @@ def test_kafka_nodes_killed_one_then_two_lose_nothing(
         end = probe.mark(f"Kafka nodes {first} and {second} ready")
         probe.wait_recovered(end, f"Kafka nodes {first} and {second} back (one node left "
                              f"{t3 - t2:.0f} s)", duration_s=end - t2, timeout=400)
+        probe.wait_recovered(t3, "the same, counted from the start command",
+                             duration_s=end - t2, timeout=60)
         cluster.wait_in_sync(topics)
         figure(probe, "every partition in sync again", time.monotonic() - end, "after ready")
         restarted += restart_exited(probe, lane)
@@ -236,7 +238,17 @@ def test_kafka_nodes_killed_one_then_two_lose_nothing(
 
 # -- 2. a worker cut off Kafka -----------------------------------------------------------------
 
+STALE_WINDOWS = (
+    "A worker cut off Kafka sees no more records, so its quiet-window timer (--quiet) takes "
+    "every entity for quiet and emits their open windows, partial; Faust's producer buffers "
+    "those sends (producer_request_timeout 1200 s) and delivers them when the network heals, "
+    "after the new owner of the partitions wrote the complete windows: the sink then writes "
+    "the partial ones last (seen: a junction's 5 min `vehicles` 2 instead of 8). The same "
+    "buffered sends append stale table state to the changelogs. Not fixed yet: see "
+    "docs/cluster.md, 'What is left'.")
 
+
+@pytest.mark.xfail(reason=STALE_WINDOWS, raises=KpiMismatch, strict=False)
 def test_worker_cut_off_kafka_past_its_session_timeout(
         cluster: Cluster, lane: Lane, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,7 +69,7 @@ def test_clients_of_the_cluster_get_its_nodes_and_replication(tmp_path: Path) ->
     assert "kafka" not in stack.services
 
 
-def test_a_service_with_a_namespace_runs_through_ip_netns_exec(
+def test_a_service_with_a_namespace_enters_only_its_network_namespace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
 
@@ -82,7 +82,8 @@ def test_a_service_with_a_namespace_runs_through_ip_netns_exec(
     monkeypatch.setattr(subprocess, "Popen", Popen)
     Service("kafka-1", tmp_path, netns="cs1-k1").spawn(["java", "kafka.Kafka"])
     Service("mosquitto", tmp_path).spawn(["mosquitto"])
-    assert seen == [["ip", "netns", "exec", "cs1-k1", "java", "kafka.Kafka"], ["mosquitto"]]
+    assert seen == [["nsenter", "--net=/run/netns/cs1-k1", "--", "java", "kafka.Kafka"],
+                    ["mosquitto"]]
 
 
 def test_leftovers_are_told_by_their_owner_pid() -> None:
