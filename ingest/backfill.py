@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import hashlib
 import heapq
 import json
@@ -196,8 +197,7 @@ def prepare(files: list[InputFile], mapping: CsvMapping | None, mapping_text: st
             "version": FORMAT_VERSION, "id": ident, "created_ms": now_ms, "run": 1,
             "status": "running", "inputs": inputs, "target": target, "raw": options.raw,
             "workers": workers, "batch": options.batch, "assignment": assignment,
-            "received_at_ms": now_ms}
-        replay = False
+            "received_at_ms": now_ms, "replay": False}
     else:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("version") != FORMAT_VERSION:
@@ -212,7 +212,6 @@ def prepare(files: list[InputFile], mapping: CsvMapping | None, mapping_text: st
             raise HistoryError(f"import {ident} was started {how} --raw; run it the same way, "
                                "or --fresh to start over")
         same = [i["fingerprint"] for i in manifest["inputs"]] == [f.fingerprint for f in files]
-        replay = False
         if manifest["status"] != "done":
             if not same:
                 raise HistoryError(
@@ -222,8 +221,8 @@ def prepare(files: list[InputFile], mapping: CsvMapping | None, mapping_text: st
             notes.append(f"resuming import {ident} where it stopped")
         else:
             manifest["run"] += 1
+            manifest["replay"] = same
             if same:
-                replay = True
                 notes.append(f"import {ident} was finished before: its readings are read again "
                              "against the state it left (duplicates, and beyond the horizon "
                              "when older than it keeps; no KPI changes); --fresh recomputes "
@@ -244,7 +243,8 @@ def prepare(files: list[InputFile], mapping: CsvMapping | None, mapping_text: st
         batch=int(manifest["batch"]), checkpoint_s=options.checkpoint_s,
         retry_for_s=options.retry_for_s, batch_points=options.batch_points,
         received_at_ms=int(manifest["received_at_ms"]), assignment=manifest["assignment"],
-        run=int(manifest["run"]), dry_run=options.dry_run, notes=notes, replay=replay)
+        run=int(manifest["run"]), dry_run=options.dry_run, notes=notes,
+        replay=bool(manifest.get("replay")))
 
 
 def _target(target: dict[str, str]) -> str:
@@ -486,12 +486,14 @@ class PointOut:
     """Lines to InfluxDB in requests of `batch_points`, written by a thread of their own so
     that the engine goes on meanwhile. `flush` returns once every line added is written (or
     refused: `take_refused`). While InfluxDB is unavailable a request is retried with backoff
-    for up to `retry_for_s`, then `flush` raises `HistoryError`."""
+    for up to `retry_for_s` (or until `stopped`), then `flush` raises `HistoryError`."""
 
-    def __init__(self, writer: PointWriter, batch_points: int, retry_for_s: float) -> None:
+    def __init__(self, writer: PointWriter, batch_points: int, retry_for_s: float,
+                 stopped: Callable[[], bool] = lambda: False) -> None:
         self.writer = writer
         self.batch_points = batch_points
         self.retry_for_s = retry_for_s
+        self.stopped = stopped  # asked to stop: no more retrying
         self.pending: dict[str, list[str]] = {}
         self.refused: list[tuple[str, str, str]] = []
         self.error: BaseException | None = None
@@ -556,7 +558,7 @@ class PointOut:
                     since = now
                     log.warning("InfluxDB cannot take the import's points (%s); retrying for "
                                 "up to %.0f s", exc, self.retry_for_s)
-                if now - since >= self.retry_for_s:
+                if now - since >= self.retry_for_s or self.stopped():
                     raise HistoryError(
                         f"InfluxDB has not taken the import's points for {now - since:.0f} s "
                         f"({exc}); the import stopped at its last checkpoint: run the same "
@@ -625,12 +627,17 @@ class Partition:
         self.rejected = db.rejected()
         self.rejects = PartFile(job.dir / f"rejects-{self.k}.jsonl", sizes["rejects"])
         self.refused = PartFile(job.dir / f"refused-{self.k}.jsonl", sizes["refused"])
-        self.out = PointOut(job.writer(), job.batch_points, job.retry_for_s)
+        self.out = PointOut(job.writer(), job.batch_points, job.retry_for_s, self.stopping)
         self.db = db
         self._new_run = new_run
+        thresholds = gc.get_threshold()
+        gc.freeze()  # the city, the engines, the loaded state: never garbage, never scanned
+        gc.set_threshold(50_000, 20, 100)  # readings come and go by the thousand
         try:
             done = self._loop(position)
         finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
             self.out.close()
             self.rejects.close()
             self.refused.close()
@@ -641,6 +648,7 @@ class Partition:
         job, k, counts = self.job, self.k, self.counts
         batch_size = job.batch
         owner, message, entity, batch = self.owner, self.inputs.message, self.entity, self.batch
+        known = owner.known
         raw = job.raw
         now_ms, horizon_s = job.received_at_ms, self.horizon_s
         next_boundary = (start.index // batch_size + 1) * batch_size
@@ -660,7 +668,8 @@ class Partition:
                     if stop:
                         return False
                 self.report(self._progress(item.position))
-            if owner(item.topic) != k:
+            mine = known.get(item.topic)
+            if (owner(item.topic) if mine is None else mine) != k:
                 continue
             counts.messages += 1
             got = message(item)
@@ -719,8 +728,8 @@ class Partition:
         entry = orjson.loads(letter.to_json())
         self.rejects.write(f"{item.n:012d} ".encode() + orjson.dumps(
             {"file": str(self.job.files[item.file].path), "line": item.line, **entry}) + b"\n")
-        where = kinds.parse_topic(letter.topic)
-        if where is not None:
+        where = kinds.parse_topic(letter.topic) if not self.job.replay else None
+        if where is not None:  # (a replay's rejects were counted by the run it repeats)
             district, kind, sensor_id = where
             hour = rejected_hour(letter.raw, letter.received_at_ms, horizon_s * 1000)
             key = (f"{kind}|{district}|{sensor_id}", hour)
@@ -750,20 +759,27 @@ class Partition:
         self.batch.clear()
 
     def _emit(self, outcome: Outcome) -> None:
-        counts, add, bucket = self.counts, self.out.add, self.kpi_bucket
+        counts = self.counts
         counts.duplicates += outcome.duplicates
         counts.late += outcome.late
         counts.beyond_horizon += outcome.beyond_horizon
         for record in outcome.records:
-            add(bucket, to_line_protocol(record, "ms"))
-            self.windows.add(_window_key(record))
-        counts.kpi_points += len(outcome.records)
-        for point in outcome.quality:
-            add(bucket, to_line_protocol(point, "ms"))
-        counts.quality_points += len(outcome.quality)
-        for alert in outcome.alerts:
-            add(bucket, to_line_protocol(alert, "ms"))
-        counts.alerts += len(outcome.alerts)
+            if self._write(record):
+                self.windows.add(_window_key(record))
+                counts.kpi_points += 1
+        counts.quality_points += sum(self._write(point) for point in outcome.quality)
+        counts.alerts += sum(self._write(alert) for alert in outcome.alerts)
+
+    def _write(self, record: Record) -> bool:
+        """Queue a record's point for the `kpi` bucket; False (and refused) if line protocol
+        cannot carry it, as the sink dead-letters such a record."""
+        try:
+            line = to_line_protocol(record, "ms")
+        except RecordError as exc:
+            self._refuse(self.kpi_bucket, repr(record), str(exc))
+            return False
+        self.out.add(self.kpi_bucket, line)
+        return True
 
     def _finish(self) -> None:
         """End of input: every window not yet emitted is final, and every hour of
@@ -790,9 +806,8 @@ class Partition:
         for key in sorted(self.rejected_changed):
             sensor, hour = key
             kind, district, sensor_id = sensor.split("|")
-            self.out.add(self.kpi_bucket, to_line_protocol(SensorQuality(
-                kind=kind, district=district, sensor_id=sensor_id, hour_end_ms=hour + HOUR_MS,
-                rejected=self.rejected[key]), "ms"))
+            self._write(SensorQuality(kind=kind, district=district, sensor_id=sensor_id,
+                                      hour_end_ms=hour + HOUR_MS, rejected=self.rejected[key]))
         self.out.flush()
         for bucket, line, message in self.out.take_refused():
             self._refuse(bucket, line, message)
@@ -848,6 +863,17 @@ class Progress:
         return elapsed * (1.0 - fraction) / fraction
 
 
+@dataclass(frozen=True)
+class PartResult:
+    """What one partition's run did: its counters, whether it reached the end of the input,
+    its peak RSS and how long it ran."""
+
+    counts: Counts
+    done: bool
+    rss_mb: float
+    seconds: float
+
+
 @dataclass
 class Summary:
     """What a run of an import did."""
@@ -859,6 +885,7 @@ class Summary:
     seconds: float
     peak_rss_mb: float
     error: str | None = None
+    parts: list[PartResult] = field(default_factory=list)
 
     @property
     def readings_per_s(self) -> float:
@@ -884,6 +911,10 @@ class Summary:
                 "readings_per_s": round(self.readings_per_s),
                 "peak_rss_mb": round(self.peak_rss_mb, 1), "partitions": job.workers,
                 "counts": self.counts.to_json(), "windows": self.windows,
+                "partitions_detail": [{"messages": p.counts.messages,
+                                       "readings": p.counts.readings,
+                                       "seconds": round(p.seconds, 3),
+                                       "peak_rss_mb": round(p.rss_mb, 1)} for p in self.parts],
                 "raw": job.raw, "rejects": str(self.rejects_path),
                 "refused": str(self.refused_path), "error": self.error,
                 "notes": job.notes}
@@ -897,7 +928,7 @@ def run_import(job: Job, on_progress: Callable[[Progress], None] | None = None,
     started = time.monotonic()
     inputs = Inputs(job.files, job.mapping)
     progress = Progress(inputs.total_bytes, partitions=job.workers)
-    results: dict[int, tuple[Counts, bool, float]] = {}
+    results: dict[int, PartResult] = {}
     error: str | None = None
 
     def report(data: dict[str, Any]) -> None:
@@ -907,17 +938,18 @@ def run_import(job: Job, on_progress: Callable[[Progress], None] | None = None,
 
     if job.workers == 1:
         try:
+            t0 = time.monotonic()
             counts, done = Partition(job, 0, report, stop.is_set).run()
-            results[0] = (counts, done, _rss_mb())
+            results[0] = PartResult(counts, done, _rss_mb(), time.monotonic() - t0)
         except Exception as exc:
             error = _describe(exc)
             log.debug("import partition failed", exc_info=True)
     else:
         error = _run_forked(job, report, stop, results)
     total = Counts()
-    for counts, _done, _rss in results.values():
-        total.add(counts)
-    finished = len(results) == job.workers and all(done for _, done, _ in results.values())
+    for part in results.values():
+        total.add(part.counts)
+    finished = len(results) == job.workers and all(p.done for p in results.values())
     status = "failed" if error else ("done" if finished else "interrupted")
     windows: dict[str, int] = {}
     for path in sorted(job.dir.glob("partition-*.sqlite")):
@@ -925,9 +957,10 @@ def run_import(job: Job, on_progress: Callable[[Progress], None] | None = None,
         for measurement, n in db.windows().items():
             windows[measurement] = windows.get(measurement, 0) + n
         db.close()
-    peak = _rss_mb() + sum(rss for _, _, rss in results.values()) if job.workers > 1 \
-        else max([_rss_mb(), *(rss for _, _, rss in results.values())])
-    summary = Summary(job, status, total, windows, time.monotonic() - started, peak, error)
+    peak = _rss_mb() + sum(p.rss_mb for p in results.values()) if job.workers > 1 \
+        else max([_rss_mb(), *(p.rss_mb for p in results.values())])
+    summary = Summary(job, status, total, windows, time.monotonic() - started, peak, error,
+                      [results[k] for k in sorted(results)])
     if status == "done":
         _merge_parts(job, "rejects", sort=True)
         _merge_parts(job, "refused", sort=False)
@@ -950,7 +983,7 @@ def _rss_mb() -> float:
 
 
 def _run_forked(job: Job, report: Callable[[dict[str, Any]], None], stop: threading.Event,
-                results: dict[int, tuple[Counts, bool, float]]) -> str | None:
+                results: dict[int, PartResult]) -> str | None:
     import multiprocessing
     from multiprocessing.connection import Connection, wait
 
@@ -988,8 +1021,8 @@ def _run_forked(job: Job, report: Callable[[dict[str, Any]], None], stop: thread
             if what == "progress":
                 report(data)
             elif what == "done":
-                counts, done, rss = data
-                results[k] = (Counts.from_json(counts), done, rss)
+                counts, done, rss, seconds = data
+                results[k] = PartResult(Counts.from_json(counts), done, rss, seconds)
             elif what == "error" and error is None:
                 error = data
     for proc in processes:
@@ -1005,19 +1038,21 @@ def _child(job: Job, k: int, conn: Any) -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
 
-    def should_stop() -> bool:
-        if not stopping.is_set() and conn.poll():
-            with contextlib.suppress(EOFError, OSError):
-                if conn.recv() == "stop":
-                    stopping.set()
-        return stopping.is_set()
+    def listen() -> None:  # "stop" from the parent, or the parent gone: stop
+        with contextlib.suppress(EOFError, OSError):
+            while conn.recv() != "stop":
+                pass
+        stopping.set()
+
+    threading.Thread(target=listen, name="import-stop", daemon=True).start()
 
     def report(data: dict[str, Any]) -> None:
         conn.send(("progress", data))
 
     try:
-        counts, done = Partition(job, k, report, should_stop).run()
-        conn.send(("done", (counts.to_json(), done, _rss_mb())))
+        t0 = time.monotonic()
+        counts, done = Partition(job, k, report, stopping.is_set).run()
+        conn.send(("done", (counts.to_json(), done, _rss_mb(), time.monotonic() - t0)))
     except Exception as exc:
         log.debug("import partition %d failed", k, exc_info=True)
         with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ tells `citystream import` where each part of a contract message comes from (docs
     decimal = ","                 # "."
     encoding = "cp1252"           # "utf-8" (a byte-order mark is skipped)
     skip_lines = 2                # lines before the header: 0
-    ts = "%d/%m/%Y %H:%M"         # "rfc3339", "epoch_ms", "epoch_s" or a strptime pattern
+    ts = "%d/%m/%Y %H:%M"         # "contract", "epoch_ms", "epoch_s" or a strptime pattern
     timezone = "Europe/London"    # for a pattern without %z
 
 Names are the contract's payload fields (section 1, or a declared feed's), so units are the ones
@@ -67,6 +67,9 @@ from models.readings import parse_ts
 META: Final = frozenset({"topic", "kind", "district", "received_at"})
 """Mapping names that are not payload fields: where the topic and the receipt time come from."""
 COMMON: Final[dict[str, PointType]] = {"sensor_id": "str", "seq": "int"}
+TIME_FORMATS: Final = ("contract", "epoch_ms", "epoch_s")
+"""`format.ts` besides a strptime pattern: as the contract writes `ts` (RFC 3339 with an
+offset, or integer epoch milliseconds), or epoch milliseconds or seconds (may be fractional)."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MS: Final = timedelta(milliseconds=1)
 _TRUE: Final = frozenset({"true", "yes", "1"})
@@ -97,7 +100,7 @@ class CsvFormat(BaseModel):
     decimal: Literal[".", ","] = "."
     encoding: str = "utf-8"
     skip_lines: Annotated[int, Field(ge=0)] = 0
-    ts: Annotated[str, Field(min_length=1)] = "rfc3339"
+    ts: Annotated[str, Field(min_length=1)] = "contract"
     timezone: str | None = None
 
     @field_validator("encoding")
@@ -123,8 +126,8 @@ class CsvFormat(BaseModel):
     @field_validator("ts")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        if value not in ("rfc3339", "epoch_ms", "epoch_s") and "%" not in value:
-            raise ValueError(f"{value!r} is not rfc3339, epoch_ms, epoch_s or a strptime "
+        if value not in TIME_FORMATS and "%" not in value:
+            raise ValueError(f"{value!r} is not {', '.join(TIME_FORMATS)} or a strptime "
                              "pattern such as %d/%m/%Y %H:%M")
         return value
 
@@ -210,7 +213,7 @@ def _check(mapping: CsvMapping, where: str) -> None:
             raise MappingError(f"{where}: map {', '.join(missing)} (a column or a constant), "
                                "or a topic column")
     fmt = mapping.format
-    if fmt.ts not in ("rfc3339", "epoch_ms", "epoch_s") and "%z" not in fmt.ts \
+    if fmt.ts not in TIME_FORMATS and "%z" not in fmt.ts \
             and fmt.timezone is None:
         raise MappingError(f"{where}: format.ts {fmt.ts!r} has no %z: set format.timezone "
                            "(UTC, Europe/London ...) to say which clock the times are in")
@@ -455,9 +458,10 @@ class Converter:
         received: int | None = None
         if "received_at" in sources:
             cell = cells[sources["received_at"]].strip()
-            received = self._times.ms(cell)
-            if received is None:
-                return self._bad_time("received_at", cell, cells)
+            if cell:  # empty: not known
+                received = self._times.ms(cell)
+                if received is None:
+                    return self._bad_time("received_at", cell, cells)
         if finite:
             try:
                 return orjson.dumps(body), received
@@ -506,7 +510,8 @@ def _row_text(cells: Row, delimiter: str) -> bytes:
 
 class _TimeParser:
     """A cell in the mapping's time format -> epoch ms, None if it is not one. RFC 3339 is read
-    by `models.readings.parse_ts`, the decoder's own reading of a text `ts`."""
+    by `models.readings.parse_ts`, the decoder's own reading of a text `ts` (a space for the
+    `T`, which RFC 3339 allows, is taken too)."""
 
     def __init__(self, fmt: str, timezone: str | None) -> None:
         self.fmt = fmt
@@ -525,7 +530,9 @@ class _TimeParser:
 
     def _parse(self, cell: str) -> int | None:
         try:
-            if self.fmt == "rfc3339":
+            if self.fmt == "contract":
+                if cell.isdigit():
+                    return int(cell)
                 if len(cell) > 10 and cell[10] == " ":
                     cell = f"{cell[:10]}T{cell[11:]}"  # RFC 3339 allows a space there
                 return parse_ts(cell)

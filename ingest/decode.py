@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -36,16 +35,43 @@ _RANK: Final = {_SCHEMA: 0, _NON_FINITE: 1, _OUT_OF_RANGE: 2}
 _INT_MIN, _UINT_END = -(2**63), 2**64
 
 
-@lru_cache(maxsize=4096)
-def _topic_of(topic: str, generation: int) -> tuple[str, str, str] | None:
-    return kinds.parse_topic(topic)
+class _Topic(NamedTuple):
+    """What a valid topic means to the decoder, worked out once per topic (topics repeat a
+    lot): its parts, the validation context and the kind's reading model."""
+
+    district: str
+    kind: str
+    sensor_id: str
+    context: dict[str, str]  # read by the validators, never changed
+    model: type[BaseReading]
 
 
-def _parse_topic(topic: str) -> tuple[str, str, str] | None:
-    """`kinds.parse_topic`, memoised per registry generation (topics repeat a lot)."""
-    return _topic_of(topic, kinds.generation())
+_TOPICS: dict[str, _Topic | None] = {}
+_TOPICS_MAX: Final = 65_536
+_topics_generation = -1
 
 
+def _parse_topic(topic: str) -> _Topic | None:
+    """`kinds.parse_topic` and what follows from it, memoised per registry generation."""
+    global _topics_generation
+    generation = kinds.generation()
+    if generation != _topics_generation:
+        _TOPICS.clear()
+        _topics_generation = generation
+    try:
+        return _TOPICS[topic]
+    except KeyError:
+        pass
+    parsed = kinds.parse_topic(topic)
+    found = None
+    if parsed is not None:
+        model = kinds.reading_type(parsed[1])
+        assert model is not None  # parse_topic names registered kinds only
+        found = _Topic(*parsed, topic_context(parsed[0]), model)
+    if len(_TOPICS) >= _TOPICS_MAX:
+        _TOPICS.clear()
+    _TOPICS[topic] = found
+    return found
 
 
 @dataclass(slots=True)
@@ -83,30 +109,33 @@ def _decode(topic: str, payload: bytes, received_at_ms: int, horizon_ms: int,
         return _reject(Reason.TOO_LARGE, f"payload is {len(payload)} bytes, limit {max_bytes}; "
                        f"raw holds the first {max_bytes}", topic, payload[:max_bytes],
                        received_at_ms)
-    district, kind, sensor_id = parsed
-    context = topic_context(district)
+    sensor_id, context = parsed.sensor_id, parsed.context
     oldest, newest = received_at_ms - horizon_ms, received_at_ms + max_future_ms
-    readings = _fast(payload, kind, context)
-    if readings is not None and all(r.sensor_id == sensor_id and oldest <= r.ts_ms <= newest
-                                    for r in readings):
-        return Decoded(readings, [])
-    return _careful(topic, payload, received_at_ms, kind, context, sensor_id, oldest, newest)
+    readings = _fast(payload, parsed.model, context)
+    if readings is not None:
+        for r in readings:
+            if r.sensor_id != sensor_id or not oldest <= r.ts_ms <= newest:
+                break
+        else:
+            return Decoded(readings, [])
+    return _careful(topic, payload, received_at_ms, parsed.kind, context, sensor_id, oldest,
+                    newest)
 
 
-def _fast(payload: bytes, kind: str, context: dict[str, str]) -> list[BaseReading] | None:
+def _fast(payload: bytes, model: type[BaseReading], context: dict[str, str]
+          ) -> list[BaseReading] | None:
     """Parse and validate in pydantic-core in one go; None unless every reading is valid.
 
     Only a shortcut: whenever it says None, `_careful` decides, so the outcome never depends
-    on which JSON parser accepted what.
+    on which JSON parser accepted what. (The model's own validator is called directly:
+    `model_validate_json` adds nothing for these arguments but a Python call.)
     """
-    model = kinds.reading_type(kind)
-    assert model is not None  # the topic named a registered kind
     head = payload[:1]
     if head not in (b"{", b"["):
         head = bytes(payload).lstrip()[:1]
     try:
         if head == b"{":
-            return [model.model_validate_json(
+            return [model.__pydantic_validator__.validate_json(
                 payload, context=context, by_alias=True, by_name=False)]
         if head == b"[":
             return kinds.list_adapter(model).validate_json(

@@ -58,6 +58,7 @@ _RECORDING_LINE: Final = re.compile(
     rb'\{"seq":\d+,"topic":"([!#-\[\]-~]*)","payload_b64":"([A-Za-z0-9+/]*={0,2})",'
     rb'"qos":\d+,"sim_time":"([0-9A-Za-z:.+-]*)"')
 _FINGERPRINT_BYTES: Final = 1 << 20
+_WEIGHT_CAP: Final = 2048
 
 
 class HistoryError(CitystreamError):
@@ -239,7 +240,8 @@ class Inputs:
         data = item.data
         if type(data) is bytes:  # a recording's line: its topic was read, the rest is not
             match = _RECORDING_LINE.match(data)
-            if match is not None and data.rstrip().endswith(b"}"):
+            if match is not None and data.endswith((b"}\n", b"}")) \
+                    and b'"received_at' not in data:  # it would come before sim_time
                 try:
                     return (binascii.a2b_base64(match.group(2)),
                             self._receipt(match.group(3).decode("ascii")))
@@ -253,6 +255,7 @@ class Inputs:
         return self._envelope(data, item)
 
     def _envelope(self, doc: dict[str, Any], item: Item) -> tuple[bytes, int | None] | BadLine:
+        lenient = type(doc) is _Lenient
         received: int | None = None
         for key in RECEIPT_KEYS:
             value = doc.get(key)
@@ -260,7 +263,7 @@ class Inputs:
                 received = self._receipt(value)
                 if received is None:
                     return BadLine(Reason.SCHEMA, f"{key} {value!r} is not an RFC 3339 time "
-                                   "or epoch milliseconds", _dumps(doc), key)
+                                   "or epoch milliseconds", _dumps(doc, lenient), key)
                 break
         if "payload_b64" in doc:
             encoded = doc["payload_b64"]
@@ -270,11 +273,11 @@ class Inputs:
                 payload = base64.b64decode(encoded, validate=True)
             except (ValueError, binascii.Error):
                 return BadLine(Reason.INVALID_JSON, "payload_b64 is not standard base64",
-                               _dumps(doc))
+                               _dumps(doc, lenient))
         elif "payload" in doc:
-            payload = _dumps(doc["payload"])
+            payload = _dumps(doc["payload"], lenient)
         else:
-            payload = _dumps({k: v for k, v in doc.items() if k not in ENVELOPE_KEYS})
+            payload = _dumps({k: v for k, v in doc.items() if k not in ENVELOPE_KEYS}, lenient)
         return payload, received
 
     def _receipt(self, value: Any) -> int | None:
@@ -300,7 +303,7 @@ def _parse_line(raw: bytes) -> tuple[str, dict[str, Any] | BadLine]:
         doc = _lenient(raw)
         if doc is None:
             return "", BadLine(Reason.INVALID_JSON, "line is not JSON", raw.rstrip(b"\r\n"))
-    if type(doc) is not dict:
+    if not isinstance(doc, dict):
         return "", BadLine(Reason.INVALID_JSON, "line is not a JSON object",
                            raw.rstrip(b"\r\n"))
     topic = doc.get("topic")
@@ -309,21 +312,28 @@ def _parse_line(raw: bytes) -> tuple[str, dict[str, Any] | BadLine]:
     return topic, doc
 
 
+class _Lenient(dict[str, Any]):
+    """A line only the stdlib could read (a NaN or Infinity literal, a huge integer): its
+    payload is written back by the stdlib, keeping the literal for the decoder to judge
+    (`non_finite`), as live ingest judges such a payload."""
+
+
 def _lenient(raw: bytes) -> Any:
-    """A line orjson refused for a NaN/Infinity literal or a huge integer: the stdlib reads it,
-    and the payload written back keeps the literal for the decoder to judge (`non_finite`)."""
     try:
-        return json.loads(raw.decode("utf-8"))
+        doc = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
+    return _Lenient(doc) if type(doc) is dict else doc
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
-            "utf-8", "surrogateescape")
+def _dumps(value: Any, lenient: bool = False) -> bytes:
+    if not lenient:
+        try:
+            return orjson.dumps(value)
+        except (orjson.JSONEncodeError, TypeError):
+            pass
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogateescape")
 
 
 # -- partitions -------------------------------------------------------------------------------
@@ -336,24 +346,24 @@ class Partitioner:
     A kind whose Kafka key is the topic's district (water, energy, feeds per district: the
     entity is the district) is split by (kind, district); any other kind (its key, junction or
     route, is in the payload) stays whole, by kind. `assignment` maps those units to
-    partitions, balanced by how many messages each had at the start of the input
-    (`plan_assignment`); units it does not know go by a hash of their name.
+    partitions, balanced by how much of the input each had at its start (`plan_assignment`);
+    units it does not know go by a hash of their name.
     """
 
     def __init__(self, n: int, assignment: Mapping[str, int]) -> None:
         self.n = n
         self.assignment = dict(assignment)
-        self._cache: dict[str, int] = {}
+        self.known: dict[str, int] = {}  # topic -> owner, for callers that look up first
 
     def __call__(self, topic: str) -> int:
-        owner = self._cache.get(topic)
+        owner = self.known.get(topic)
         if owner is None:
             unit = unit_of(topic)
             owner = self.assignment.get(unit)
             if owner is None or owner >= self.n:
                 owner = zlib.crc32(unit.encode("utf-8", "surrogateescape")) % self.n
-            if len(self._cache) < 1_000_000:
-                self._cache[topic] = owner
+            if len(self.known) < 1_000_000:
+                self.known[topic] = owner
         return owner
 
 
@@ -371,21 +381,30 @@ def unit_of(topic: str) -> str:
 
 
 def plan_assignment(inputs: Inputs, n: int, sample: int = 100_000) -> dict[str, int]:
-    """Units to partitions for the import's first `sample` messages: largest first, each to
-    the partition with the fewest messages so far (ties: the lower number)."""
-    counts: Counter[str] = Counter()
+    """Units to partitions for the import's first `sample` messages: heaviest first, each to
+    the partition with the least weight so far (ties: the lower number). A message weighs its
+    size in the file up to `_WEIGHT_CAP` bytes: what it costs to decode grows with its
+    readings and fields (a shuttle's, a gateway's batch), while an oversized one is refused
+    at once."""
+    weights: Counter[str] = Counter()
     units: dict[str, str] = {}
+    previous: Item | None = None
     for item in inputs.items(Position()):
+        if previous is not None:
+            size = item.offset - previous.offset if item.file == previous.file else 0
+            weights[units[previous.topic]] += min(size, _WEIGHT_CAP) if size > 0 else 256
         if item.n >= sample:
+            previous = None
             break
-        unit = units.get(item.topic)
-        if unit is None:
-            unit = units[item.topic] = unit_of(item.topic)
-        counts[unit] += 1
+        if item.topic not in units:
+            units[item.topic] = unit_of(item.topic)
+        previous = item
+    if previous is not None:
+        weights[units[previous.topic]] += 256
     loads = [0] * n
     assignment: dict[str, int] = {}
-    for unit, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+    for unit, weight in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0])):
         target = min(range(n), key=lambda i: (loads[i], i))
         assignment[unit] = target
-        loads[target] += count
+        loads[target] += weight
     return assignment

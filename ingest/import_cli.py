@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
@@ -36,6 +37,14 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None
+                ) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise click.BadParameter(f"{value!r} is not a name of letters, digits, '.', '_' and "
+                                 "'-' (at most 64, the first a letter or digit)")
+    return value
+
+
 @click.command("import", context_settings=CONTEXT)
 @click.argument("paths", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -53,6 +62,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
                    "so for history they are only worth writing to a bucket kept longer "
                    "(CITYSTREAM_INFLUX__BUCKET_TELEMETRY).")
 @click.option("--id", "name", metavar="NAME", envvar=f"{ENV}ID", show_envvar=True,
+              callback=_check_name,
               help="Name of the import, whose state (engine, position, counters) lives in "
                    "--state-dir/NAME. Default: derived from the files, mapping, city file and "
                    "InfluxDB target, so running the same command again resumes an interrupted "

@@ -22,6 +22,11 @@ module in brackets) and derives from a class here, so the whole tree is this one
     │                           stopped acknowledging [sensors_sim.transport]
     ├── FellBehind              the simulated clock fell so far behind the wall clock that
     │                           readings would be too old [sensors_sim.runner]
+    ├── HistoryError            `citystream import` cannot start or go on (an unreadable
+    │                           input, a state of other inputs, InfluxDB gone too long)
+    │                           [ingest.history]
+    ├── MappingError            a CSV mapping cannot work (names the key or column)
+    │                           [ingest.csvmap]
     ├── CheckFailed             a service `citystream check` probes refused or did not answer
     │                           [citystream.check]
     ├── ReadBackError           skipped records could not be read back from Kafka

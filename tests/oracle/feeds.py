@@ -18,6 +18,9 @@ API
     The ``window`` tag: ``Nh`` when the length divides into hours, else ``Nm``, else ``Ns``.
 ``load_feed(city_toml, kind)``
     The ``[[feeds]]`` table of ``kind`` from a city TOML file.
+``recording_feed_points(rows, city_toml, *, horizon_s=86400)``
+    The points of every feed of a city file for a simulator recording's rows (publish order):
+    each feed's readings labelled valid in ``expected``, with the topic's district.
 
 Interpretations (fixed by the team; the engine must agree, or the contract must say otherwise)
 ---------------------------------------------------------------------------------------------
@@ -61,7 +64,10 @@ Interpretations (fixed by the team; the engine must agree, or the contract must 
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +81,7 @@ __all__ = [
     "FeedPoints",
     "compute_feed_points",
     "load_feed",
+    "recording_feed_points",
     "window_tag",
 ]
 
@@ -291,3 +298,33 @@ def compute_feed_points(readings: Iterable[Mapping[str, Any]], feed: Mapping[str
          start + window_ms): fields
         for (entity, start), fields in values.items()
     }
+
+
+_TOPIC_RE = re.compile(
+    r"^city/([a-z0-9][a-z0-9-]{0,62})/([a-z][a-z0-9_]{0,30})/[A-Za-z0-9_-]{1,64}$")
+
+
+def recording_feed_points(rows: Iterable[Mapping[str, Any]], city_toml: Path | str, *,
+                          horizon_s: int = DEFAULT_HORIZON_S) -> FeedPoints:
+    """Expected points of every ``[[feeds]]`` table of ``city_toml`` for recording rows (see
+    the module docstring): valid readings by their ``expected`` labels, in publish order."""
+    with open(city_toml, "rb") as fh:
+        feeds = {f["kind"]: f for f in tomllib.load(fh).get("feeds", [])}
+    readings: dict[str, list[dict[str, Any]]] = {kind: [] for kind in feeds}
+    for row in rows:
+        m = _TOPIC_RE.match(str(row["topic"]))
+        expected = row["expected"]
+        if m is None or m.group(2) not in feeds or not any(e.get("valid") for e in expected):
+            continue
+        body = json.loads(base64.b64decode(row["payload_b64"]).decode("utf-8"))
+        objects = body if isinstance(body, list) else [body]
+        if len(objects) != len(expected):
+            raise OracleInputError(f"message {row.get('seq')}: {len(objects)} readings, "
+                                   f"{len(expected)} expectations")
+        for obj, entry in zip(objects, expected, strict=True):
+            if entry.get("valid"):
+                readings[m.group(2)].append({**obj, "district": m.group(1)})
+    points: FeedPoints = {}
+    for kind, feed in feeds.items():
+        points.update(compute_feed_points(readings[kind], feed, horizon_s=horizon_s))
+    return points
