@@ -1,7 +1,8 @@
 """`citystream import` against a real InfluxDB: a recorded period of the simulated city with
-faults gives exactly the oracle's points, also imported twice and after a SIGKILL halfway; a
-CSV export with bad rows of every contract reason has every row accounted for; baselines
-learned from an imported period and a report over it use its points.
+faults gives exactly the oracle's points, also imported twice and after a SIGKILL halfway; the
+same readings published live give the import's points; a CSV export with bad rows of every
+contract reason has every row accounted for; baselines learned from an imported period and a
+report over it use its points.
 
 The long run (a month of the city) is marked `slow`."""
 
@@ -33,10 +34,10 @@ from tests.history_data import (
     export_rows,
     record,
 )
-from tests.integration.helpers import Lane, compare_points
+from tests.integration.helpers import Lane, compare_points, start_of_run
 from tests.oracle import compute_from_readings, read_recording
 from tests.oracle import load_city as oracle_city
-from tests.support import KPI_MEASUREMENTS, ROOT, influx_points
+from tests.support import KPI_MEASUREMENTS, ROOT, create_bucket, influx_points
 
 pytestmark = pytest.mark.influxdb
 
@@ -114,6 +115,42 @@ def test_a_recorded_period_imports_to_the_oracles_points_and_again(
     second = report_of(lane)["counts"]
     assert second["readings"] == first["readings"] and second["rejected"] == first["rejected"]
     assert second["duplicates"] + second["beyond_horizon"] == first["accepted"]
+
+
+@pytest.mark.mqtt
+@pytest.mark.kafka
+def test_the_same_readings_published_live_give_the_imports_points(lane: Lane,
+                                                                  tmp_path: Path) -> None:
+    """A slice of the city with faults published live (MQTT, ingest, Kafka, the worker) and
+    its recording imported into a bucket of its own: the same KPI points, none missing or
+    extra."""
+    lane.ingest()
+    lane.worker()
+    live = tmp_path / "live.jsonl"
+    lane.simulate("--seed", "4", "--speed", "0", "--gateways", "2", "--faults", "0.004",
+                  "--fault", "duplicate=0.02", "--fault", "reorder=0.02", "--start",
+                  start_of_run(), "--count", "15000", record=live)
+    bucket = f"imported-{lane.prefix.strip('.')}"
+    create_bucket(lane.influx, bucket)
+    operator = lane.influx.client_info()["influxdb"]["token"]
+    done = subprocess.run(
+        [sys.executable, "-m", "citystream", "import", str(live), "--workers", "2"],
+        env={**env_of(lane), "CITYSTREAM_INFLUX__BUCKET_KPI": bucket,
+             "CITYSTREAM_INFLUX__TOKEN": operator},
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    imported = influx_points(lane.influx, bucket, measurements())
+    assert len(imported) > 100
+    deadline = time.monotonic() + 240
+    while True:
+        problems = compare_points(influx_points(lane.influx, lane.kpi_bucket, measurements()),
+                                  imported)
+        if not problems:
+            break
+        assert time.monotonic() < deadline, (
+            f"{len(problems)} differences between live and imported points, e.g.:\n"
+            + "\n".join(problems[:10]))
+        time.sleep(3)
 
 
 def _children(pid: int) -> list[int]:
