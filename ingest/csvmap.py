@@ -249,9 +249,10 @@ def _check(mapping: CsvMapping, where: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class BadRow:
-    """A row that is not a message (wrong cell count, bytes not in the encoding, a time the
-    mapping cannot read): its dead letter is made by `letter`."""
+class BadInput:
+    """A CSV row or JSON line that is not a message (wrong cell count, bytes not in the
+    encoding, not JSON, no topic, a time that cannot be read): its dead letter is made by
+    `letter`."""
 
     reason: Reason
     detail: str
@@ -268,7 +269,7 @@ Row = list[str]
 
 class RowReader:
     """One CSV file read with a mapping: the header checked, then rows as
-    (topic, cells or `BadRow`, first line, start offset), resumable from a byte offset."""
+    (topic, cells or `BadInput`, first line, start offset), resumable from a byte offset."""
 
     def __init__(self, path: Path, mapping: CsvMapping, opener: Any) -> None:
         self.path = path
@@ -315,9 +316,9 @@ class RowReader:
                 header[0] = header[0][1:]
             return [h.strip() for h in header], lines.offset, lines.line
 
-    def rows(self, offset: int, line: int) -> Iterator[tuple[str, Row | BadRow, int, int]]:
+    def rows(self, offset: int, line: int) -> Iterator[tuple[str, Row | BadInput, int, int]]:
         """Rows from `offset` (0: the first after the header), each as (topic, cells, its
-        first line number, its start offset); a row that is not CSV comes as a `BadRow`."""
+        first line number, its start offset); a row that is not CSV comes as a `BadInput`."""
         if offset < self.data_offset:
             offset, line = self.data_offset, self.data_line
         with self.opener(self.path) as f:
@@ -333,22 +334,22 @@ class RowReader:
                 except StopIteration:
                     return
                 except csv.Error as exc:
-                    yield "", BadRow(Reason.INVALID_JSON, f"row is not CSV: {exc}",
+                    yield "", BadInput(Reason.INVALID_JSON, f"row is not CSV: {exc}",
                                      lines.row_bytes()), first, start
                     continue
                 if not cells:
                     continue  # a blank line is no row
                 if lines.bad:
-                    yield "", BadRow(Reason.INVALID_JSON, "row has bytes that are not "
+                    yield "", BadInput(Reason.INVALID_JSON, "row has bytes that are not "
                                      f"{self.mapping.format.encoding} (format.encoding)",
                                      lines.row_bytes()), first, start
                 elif len(cells) != width:
-                    yield "", BadRow(Reason.INVALID_JSON, f"row has {len(cells)} cells, the "
+                    yield "", BadInput(Reason.INVALID_JSON, f"row has {len(cells)} cells, the "
                                      f"header {width}", lines.row_bytes()), first, start
                 else:
                     yield topic_of(cells, self._sources), cells, first, start
 
-    def message(self, cells: Row) -> tuple[bytes, int | None] | BadRow:
+    def message(self, cells: Row) -> tuple[bytes, int | None] | BadInput:
         """A row's payload and receipt time (None: not mapped), or why it is no message."""
         return self._convert.payload(cells, self._sources)
 
@@ -428,7 +429,7 @@ class Converter:
             self._types[kind] = field_types(kind)
         return self._types[kind]
 
-    def payload(self, cells: Row, sources: dict[str, int]) -> tuple[bytes, int | None] | BadRow:
+    def payload(self, cells: Row, sources: dict[str, int]) -> tuple[bytes, int | None] | BadInput:
         body: dict[str, Any] = dict(self.constants)
         if "topic" in sources:
             parts = cells[sources["topic"]].strip().split("/")
@@ -470,9 +471,9 @@ class Converter:
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(
             "utf-8", "surrogateescape"), received
 
-    def _bad_time(self, name: str, cell: str, cells: Row) -> BadRow:
+    def _bad_time(self, name: str, cell: str, cells: Row) -> BadInput:
         fmt = self.mapping.format
-        return BadRow(Reason.SCHEMA, f"{name} {cell!r} is not a time in the mapping's "
+        return BadInput(Reason.SCHEMA, f"{name} {cell!r} is not a time in the mapping's "
                       f"format.ts ({fmt.ts})", _row_text(cells, fmt.delimiter), name)
 
     def _value(self, cell: str, kind: PointType, scale: float | None) -> Any:

@@ -40,9 +40,9 @@ from typing import IO, Any, Final, NamedTuple, cast
 
 import orjson
 
-from ingest.csvmap import BadRow, CsvMapping, RowReader
+from ingest.csvmap import BadInput, CsvMapping, RowReader
 from models import kinds
-from models.deadletter import DeadLetter, Reason
+from models.deadletter import Reason
 from models.errors import CitystreamError
 from models.readings import parse_ts
 
@@ -86,23 +86,9 @@ class Position:
                    int(data["index"]))
 
 
-@dataclass(frozen=True, slots=True)
-class BadLine:
-    """A JSON line that is no message (not JSON, no topic, an unreadable receipt time)."""
-
-    reason: Reason
-    detail: str
-    raw: bytes
-    field: str | None = None
-
-    def letter(self, topic: str, received_at_ms: int) -> DeadLetter:
-        return DeadLetter(reason=self.reason, detail=self.detail, field=self.field,
-                          topic=topic, raw=self.raw, received_at_ms=received_at_ms)
-
-
 class Item(NamedTuple):
     """One message of the stream, before it is decoded: `data` is what `Inputs.message`
-    needs (a line, a parsed line, CSV cells, or a `BadLine`/`BadRow`)."""
+    needs (a line, a parsed line, CSV cells, or a `BadInput`)."""
 
     n: int  # the message's number in the import, from 0
     topic: str
@@ -235,7 +221,7 @@ class Inputs:
                         yield Item(n, topic, doc, file, line, at)
                     n += 1
 
-    def message(self, item: Item) -> tuple[bytes, int | None] | BadLine | BadRow:
+    def message(self, item: Item) -> tuple[bytes, int | None] | BadInput:
         """An owned item's payload and receipt time (None: unknown), or why it is none."""
         data = item.data
         if type(data) is bytes:  # a recording's line: its topic was read, the rest is not
@@ -250,11 +236,11 @@ class Inputs:
             data = _parse_line(data)[1]
         if type(data) is list:
             return self._csv[item.file].message(data)
-        if isinstance(data, BadLine | BadRow):
+        if isinstance(data, BadInput):
             return data
         return self._envelope(data, item)
 
-    def _envelope(self, doc: dict[str, Any], item: Item) -> tuple[bytes, int | None] | BadLine:
+    def _envelope(self, doc: dict[str, Any], item: Item) -> tuple[bytes, int | None] | BadInput:
         lenient = type(doc) is _Lenient
         received: int | None = None
         for key in RECEIPT_KEYS:
@@ -262,7 +248,7 @@ class Inputs:
             if value is not None:
                 received = self._receipt(value)
                 if received is None:
-                    return BadLine(Reason.SCHEMA, f"{key} {value!r} is not an RFC 3339 time "
+                    return BadInput(Reason.SCHEMA, f"{key} {value!r} is not an RFC 3339 time "
                                    "or epoch milliseconds", _dumps(doc, lenient), key)
                 break
         if "payload_b64" in doc:
@@ -272,7 +258,7 @@ class Inputs:
                     raise ValueError
                 payload = base64.b64decode(encoded, validate=True)
             except (ValueError, binascii.Error):
-                return BadLine(Reason.INVALID_JSON, "payload_b64 is not standard base64",
+                return BadInput(Reason.INVALID_JSON, "payload_b64 is not standard base64",
                                _dumps(doc, lenient))
         elif "payload" in doc:
             payload = _dumps(doc["payload"], lenient)
@@ -296,19 +282,19 @@ class Inputs:
         return ms
 
 
-def _parse_line(raw: bytes) -> tuple[str, dict[str, Any] | BadLine]:
+def _parse_line(raw: bytes) -> tuple[str, dict[str, Any] | BadInput]:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
         doc = _lenient(raw)
         if doc is None:
-            return "", BadLine(Reason.INVALID_JSON, "line is not JSON", raw.rstrip(b"\r\n"))
+            return "", BadInput(Reason.INVALID_JSON, "line is not JSON", raw.rstrip(b"\r\n"))
     if not isinstance(doc, dict):
-        return "", BadLine(Reason.INVALID_JSON, "line is not a JSON object",
+        return "", BadInput(Reason.INVALID_JSON, "line is not a JSON object",
                            raw.rstrip(b"\r\n"))
     topic = doc.get("topic")
     if type(topic) is not str:
-        return "", BadLine(Reason.BAD_TOPIC, "line has no \"topic\" string", raw.rstrip(b"\r\n"))
+        return "", BadInput(Reason.BAD_TOPIC, "line has no \"topic\" string", raw.rstrip(b"\r\n"))
     return topic, doc
 
 

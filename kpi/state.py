@@ -150,28 +150,29 @@ class Seen:
         self.sensors.add(sensor_id)
 
 
-def alerts_of_batch(store: Store, entity: str, offset: int) -> list[Alert]:
-    """The alert transitions of the applied batch at `offset`, if its delta is still in the
-    ring (a redelivery after a crash comes within the last few batches)."""
+def _delta_of_batch(store: Store, entity: str, offset: int) -> dict[str, Any]:
+    """The delta of the applied batch at `offset`, if it is still in the ring (a redelivery
+    after a crash comes within the last few batches); empty otherwise."""
     for slot in range(DELTA_SLOTS):
         raw = store.get(dkey(entity, slot))
         if raw is not None:
-            delta = orjson.loads(raw)
+            delta: dict[str, Any] = orjson.loads(raw)
             if delta["off"] == offset:
-                return [Alert.model_validate(a) for a in delta.get("raised", ())]
-    return []
+                return delta
+    return {}
+
+
+def alerts_of_batch(store: Store, entity: str, offset: int) -> list[Alert]:
+    """The alert transitions of the applied batch at `offset` (see `_delta_of_batch`)."""
+    return [Alert.model_validate(a)
+            for a in _delta_of_batch(store, entity, offset).get("raised", ())]
 
 
 def quality_of_batch(store: Store, entity: str, offset: int) -> list[SensorQuality]:
-    """The `sensor_quality` points the applied batch at `offset` judged, if its delta is still
-    in the ring (see `alerts_of_batch`)."""
-    for slot in range(DELTA_SLOTS):
-        raw = store.get(dkey(entity, slot))
-        if raw is not None:
-            delta = orjson.loads(raw)
-            if delta["off"] == offset:
-                return [SensorQuality.model_validate(p) for p in delta.get("judged", ())]
-    return []
+    """The `sensor_quality` points the applied batch at `offset` judged (see
+    `_delta_of_batch`)."""
+    return [SensorQuality.model_validate(p)
+            for p in _delta_of_batch(store, entity, offset).get("judged", ())]
 
 
 def stored(obj: Any) -> bytes:

@@ -62,7 +62,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from connectors.influxdb.lineproto import pipeline_line, reading_line, to_line_protocol
-from connectors.influxdb.write import InfluxWriter, PointsRejected, PointWriter, SinkBackpressure
+from connectors.influxdb.write import (
+    InfluxWriter,
+    PointWriter,
+    SinkBackpressure,
+    write_isolating,
+)
 from connectors.kafka import KafkaSink, OutRecord, Sink
 from models import kinds
 from models.deadletter import sink_dead_letter
@@ -80,25 +85,6 @@ REBALANCE_TIMEOUT_MS: Final = 120_000
 def sink_topics(topics: Topics = DEFAULT) -> list[str]:
     """The topics the sink consumes."""
     return [*topics.telemetry.values(), topics.kpi_records, topics.pipeline_counters]
-
-
-def write_isolating(writer: PointWriter, bucket: str, lines: list[str]
-                    ) -> list[tuple[int, str]]:
-    """Write `lines`; if InfluxDB refuses some, bisect until each refused line stands alone.
-
-    Returns (index, server message) for every refused line; all others are written when it
-    returns. `SinkBackpressure` propagates (retry the whole call: rewriting is idempotent).
-    """
-    try:
-        writer.write(bucket, lines)
-    except PointsRejected as exc:
-        if len(lines) == 1 or exc.dropped == len(lines):
-            return [(i, exc.message) for i in range(len(lines))]
-        mid = len(lines) // 2
-        left = write_isolating(writer, bucket, lines[:mid])
-        right = write_isolating(writer, bucket, lines[mid:])
-        return left + [(i + mid, message) for i, message in right]
-    return []
 
 
 def kpi_line(value: bytes) -> str:

@@ -122,8 +122,8 @@ def write_isolating(writer: PointWriter, bucket: str, lines: list[str]
     Returns (index, server message) for every refused line; all others are written when it
     returns. `SinkBackpressure` propagates (retry the whole call: rewriting is idempotent).
     A 422 whose `dropped` count is the whole request (e.g. every point outside the bucket's
-    retention) is taken at its word, without bisecting. (`citystream import`'s writer; the
-    sink in streams/sink.py has its own copy of this rule.)
+    retention) is taken at its word, without bisecting. Used by the sink and by
+    `citystream import`.
     """
     try:
         writer.write(bucket, lines)

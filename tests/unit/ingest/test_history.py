@@ -14,7 +14,7 @@ import pytest
 
 from ingest.decode import decode
 from ingest.history import (
-    BadLine,
+    BadInput,
     HistoryError,
     Inputs,
     Partitioner,
@@ -69,7 +69,7 @@ def test_lines_that_are_no_message_are_dead_letters_with_the_contract_reason(
              orjson.dumps({"topic": TOPIC, "payload": READING, "received_at": "yesterday"}),
              orjson.dumps({"topic": TOPIC, "payload_b64": "***"})]
     got = [m for _, m in messages(inputs_of(tmp_path, lines))]
-    assert all(isinstance(m, BadLine) for m in got)
+    assert all(isinstance(m, BadInput) for m in got)
     assert [m.reason for m in got] == [Reason.INVALID_JSON, Reason.INVALID_JSON,
                                        Reason.BAD_TOPIC, Reason.SCHEMA, Reason.INVALID_JSON]
     assert got[3].field == "received_at"
@@ -103,8 +103,8 @@ def test_a_recording_line_reads_as_its_full_parse(tmp_path: Path) -> None:
            head + b',"received_at":"x"}',  # received_at wins over sim_time
            head + b',"faults":[],"expected":[]}']
     got = [m for _, m in messages(inputs_of(tmp_path, odd, "odd.jsonl"))]
-    assert isinstance(got[0], BadLine) and got[0].reason == Reason.INVALID_JSON
-    assert isinstance(got[1], BadLine) and got[1].field == "received_at"
+    assert isinstance(got[0], BadInput) and got[0].reason == Reason.INVALID_JSON
+    assert isinstance(got[1], BadInput) and got[1].field == "received_at"
     assert got[2] == (b"{}", 1794787200000)
 
 
