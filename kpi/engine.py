@@ -31,7 +31,7 @@ import orjson
 
 from kpi.alerts import AlertKey, AlertRules
 from kpi.numbers import fadd
-from kpi.quality import DUPLICATES, FIRST_TS, LAST_TS, LATE, READINGS, hour_of, judge
+from kpi.quality import CHANGES, DUPLICATES, FIRST_TS, LAST_TS, LATE, READINGS, hour_of, judge
 from kpi.state import (
     DELTA_SLOTS,
     Entity,
@@ -195,14 +195,10 @@ class KindEngine:
                 # in order for this sensor: new, and first in its window unless the sensor's
                 # newest reading already lies in this window
                 first_in_window = rec is None or rec[0] < start
-            elif ts == rec[0]:
-                out.duplicates += 1
-                quality.tally(hour if hour > judged_before else hour_of(newest or ts), sid,
-                              r.district, tallied)[DUPLICATES] += 1
-                continue
             else:
-                seen = self._seen_in(store, entity, start, wins.get(start), pending)
-                if (sid, ts) in seen.pairs:
+                seen = None if ts == rec[0] else self._seen_in(store, entity, start,
+                                                               wins.get(start), pending)
+                if seen is None or (sid, ts) in seen.pairs:
                     out.duplicates += 1
                     quality.tally(hour if hour > judged_before else hour_of(newest or ts), sid,
                                   r.district, tallied)[DUPLICATES] += 1
@@ -230,7 +226,7 @@ class KindEngine:
                     tally[LAST_TS] = ts
                 if judges_stuck and rec is not None and ts > rec[0] and \
                         getattr(r, unit_field or "") != rec[2]:
-                    tally[3] += 1  # quality.CHANGES
+                    tally[CHANGES] += 1
             value = getattr(r, unit_field) if unit_field else None
             if rec is None:
                 if carries:

@@ -106,10 +106,6 @@ class QualityState:
         return list(range(first, last + 1, HOUR_MS))
 
 
-def _usual_gap(gaps: list[int]) -> float:
-    return float(statistics.median(gaps))
-
-
 def judge_hour(kind: str, sensor_id: str, hour: int, tally: list[Any] | None,
                history: list[Any], judges_stuck: bool) -> SensorQuality:
     """The `sensor_quality` point of one sensor's final hour; `history` is updated (gaps,
@@ -118,7 +114,7 @@ def judge_hour(kind: str, sensor_id: str, hour: int, tally: list[Any] | None,
     readings, duplicates, late = tally[READINGS], tally[DUPLICATES], tally[LATE]
     gaps: list[int] = history[HIST_GAPS]
     own_gap = round((tally[LAST_TS] - tally[FIRST_TS]) / (readings - 1)) if readings >= 2 else None
-    usual = _usual_gap(gaps) if gaps else own_gap
+    usual = float(statistics.median(gaps)) if gaps else own_gap
     if own_gap is not None:
         gaps.append(own_gap)
         del gaps[:-GAPS_KEPT]
