@@ -13,6 +13,7 @@ from faust.types import TP
 
 from models.city import City
 from models.settings import Settings
+from streams import lease
 from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
 __all__ = ["FaustHost", "WorkerFactory", "create_app", "rocksdb_options",
@@ -91,6 +92,18 @@ class FaustHost:
         return (not self.app.rebalancing and not self.app.in_recovery
                 and self.app.flow_control.is_active())
 
+    def lease_lapsed_s(self) -> float | None:
+        return lease.lapsed(self.app.conf.id)
+
+    def undelivered(self) -> int:
+        producer = self.app.producer
+        count = producer.buffer.pending.qsize()
+        inner: Any = getattr(producer, "_producer", None)  # aiokafka's, once it sent
+        if inner is not None:
+            batches = inner._message_accumulator
+            count += sum(map(len, batches._batches.values())) + len(batches._pending_batches)
+        return count
+
     def generation(self) -> int:
         return self.app.consumer_generation_id
 
@@ -110,7 +123,9 @@ class FaustHost:
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,
                make_worker: WorkerFactory = Worker) -> faust.App:
     """Build the Faust app of a `Worker` (made by `make_worker`, to inject its collaborators):
-    one agent and two tables per reading kind, its timers, tasks and rebalance hooks."""
+    one agent and two tables per reading kind, its timers, tasks and rebalance hooks. Installs
+    the group leases of streams/lease.py first."""
+    lease.install()
     host = FaustHost(settings, options)
     app = host.app
     worker = make_worker(settings, city, options, host)
@@ -152,6 +167,10 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     @app.task
     async def start_alert_publisher() -> None:
         await worker.start()
+
+    @app.timer(interval=options.lease_check_s)
+    async def fence_if_cut_off() -> None:
+        worker.fence_if_cut_off()
 
     if options.sink:
 

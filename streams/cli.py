@@ -47,6 +47,11 @@ def worker(**values: Any) -> None:
     Consumes the Kafka topics written by `citystream ingest`; scale by running more workers
     (they share the partitions of each topic; the partition count bounds parallelism).
 
+    A worker that Kafka's group coordinator has not answered for 80 % of --session-timeout
+    sends nothing more, and restarts itself in place (same pid; state rebuilt from the
+    changelogs) if it still holds undelivered records: by then the group may have given its
+    partitions to another worker, which must not see them overwritten (docs/cluster.md).
+
     \b
     Settings (env): CITYSTREAM_KAFKA__BOOTSTRAP, __PARTITIONS, __REPLICATION_FACTOR,
     __MIN_INSYNC_REPLICAS; CITYSTREAM_INFLUX__URL, __ORG,
@@ -58,26 +63,39 @@ def worker(**values: Any) -> None:
       eval "$(citystream env)" && citystream worker --instance 0
     """
     import asyncio
+    import os
+    import time
 
     import faust
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaConnectionError, KafkaError
 
     from connectors.kafka import ensure_topics
     from models.settings import settings_and_city
+    from streams import lease
     from streams.app import create_app, worker_topics
     from streams.worker import mark_clean_shutdown, recover_state_dir
 
     settings, city = settings_and_city()
     options = WorkerOptions(**values)
-    try:
-        asyncio.run(asyncio.wait_for(ensure_topics(settings.kafka, worker_topics(settings)), 60))
-    except (TimeoutError, OSError) as exc:
-        click.echo(f"error: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); check "
-                   "CITYSTREAM_KAFKA__BOOTSTRAP", err=True)
-        sys.exit(1)
-    except KafkaError as exc:  # refused: more replicas than brokers, say
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    restarted = os.environ.pop(lease.RESTARTED, None)
+    while True:
+        try:
+            asyncio.run(asyncio.wait_for(
+                ensure_topics(settings.kafka, worker_topics(settings)), 60))
+            break
+        except (TimeoutError, OSError, KafkaConnectionError) as exc:
+            if restarted:  # cut off Kafka (streams/lease.py): wait for the network
+                log.warning("worker %s restarted in place (%s); Kafka at %s not reachable yet "
+                            "(%s): trying again in 5 s", options.instance, restarted,
+                            settings.kafka.bootstrap, exc)
+                time.sleep(5)
+                continue
+            click.echo(f"error: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); "
+                       "check CITYSTREAM_KAFKA__BOOTSTRAP", err=True)
+            sys.exit(1)
+        except KafkaError as exc:  # refused: more replicas than brokers, say
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
     recover_state_dir(options)
     app = create_app(settings, city, options)
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from kpi.alerts import AlertRules, AlertSettings
 from kpi.quality import add_rejected, rejected_hour
@@ -43,6 +43,7 @@ from models.quality import HOUR_MS, SensorQuality
 from models.readings import BaseReading
 from models.records import Alert, Kpi, PipelineCounters, Record, record_to_json
 from models.settings import Settings
+from streams.lease import restart_in_place
 from streams.mqtt_alerts import AlertPublisher
 from streams.offsets import (
     APPLIED_PREFIX,
@@ -106,6 +107,7 @@ class WorkerOptions:
     commit_interval_s: float = 1.0  # Faust's offset commit interval
     rewind_check_s: float = 5.0  # how often idle partitions are looked at
     rewind_idle_s: float = 30.0  # idle this long, a partition is checked for skipped records
+    lease_check_s: float = 0.25  # how often a lapsed group lease is looked for
 
     @property
     def state_dir(self) -> Path:
@@ -185,6 +187,16 @@ class Host(Protocol):
 
     def generation(self) -> int:
         """The consumer group generation; it changes with every rebalance."""
+        ...
+
+    def lease_lapsed_s(self) -> float | None:
+        """Seconds since the group coordinator last answered this worker, once that is long
+        enough that the group may have given its partitions to another (streams/lease.py);
+        else None."""
+        ...
+
+    def undelivered(self) -> int:
+        """Records sent (or written to a table) that Kafka has not acknowledged yet."""
         ...
 
     def assignment(self) -> set[TP]:
@@ -349,6 +361,7 @@ class Worker:
                  engines: Mapping[str, Engine] | None = None, alerts: Alerts | None = None,
                  reader: Reader | None = None,
                  release_memory: Callable[[], None] = release_freed_memory,
+                 restart: Callable[[str], NoReturn] = restart_in_place,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.options = options
@@ -363,6 +376,7 @@ class Worker:
         self.reader: Reader = reader if reader is not None else KafkaRangeReader(
             settings.kafka.bootstrap)
         self.release_memory = release_memory
+        self.restart = restart
         self.clock = clock
         self.counters = WorkerCounters()
         topics = settings.kafka.topics
@@ -387,6 +401,7 @@ class Worker:
         """Called by the kind's agent with every record, in partition order. Applies first the
         records between the partition's last applied offset and this one that never reached
         the agent (read back from Kafka), then this one: each record is applied once."""
+        self.restart_if_cut_off("a record arrived")
         self.seen[(topic, partition)] = self.clock()
         self.counters.caught_up += await catch_up(
             self.tables[kind].state, self.reader, topic, partition, offset,
@@ -435,6 +450,7 @@ class Worker:
         (`kpi.quality.rejected_hour`); the hour's count goes to `kpi.records` as a
         `sensor_quality` point with only `rejected`. Counted once per letter; a redelivered
         letter sends the count again."""
+        self.restart_if_cut_off("a dead letter arrived")
         try:
             letter = DeadLetter.from_json(value)
         except Exception:  # not ingest's: nothing to attribute
@@ -467,8 +483,9 @@ class Worker:
         """Called by a timer every `timer_interval_s`: emit the open windows of entities quiet
         for `quiet_s`, once per change of the entity. Only for partitions this worker owns,
         and never across a rebalance: a worker that lost a partition would otherwise send
-        windows from its stale state after the new owner sent the true ones."""
-        if not self.host.settled():
+        windows from its stale state after the new owner sent the true ones, nor while it is cut
+        off its group (when an entity only looks quiet)."""
+        if not self.host.settled() or self.host.lease_lapsed_s() is not None:
             return
         generation = self.host.generation()
         owned = {(tp.topic, tp.partition) for tp in self.host.assignment()}
@@ -488,7 +505,8 @@ class Worker:
                         continue
                     records = engine.due(entity, tables.state)
                 for record in records:
-                    if self.host.generation() != generation or not self.host.settled():
+                    if (self.host.generation() != generation or not self.host.settled()
+                            or self.host.lease_lapsed_s() is not None):
                         return
                     await self.kpi_topic.send(key=_key_of(record), value=record_to_json(record),
                                               force=True)
@@ -528,20 +546,44 @@ class Worker:
 
     async def publish_counters(self) -> None:
         """Called by a timer every `counters_interval_s`: a `pipeline` record (component
-        `worker`) to `pipeline.counters`, and the counters in the log."""
+        `worker`) to `pipeline.counters` (not while cut off the group: nothing is sent then),
+        and the counters in the log."""
         counters = self.counters
         record = PipelineCounters(component="worker", instance=self.options.instance,
                                   ts_ms=int(time.time() * 1000), received=counters.received,
                                   accepted=counters.accepted, rejected=counters.rejected,
                                   late=counters.late, duplicates=counters.duplicates,
                                   written=sum(s.counters()["written"] for s in self.sinks))
-        await self.counters_topic.send(key=f"worker/{self.options.instance}".encode(),
-                                       value=record_to_json(record), force=True)
+        if self.host.lease_lapsed_s() is None:
+            await self.counters_topic.send(key=f"worker/{self.options.instance}".encode(),
+                                           value=record_to_json(record), force=True)
         log.info("worker %s: %d readings received, %d accepted, %d duplicates, %d late, "
                  "%d rejected, %d KPI records emitted, %d points written, %d skipped records "
                  "caught up, %d rewinds", self.options.instance, counters.received,
                  counters.accepted, counters.duplicates, counters.late, counters.rejected,
                  counters.emitted, record.written, counters.caught_up, counters.rewinds)
+
+    def restart_if_cut_off(self, why: str) -> None:
+        """Called before anything that sends: a worker whose group lease lapsed may no longer
+        own its partitions, so rather than send it restarts (`restart`, in production
+        `streams.lease.restart_in_place`)."""
+        lapsed = self.host.lease_lapsed_s()
+        if lapsed is not None:
+            self.restart(f"worker {self.options.instance}: {why} {lapsed:.1f} s after Kafka's "
+                         "group coordinator last answered")
+
+    def fence_if_cut_off(self) -> None:
+        """Called by a timer every `lease_check_s`. Once the group lease lapsed nothing more is
+        sent; what the producer still holds would be delivered when the network heals, maybe
+        after the new owner's writes: then the worker restarts before the group can give its
+        partitions away (streams/lease.py). Nothing held: it waits for the network."""
+        lapsed = self.host.lease_lapsed_s()
+        if lapsed is None:
+            return
+        held = self.host.undelivered()
+        if held:
+            self.restart(f"worker {self.options.instance}: no answer from Kafka's group "
+                         f"coordinator for {lapsed:.1f} s and {held} records not delivered")
 
     # -- rebalances --------------------------------------------------------------------------
 

@@ -490,7 +490,8 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
     if kafka_readings < expected.valid:
         problems.append(f"only {kafka_readings} readings in Kafka for {expected.valid} valid")
     points = telemetry_points(lane.influx, lane.telemetry_bucket)
-    want = {(kind, sensor, ts): _key_value(kind, item)
+    key_fields = _key_fields()  # loads the city: once, not per reading
+    want = {(kind, sensor, ts): float(item[key_fields[kind]])
             for (sensor, ts), (kind, _district, item) in expected.unique.items()}
     missing = sorted(set(want) - set(points))
     extra = sorted(set(points) - set(want))
@@ -535,10 +536,6 @@ def _key_fields() -> dict[str, str]:
     return {spec.name: _KEY_FIELD.get(spec.name) or next(
         name for name, point_type, required in spec.raw.fields
         if required and point_type in ("float", "int")) for spec in kinds.specs()}
-
-
-def _key_value(kind: str, item: dict[str, Any]) -> float:
-    return float(item[_key_fields()[kind]])
 
 
 def flux_csv(stack: Stack, query: str) -> list[dict[str, str]]:

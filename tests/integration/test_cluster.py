@@ -40,7 +40,7 @@ from tests.integration.faults import (
     save_report,
     settle,
 )
-from tests.integration.helpers import KpiMismatch, Lane, city_kinds, start_of_run
+from tests.integration.helpers import Lane, city_kinds, start_of_run
 from tests.support import IngestProcess
 
 pytestmark = [pytest.mark.cluster]
@@ -238,23 +238,13 @@ def test_kafka_nodes_killed_one_then_two_lose_nothing(
 
 # -- 2. a worker cut off Kafka -----------------------------------------------------------------
 
-STALE_WINDOWS = (
-    "A worker cut off Kafka sees no more records, so its quiet-window timer (--quiet) takes "
-    "every entity for quiet and emits their open windows, partial; Faust's producer buffers "
-    "those sends (producer_request_timeout 1200 s) and delivers them when the network heals, "
-    "after the new owner of the partitions wrote the complete windows: the sink then writes "
-    "the partial ones last (seen: a junction's 5 min `vehicles` 2 instead of 8). The same "
-    "buffered sends append stale table state to the changelogs. Not fixed yet: see "
-    "docs/cluster.md, 'What is left'.")
-
-
-@pytest.mark.xfail(reason=STALE_WINDOWS, raises=KpiMismatch, strict=False)
 def test_worker_cut_off_kafka_past_its_session_timeout(
         cluster: Cluster, lane: Lane, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     _ingest, probe, sim, record = start_lane(cluster, lane, tmp_path)
     group = f"{lane.prefix}citystream-worker"
     w0, w1 = cluster.address("w0"), cluster.address("w1")
+    worker0, worker1 = (p for p in lane.processes if p.name in ("worker-0", "worker-1"))
     restarted: list[str] = []
     try:
         wait_group(cluster.bootstrap, group, [w0, w1])
@@ -268,17 +258,29 @@ def test_worker_cut_off_kafka_past_its_session_timeout(
         time.sleep(max(0.0, 60 - (time.monotonic() - t)))
         cluster.heal("w1")
         end = probe.mark("worker 1 reconnected (network healed)")
+        restarted += restart_exited(probe, lane)
         figure(probe, "worker 1 back in the group", wait_group(cluster.bootstrap, group,
                                                                 [w0, w1]), "group")
         probe.wait_recovered(end, "worker 1 healed after 60 s", duration_s=end - t,
                              timeout=300)
-        restarted += restart_exited(probe, lane)
         time.sleep(20)  # let a zombie write what it held, if it would
+
+        t = probe.mark("SIGKILL worker 0, started again: the partitions it took over are "
+                       "restored from the changelogs worker 1 wrote to before the cut")
+        worker0.kill()
+        worker0.start()
+        end = probe.mark("worker 0 running again")
+        probe.wait_recovered(t, "SIGKILL worker 0 after the heal", duration_s=end - t,
+                             stages=("kafka", "worker"), timeout=300)
+        restarted += restart_exited(probe, lane)
     finally:
         cluster.heal("w1")
         sim.stop()
         probe.stop()
         save_report(probe, lane.dir / "recovery.json")
+    fenced = [line for line in worker1.log.read_text(errors="replace").splitlines()
+              if "restarting in place" in line]
+    print("worker 1 fenced itself:", *fenced, sep="\n  ")
     settle(lane, probe, record, capsys)  # a stale window written last differs from the oracle
     if restarted:
         print(f"restarted after exiting: {restarted}")

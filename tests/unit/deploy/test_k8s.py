@@ -140,3 +140,30 @@ def test_config_matches_defaults() -> None:
     assert config["CITYSTREAM_INFLUX__BUCKET_KPI"] == defaults.influx.bucket_kpi
     assert config["CITYSTREAM_INFLUX__BUCKET_TELEMETRY"] == defaults.influx.bucket_telemetry
     assert all(isinstance(v, str) for v in config.values()), "ConfigMap values must be strings"
+
+
+def test_every_manifest_is_valid_against_the_kubernetes_api_schemas() -> None:
+    """Every built-in resource of deploy/k8s (and deploy/k8s/kafka) against the published
+    OpenAPI schemas of the newest Kubernetes version kubernetes-validate ships, strict (no
+    unknown fields). Strimzi's custom resources have no schema there:
+    test_cluster_layouts.py checks what they say."""
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    checked, custom = [], []
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            name = f"{path.relative_to(K8S)}: {doc['kind']} {doc.get('metadata', {}).get('name')}"
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                custom.append(doc["apiVersion"].split("/")[0])
+                continue
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{name}: {exc.message} at {'.'.join(map(str, exc.path))}")
+            checked.append(name)
+    assert {"Deployment", "StatefulSet", "ConfigMap", "Secret", "Service"} <= {
+        n.split(": ")[1].split()[0] for n in checked}
+    assert set(custom) <= {"kafka.strimzi.io", "kustomize.config.k8s.io"}, custom

@@ -58,6 +58,8 @@ class FakeHost:
         self.owned: set[TP] = set()
         self.ends: dict[TP, int] = {}
         self.seeks: list[tuple[TP, int]] = []
+        self.lapsed: float | None = None
+        self.held = 0
 
     def table(self, name: str) -> dict[bytes, bytes]:
         return self.tables.setdefault(name, {})
@@ -70,6 +72,12 @@ class FakeHost:
 
     def generation(self) -> int:
         return self.gen
+
+    def lease_lapsed_s(self) -> float | None:
+        return self.lapsed
+
+    def undelivered(self) -> int:
+        return self.held
 
     def assignment(self) -> set[TP]:
         return set(self.owned)
@@ -198,6 +206,46 @@ def test_the_timer_stops_when_the_consumer_generation_changes() -> None:
     asyncio.run(worker.close_quiet_windows())
     assert len(kpi_sent(host)) == 2, "the other entity's window comes at the next run"
     assert {key.split(b"/")[1] for key, _, _ in kpi_sent(host)} == {b"bletchley", b"wolverton"}
+
+
+class Restarted(Exception):
+    pass
+
+
+def restart(why: str) -> Any:
+    raise Restarted(why)
+
+
+def test_a_worker_cut_off_its_group_sends_nothing_and_restarts_if_it_holds_sends() -> None:
+    worker, host, clock = build(restart=restart)
+    host.owned = {TP(WATER, 0)}
+    asyncio.run(worker.handle("water", WATER, 0, 0, water()))
+    clock.now += 10
+    host.lapsed = 8.5
+    asyncio.run(worker.close_quiet_windows())
+    assert kpi_sent(host) == [], "the entity only looks quiet: no records reach a cut worker"
+    asyncio.run(worker.publish_counters())
+    assert host.topics[TOPICS.pipeline_counters].sent == []
+    worker.fence_if_cut_off()  # nothing held: it waits for the network
+    host.held = 3
+    try:
+        worker.fence_if_cut_off()
+    except Restarted as exc:
+        assert "8.5 s" in str(exc) and "3 records not delivered" in str(exc)
+    else:
+        raise AssertionError("a cut-off worker holding sends must restart")
+    try:
+        asyncio.run(worker.handle("water", WATER, 0, 1, water(ts_ms=TS + 1000)))
+    except Restarted as exc:
+        assert "a record arrived" in str(exc)
+    else:
+        raise AssertionError("a record reaching a cut-off worker must not be applied")
+    assert applied_offset(worker.tables["water"].state, 0) == 0
+
+    host.lapsed = None  # the coordinator answered again
+    worker.fence_if_cut_off()
+    asyncio.run(worker.close_quiet_windows())
+    assert len(kpi_sent(host)) == 1
 
 
 def test_a_revocation_of_source_partitions_empties_the_engines_caches() -> None:
