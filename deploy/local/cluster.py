@@ -85,7 +85,9 @@ class ClusterStack(Stack):
 
     def client_info(self, creds: Credentials | None = None) -> dict[str, Any]:
         info = super().client_info(creds)
-        info["kafka"] = {"bootstrap": self.quorum.bootstrap}
+        info["kafka"] = {"bootstrap": self.quorum.bootstrap,
+                         "replication_factor": self.quorum.replication_factor,
+                         "min_insync_replicas": self.quorum.min_insync_replicas}
         return info
 
     def service_env(self) -> dict[str, str]:

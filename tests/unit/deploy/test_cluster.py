@@ -59,7 +59,8 @@ def test_clients_of_the_cluster_get_its_nodes_and_replication(tmp_path: Path) ->
     stack = ClusterStack(StackSettings(home=tmp_path, host="10.213.9.1", mqtt_port=1884),
                          QUORUM, net)
     bootstrap = "10.213.9.11:9092,10.213.9.12:9092,10.213.9.13:9092"
-    assert stack.client_info()["kafka"] == {"bootstrap": bootstrap}
+    assert stack.client_info()["kafka"] == {"bootstrap": bootstrap, "replication_factor": 3,
+                                            "min_insync_replicas": 2}
     env = stack.service_env()
     assert env["CITYSTREAM_KAFKA__BOOTSTRAP"] == bootstrap
     assert env["CITYSTREAM_KAFKA__REPLICATION_FACTOR"] == "3"
