@@ -8,7 +8,9 @@ from typing import Any
 from .stats import fmt, ratio, table
 
 HEADER = ["measurement", "readings/s", "CPU s/1k", "services CPU s/1k", "p50 s", "p95 s",
-          "p99 s", "RSS MB", "compared"]
+          "p99 s", "RSS MB", "compared", "rate over s"]
+"""`rate over s`: how long the part of the run that gave readings/s lasted (a drain between
+10 % and 90 % of its input, a live feed's second half, the floor's loop)."""
 
 # (key, label) in table order; a key missing from the results is left out
 ROWS = [
@@ -105,6 +107,8 @@ def _compared(key: str, r: dict[str, Any], s: dict[str, Any]) -> str:
         check = r["check"]
         notes.append(f"{check['compared']} windows = citystream's (max diff "
                      f"{fmt(check['max_rel_diff'])})")
+    if r.get("rate_samples") == 0 and _rate(r) and r.get("measured_s"):
+        notes.append("coarse: no progress sample inside the measured span")
     if r.get("complete") is False:
         notes.append("INCOMPLETE")
     return "; ".join(notes)
@@ -124,21 +128,23 @@ def summary_rows(s: dict[str, Any]) -> list[list[Any]]:
                 if source.get("backlog_at_end", 0) > (source.get("offered_rate_per_s") or 0):
                     note += "; pipeline behind: not the steady-state figure"
                 rows.append([label, None, None, None, kpi["p50_s"], kpi["p95_s"], kpi["p99_s"],
-                             "-", note])
+                             "-", note, None])
             continue
         r = s.get(key)
         if not r:
             continue
         lat = r.get("latency") or {}
         rows.append([label, _rate(r), r.get("cpu_s_per_1k"), _services(r), lat.get("p50_s"),
-                     lat.get("p95_s"), lat.get("p99_s"), _memory(r), _compared(key, r, s)])
+                     lat.get("p95_s"), lat.get("p99_s"), _memory(r), _compared(key, r, s),
+                     r.get("measured_s")])
     for key in sorted(k for k in s if k.startswith("rss.")):
         r = s[key]
         rows.append([f"RSS at {fmt(int(key.split('.')[1]))} sensors, {r.get('system')}", _rate(r),
                      r.get("cpu_s_per_1k"), _services(r), None, None, None, _memory(r),
                      "peak: " + ", ".join(
                          f"{n.split('-')[0]} {fmt(m.get('hwm_mb'))}"
-                         for n, m in (r.get("memory_mb") or {}).items() if isinstance(m, dict))])
+                         for n, m in (r.get("memory_mb") or {}).items() if isinstance(m, dict)),
+                     r.get("measured_s")])
     return rows
 
 

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -74,7 +74,9 @@ class Runner:
             self.ctx.say(f"   {result['fell_behind']}")
         rate = result.get("rate_per_s") or result.get("delivered_rate_per_s")
         lat = (result.get("latency") or {}).get("p99_s")
-        figures = [f"{rate:,.0f} readings/s" if rate else "",
+        over = result.get("measured_s")
+        figures = [f"{rate:,.0f} readings/s" if rate else "no rate",
+                   f"over {over:.1f} s" if over else "",
                    f"p99 {lat:.2f} s" if lat is not None else "", f"({result['seconds']} s)"]
         self.ctx.say(f"   {key}: {result.get('what', '')}: {'  '.join(f for f in figures if f)}")
         return None if "error" in result else result
@@ -100,12 +102,13 @@ class Runner:
         if self.want("kpi") or self.want("sink"):
             for n in (1, 2):
                 held: dict[str, Any] = {}
-                if step(f"kpi.{n}", partial(_kpi, ctx, city_msgs, n, "", held)) and (
+                kpi_msgs = suite.backlog_stream(ctx, s.sensors, s.kpi_cycles)
+                if step(f"kpi.{n}", partial(_kpi, ctx, kpi_msgs, n, "", held)) and (
                         n == 1 and self.want("sink")):
                     step("sink", partial(suite.measure_sink, ctx, held["ns"], held["ledger"]))
         if self.want("quix"):
-            water = suite.backlog_messages(ctx, s.water_sensors, s.water_cycles,
-                                           kinds=("water",))
+            water = suite.backlog_stream(ctx, s.water_sensors, s.water_cycles,
+                                         kinds=("water",))
             held = {}
             if step("kpi.water", partial(_kpi, ctx, water, 1, ", water only", held)) and (
                     self.o.peers):
@@ -162,7 +165,7 @@ class Runner:
         return self.results
 
 
-def _kpi(ctx: suite.Context, messages: list[suite.Message], workers: int, label: str,
+def _kpi(ctx: suite.Context, messages: Iterable[suite.Message], workers: int, label: str,
          held: dict[str, Any]) -> dict[str, Any]:
     """A KPI stage run that keeps its namespace and ledger for the sink or Quix after it."""
     result, held["ns"], held["ledger"] = suite.measure_kpi(ctx, messages, workers, label)

@@ -55,13 +55,44 @@ def sustained_rate(samples: Sequence[Sample], total: float, lo: float = 0.1,
     stragglers stay out of the figure, and a poll interval matters less than with first/last.
     None if the run never got to `hi` or took no measurable time.
     """
+    return measured_rate(samples, total, lo, hi)["rate_per_s"]
+
+
+def measured_rate(samples: Sequence[Sample], total: float, lo: float = 0.1,
+                  hi: float = 0.9) -> dict[str, float | int | None]:
+    """`sustained_rate` with how it was measured: `measured_s`, the seconds between the
+    moments `lo` and `hi` of `total` were done (how long the measured part of the run lasted),
+    and `rate_samples`, the progress samples inside that span (0: the figure rests on the
+    samples around it alone, so a sample interval near `measured_s` makes it coarse).
+
+    For a figure in every run, the samples must start with one taken before anything was done
+    (`progress` puts one first): without it a first sample already past `lo` leaves the start
+    unknown and the rate None."""
+    out: dict[str, float | int | None] = {"rate_per_s": None, "measured_s": None,
+                                          "rate_samples": 0}
     if total <= 0:
-        return None
+        return out
     t_lo = crossing_time(samples, lo * total)
     t_hi = crossing_time(samples, hi * total)
     if t_lo is None or t_hi is None or t_hi <= t_lo:
-        return None
-    return (hi - lo) * total / (t_hi - t_lo)
+        return out
+    out["rate_per_s"] = (hi - lo) * total / (t_hi - t_lo)
+    out["measured_s"] = t_hi - t_lo
+    out["rate_samples"] = sum(1 for t, _ in samples if t_lo < t < t_hi)
+    return out
+
+
+def progress(samples: Sequence[Sample], start: float) -> list[Sample]:
+    """Progress points for `measured_rate` from polled `samples` (time-ordered): `(start,
+    0.0)` first, the moment the measured process was started, then each sample after it that
+    shows a new amount. A poll that repeats the last amount says nothing new; kept, it would
+    place a crossing just before the next change instead of between the changes (an amount
+    that grows in steps, such as committed offsets, is then read at each step)."""
+    out: list[Sample] = [(start, 0.0)]
+    for t, n in samples:
+        if t > start and n != out[-1][1]:
+            out.append((t, n))
+    return out
 
 
 def per_1k(cpu_s: float, items: float) -> float | None:

@@ -7,7 +7,12 @@ is documented in docs/performance.md; in short:
 - *stage capacity* (MQTT->Kafka, Kafka->KPI, KPI+raw->InfluxDB, end to end, Telegraf, Quix):
   the input is loaded first (into Mosquitto's queue for the consumer's persistent session, or
   onto the Kafka topics), then the consumer starts and drains it; the rate is taken between
-  10 % and 90 % of the input done, so start-up and stragglers stay out of it;
+  10 % and 90 % of the input done, so start-up and stragglers stay out of it, from progress
+  points that start at the consumer's start (nothing done) so every run gives a figure, and
+  `measured_s` says how long that part ran. Progress comes from Kafka record times (ingest),
+  committed offsets (KPI worker, sink, Quix: each commits at least every second) or
+  InfluxDB's count of points written (end to end); inputs are sized so the measured part lasts
+  many of those steps (the KPI stages get a larger backlog of their own: they are the fastest);
 - *latency*: a paced live feed with probe readings whose publish times the publisher notes;
   a poller finds them in InfluxDB;
 - *CPU* from /proc of each process, *RSS* at the end (and its peak), load and steal of the
@@ -23,7 +28,7 @@ import multiprocessing as mp
 import queue as queue_mod
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +54,7 @@ from .load import (
 )
 from .peers import floor, quix_child, quix_python, telegraf_child
 from .procs import BenchStack, Namespace, citystream
-from .stats import latency_summary, per_1k, sustained_rate
+from .stats import latency_summary, measured_rate, per_1k, progress
 from .system import CpuMeter, HostMeter, memory_mb
 
 log = logging.getLogger(__name__)
@@ -67,9 +72,12 @@ class Scale:
     cycles: int = 20  # readings per sensor in the loaded backlogs
     gateway_batch: int = 50
     gateway_cycles: int = 100
+    # the KPI stages read Kafka faster than ingest fills it: a backlog of their own, 1.2
+    # million readings (2 h of event time: windows and quality hours close as they would live)
+    kpi_cycles: int = 120
     live_s: float = 180.0  # latency runs at 50 % and 90 % of the maximum
-    water_sensors: int = 10_000  # the Quix comparison: water meters only, 20 min of readings
-    water_cycles: int = 20
+    water_sensors: int = 10_000  # the Quix comparison: water meters only, 100 min of readings
+    water_cycles: int = 100
     steady_rate: float = 10_000.0
     steady_s: float = 300.0
     burst_s: float = 60.0
@@ -80,7 +88,8 @@ class Scale:
 
     @classmethod
     def quick(cls) -> Scale:
-        return cls(cycles=3, gateway_cycles=50, water_sensors=1000, live_s=30.0,
+        return cls(cycles=3, gateway_cycles=50, kpi_cycles=6, water_sensors=1000,
+                   water_cycles=20, live_s=30.0,
                    steady_s=170.0, burst_s=20.0, burst_around_s=20.0, replay_hours=1.0,
                    drain_s=60.0)
 
@@ -216,41 +225,6 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0
     return False
 
 
-def _worker_counter_samples(ctx: Context, ns: Namespace) -> list[tuple[float, float]]:
-    """Readings received by all workers over time, from their `pipeline.counters` records
-    (every 5 s per worker): the sum of each worker's latest count at each record's time."""
-
-    async def read() -> list[tuple[float, str, int]]:
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(f"{ns.prefix}pipeline.counters",
-                                    bootstrap_servers=ctx.stack.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
-        await consumer.start()
-        out: list[tuple[float, str, int]] = []
-        try:
-            while True:
-                got = await consumer.getmany(timeout_ms=1500)
-                if not got:
-                    break
-                for records in got.values():
-                    for r in records:
-                        body = orjson.loads(r.value)
-                        if body.get("component") == "worker":
-                            out.append((body["ts_ms"] / 1000, body["instance"],
-                                        int(body["received"])))
-        finally:
-            await consumer.stop()
-        return out
-
-    latest: dict[str, int] = {}
-    samples = []
-    for t, instance, received in sorted(asyncio.run(read())):
-        latest[instance] = received
-        samples.append((t, float(sum(latest.values()))))
-    return samples
-
-
 # -- the floor --------------------------------------------------------------------------------
 
 
@@ -258,7 +232,8 @@ def measure_floor(ctx: Context, messages: list[Message], label: str) -> dict[str
     result = floor(messages, min_seconds=3.0)
     return {"what": f"floor: parse, validate, line-encode ({label})", "items": result["readings"],
             "rate_per_s": result["readings_per_cpu_s"], "wall_rate_per_s":
-            result["readings_per_s"], "cpu_s_per_1k": result["cpu_s_per_1k"]}
+            result["readings_per_s"], "cpu_s_per_1k": result["cpu_s_per_1k"],
+            "measured_s": result["readings"] / result["readings_per_s"]}
 
 
 # -- stages -----------------------------------------------------------------------------------
@@ -281,33 +256,32 @@ def measure_ingest(ctx: Context, messages: list[Message], processes: int, label:
                                       list(ctx.kafka(ns).topics.telemetry.values()), want, 120))
     _stop_all(ingests)
     samples = kq.cumulative(arrived)
-    figures["rate_per_s"] = sustained_rate(samples, want)
+    figures.update(measured_rate(samples, want))
     figures["complete"] = done and bool(samples) and samples[-1][1] >= want
     figures["startup_s"] = samples[0][0] - ingests[0].started_at if samples else None
     return {"what": f"MQTT -> Kafka, {processes} ingest{label}", **figures,
             "messages": pub["messages"]}
 
 
-def measure_kpi(ctx: Context, messages: list[Message], workers: int, label: str = "",
+def measure_kpi(ctx: Context, messages: Iterable[Message], workers: int, label: str = "",
                 ) -> tuple[dict[str, Any], Namespace, kq.Ledger]:
-    """Kafka -> KPI records: `workers` workers without the sink drain a backlog on Kafka."""
+    """Kafka -> KPI records: `workers` workers without the sink drain a backlog on Kafka;
+    progress is their committed offsets (Faust commits every second)."""
     ns = ctx.namespace("kpi", buckets=False)
     ledger = asyncio.run(kq.preload(ctx.kafka(ns), iter(messages)))
-    watch = kq.GroupWatcher(ctx.stack.bootstrap, f"{ns.prefix}citystream-worker", ledger)
+    watch = kq.GroupWatcher(ctx.stack.bootstrap, f"{ns.prefix}citystream-worker", ledger,
+                            interval_s=0.2)
     children = _workers(ctx, ns, workers, sink=False)
     procs = {f"worker-{i}": c for i, c in enumerate(children)}
     watch.start()
+    started = time.time()
     _start_all(children)
     ours, services, host = _meters(ctx, procs)
     done = watch.wait(ctx.scale.drain_s * 5)
-    t_done = time.time()
     figures = _figures(ledger.total, None, ours.stop(), services.stop(), host.stop(), procs)
-    watch.stop()
-    time.sleep(5.5)  # one more counters record from each worker
+    samples = watch.stop()
     _stop_all(children)
-    samples = [s for s in _worker_counter_samples(ctx, ns) if s[0] <= t_done]
-    samples.append((t_done, float(ledger.total)))
-    figures["rate_per_s"] = sustained_rate(samples, ledger.total) if done else None
+    figures.update(measured_rate(progress(samples, started), ledger.total))
     figures["complete"] = done
     figures["kpi_records"] = sum(asyncio.run(kq.end_offsets(
         ctx.stack.bootstrap, [f"{ns.prefix}kpi.records"])).values())
@@ -322,17 +296,19 @@ def measure_sink(ctx: Context, ns: Namespace, ledger: kq.Ledger) -> dict[str, An
     units = [f"{ns.prefix}kpi.records", f"{ns.prefix}pipeline.counters"]
     full = kq.ledger_for_units(ledger, asyncio.run(kq.end_offsets(ctx.stack.bootstrap, units)),
                                units)
-    watch = kq.GroupWatcher(ctx.stack.bootstrap, f"{ns.prefix}citystream-sink", full)
+    watch = kq.GroupWatcher(ctx.stack.bootstrap, f"{ns.prefix}citystream-sink", full,
+                            interval_s=0.2)
     sink = citystream(f"sink-{ns.tag}", ["sink", "--instance", "0"], ctx.stack, ns, ctx.logs)
     procs = {"sink": sink}
     watch.start()
+    started = time.time()
     sink.start()
     ours, services, host = _meters(ctx, procs)
     done = watch.wait(ctx.scale.drain_s * 3)
     figures = _figures(full.total, None, ours.stop(), services.stop(), host.stop(), procs)
     samples = watch.stop()
     sink.stop()
-    figures["rate_per_s"] = sustained_rate(samples, full.total)
+    figures.update(measured_rate(progress(samples, started), full.total))
     figures["complete"] = done and ctx.influx.count(ns.telemetry) == ledger.total
     return {"what": "KPI + raw -> InfluxDB, sink", **figures}
 
@@ -343,17 +319,18 @@ def measure_quix(ctx: Context, ns: Namespace, ledger: kq.Ledger) -> dict[str, An
                       {tp: v for tp, v in ledger.cumulative.items()
                        if tp.topic.endswith(".water")})
     group = f"{ns.prefix}quix"
-    watch = kq.GroupWatcher(ctx.stack.bootstrap, group, water)
+    watch = kq.GroupWatcher(ctx.stack.bootstrap, group, water, interval_s=0.2)
     child = quix_child(quix_python(ctx.quix_venv, ctx.say), ctx.stack, ns, ctx.logs, group)
     procs = {"quix": child}
     watch.start()
+    started = time.time()
     child.start()
     ours, services, host = _meters(ctx, procs)
     done = watch.wait(ctx.scale.drain_s * 5)
     figures = _figures(water.total, None, ours.stop(), services.stop(), host.stop(), procs)
     samples = watch.stop()
     child.stop()
-    figures["rate_per_s"] = sustained_rate(samples, water.total)
+    figures.update(measured_rate(progress(samples, started), water.total))
     figures["complete"] = done
     figures["check"] = compare_water(ctx, ns)
     return {"what": "Quix Streams: 15-min water consumption", **figures}
@@ -417,12 +394,16 @@ def measure_e2e(ctx: Context, system: str, messages: list[Message], label: str =
     samples = counter.stop()
     _stop_all(children)
     first = next((t for t, n in samples if n > 0), None)
-    raw_rate = sustained_rate(samples, want)
-    figures["raw_rate_per_s"] = raw_rate
+    raw = measured_rate(progress(samples, started), want)
+    figures.update(raw)
+    figures["raw_rate_per_s"] = raw["rate_per_s"]
     # sustained: the raw path's rate, unless the KPI engine took longer than it (then the
     # readings over the time from the first point until raw points and KPIs were all done)
     whole = want / (t_all - first) if first and engine_done and t_all > first else None
-    figures["rate_per_s"] = min((r for r in (raw_rate, whole) if r), default=None)
+    if whole and (raw["rate_per_s"] is None or whole < raw["rate_per_s"]):
+        assert first is not None
+        figures.update({"rate_per_s": whole, "measured_s": t_all - first,
+                        "rate_samples": sum(1 for t, _ in samples if first < t < t_all)})
     figures["engine_lag_s"] = t_all - t_raw
     figures["raw_points"] = ctx.influx.count(ns.telemetry)
     figures["complete"] = done and engine_done and figures["raw_points"] == want
@@ -515,9 +496,9 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
             f"{sent['fell_behind_at_s']:.0f} s of {spec.duration_s:.0f} s and stopped: "
             f"{spec.rate:,.0f} readings/s is more than the broker, {system} and the publisher "
             "take together on this machine")
+    figures.update(_delivered(samples, start_at, t_end))
     figures.update({
         "offered_rate_per_s": sent["readings"] / sent["seconds"],
-        "delivered_rate_per_s": _delivered(samples, start_at, t_end),
         "published": {k: v for k, v in sent.items() if k != "probes"},
         "latency": latency_summary(lat),
         "probes": {"published": len(probes.published), "seen": len(visible.seen),
@@ -533,13 +514,16 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
     return {"what": what, "system": system, **figures}
 
 
-def _delivered(samples: list[tuple[float, float]], t0: float, t1: float) -> float | None:
-    """Points written per second over the second half of the feed (steady state)."""
+def _delivered(samples: list[tuple[float, float]], t0: float, t1: float,
+               ) -> dict[str, float | None]:
+    """Points written per second over the second half of the feed (steady state), and the
+    seconds that was measured over."""
     mid = t0 + (t1 - t0) / 2
     inside = [(t, n) for t, n in samples if mid <= t <= t1]
     if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
-        return None
-    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+        return {"delivered_rate_per_s": None, "measured_s": None}
+    span = inside[-1][0] - inside[0][0]
+    return {"delivered_rate_per_s": (inside[-1][1] - inside[0][1]) / span, "measured_s": span}
 
 
 def _phases(probes: ProbePoller, spec: LiveSpec, t0: float) -> dict[str, Any]:
@@ -664,8 +648,8 @@ def measure_replay(ctx: Context, system: str, messages: list[Message]) -> dict[s
         kpi_points = ctx.influx.count(ns.kpi, ("consumption_l", "energy_kwh", "vehicles",
                                                "boardings"))
     _stop_all(children)
+    figures.update(measured_rate(progress(samples, t0), want))
     figures.update({
-        "rate_per_s": sustained_rate(samples, want),
         "overall_rate_per_s": want / (t_done - t0) if done else None,
         "publish_s": pub["seconds"], "total_s": t_done - t0, "complete": done,
         "raw_points": ctx.influx.count(ns.telemetry), "kpi_points": kpi_points,
@@ -685,6 +669,14 @@ def steady_spec(sensors: int, rate: float, duration_s: float,
 def backlog_messages(ctx: Context, sensors: int, cycles: int, batch: int = 1,
                      kinds: tuple[str, ...] = ("water", "energy", "traffic", "shuttle"),
                      ) -> list[Message]:
+    return list(backlog_stream(ctx, sensors, cycles, batch, kinds))
+
+
+def backlog_stream(ctx: Context, sensors: int, cycles: int, batch: int = 1,
+                   kinds: tuple[str, ...] = ("water", "energy", "traffic", "shuttle"),
+                   ) -> Iterable[Message]:
+    """`backlog_messages` made as they are taken (the KPI stages' millions of readings need
+    not be held at once), the last report a minute before the call."""
     fleet = city_fleet(ctx.city, sensors, 0, kinds)
     end = int(time.time() * 1000) - 60_000
-    return list(backlog(fleet, cycles, end, batch=batch))
+    return backlog(fleet, cycles, end, batch=batch)

@@ -11,7 +11,7 @@ import sys
 import click
 from aiokafka.errors import KafkaError
 
-from connectors.kafka import KafkaSink, ensure_topics
+from connectors.kafka import LibrdkafkaSink, ensure_topics
 from ingest.mqtt_source import MqttSource
 from ingest.service import Ingest, IngestOptions
 from models.settings import Settings
@@ -104,7 +104,7 @@ async def _main(settings: Settings, client_id: str, instance: str, receive_maxim
                               "check CITYSTREAM_KAFKA__BOOTSTRAP") from exc
     except KafkaError as exc:  # refused: more replicas than brokers, say
         raise ConnectionError(str(exc)) from exc
-    sink = KafkaSink(settings.kafka, client_id=client_id)
+    sink = LibrdkafkaSink(settings.kafka, client_id=client_id)
     await sink.start()
     source = MqttSource(settings.mqtt, client_id, receive_maximum=receive_maximum)
     await loop.run_in_executor(None, source.start)

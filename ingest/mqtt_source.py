@@ -14,8 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -36,9 +35,9 @@ READINGS_FILTER = "city/#"
 ALERTS_PREFIX = "city/alerts/"
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One MQTT message as received; `token` acknowledges it."""
+class Delivery(NamedTuple):
+    """One MQTT message as received; `token` acknowledges it. (A named tuple: ingest makes one
+    per message, and a tuple is the cheapest immutable record to make.)"""
 
     topic: str
     payload: bytes
@@ -91,6 +90,14 @@ class _BufferedSocket:
     def buffered(self) -> int:
         return len(self._data) - self._pos
 
+    def peek(self) -> tuple[bytes, int]:
+        """The chunk in memory and where its unread part starts."""
+        return self._data, self._pos
+
+    def skip_to(self, pos: int) -> None:
+        """Mark the chunk read up to `pos` (what `peek`'s caller parsed itself)."""
+        self._pos = pos
+
     def pending(self) -> int:
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
         return self.buffered() + int(inner)
@@ -99,13 +106,18 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+Publish = tuple[str, bytes, int, bool]
+"""(topic, payload, packet id, dup) of a QoS 1 PUBLISH without MQTT 5 properties."""
+
+
 class _Client(mqtt.Client):
     """paho's client reading through a `_BufferedSocket`, every buffered packet per wake-up,
-    handing QoS 1 PUBLISHes without properties straight to `on_qos1_publish`, and sending a
-    batch of PUBACKs as one write."""
+    handing QoS 1 PUBLISHes without properties straight to `on_qos1_publishes` (parsed in bulk
+    from the buffer) or `on_qos1_publish` (one that paho read), and sending a batch of PUBACKs
+    as one write."""
 
-    # (topic, payload, packet id, dup) of a QoS 1 PUBLISH without MQTT 5 properties
     on_qos1_publish: Callable[[str, bytes, int, bool], None] | None = None
+    on_qos1_publishes: Callable[[list[Publish]], None] | None = None
 
     def _handle_publish(self) -> MQTTErrorCode:
         """The gateways' every message, parsed here: paho builds a `Properties` (a dict of 27
@@ -133,11 +145,62 @@ class _Client(mqtt.Client):
         return _BufferedSocket(super()._create_socket())
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """paho reads from the socket (and handles its errors); then every whole QoS 1 PUBLISH
+        in the chunk it filled is parsed here in one go, and paho takes anything else (another
+        packet type, properties, a packet the chunk holds only part of) one packet at a time."""
         rc = super().loop_read(max_packets)
-        while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(self._sock, _BufferedSocket)
-               and self._sock.buffered()):
+        sock = self._sock
+        while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket)
+               and sock.buffered()):
+            if self._in_packet["command"] == 0:  # paho is not in the middle of a packet
+                self._take_publishes(sock)
+                if not sock.buffered():
+                    break
             rc = super().loop_read(max_packets)
         return rc
+
+    def _take_publishes(self, sock: _BufferedSocket) -> None:
+        """Parse the QoS 1 PUBLISHes without properties at the head of the buffer (up to the
+        first packet that is anything else or incomplete) and hand them on as one list, in
+        receive order: paho's per-packet reading (its command byte, the length byte by byte,
+        the body, each a `recv`) cost more than all of ingest's decoding."""
+        handler = self.on_qos1_publishes
+        if handler is None or not self._manual_ack or self._protocol != mqtt.MQTTv5:
+            return
+        data, pos = sock.peek()
+        end = len(data)
+        out: list[Publish] = []
+        while pos < end:
+            header = data[pos]
+            if header & 0xF6 != 0x32:  # PUBLISH, QoS 1 (DUP and RETAIN either way)
+                break
+            i, length, shift = pos + 1, 0, 0
+            while i < end and i <= pos + 4:  # the remaining length: at most 4 bytes
+                byte = data[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            else:
+                break  # incomplete here, or malformed: paho's path decides
+            stop = i + length
+            topic_end = i + 2 + (data[i] << 8 | data[i + 1]) if i + 1 < end else stop
+            if (stop > end or topic_end == i + 2 or topic_end + 3 > stop
+                    or data[topic_end + 2] != 0):
+                break
+            try:
+                topic = data[i + 2:topic_end].decode()
+            except UnicodeDecodeError:
+                break
+            out.append((topic, data[topic_end + 3:stop],
+                        data[topic_end] << 8 | data[topic_end + 1], header & 0x08 != 0))
+            pos = stop
+        if out:
+            sock.skip_to(pos)
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+            handler(out)
 
     def ack_many(self, mids: list[int]) -> MQTTErrorCode:
         """PUBACK (QoS 1, success) for each of `mids`, in order, queued as one buffer: one
@@ -174,6 +237,7 @@ class MqttSource:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_qos1_publish = self._on_publish
+        client.on_qos1_publishes = self._on_publishes
         client.on_subscribe = self._on_subscribe
         self._client = client
 
@@ -255,6 +319,22 @@ class MqttSource:
         self._queue.append(Delivery(
             topic=topic, payload=payload, received_at_ms=int(time.time() * 1000),
             token=(self._epoch << 16) | mid, redelivered=dup))
+
+    def _on_publishes(self, publishes: list[Publish]) -> None:
+        """`_on_publish` for the messages of one read from the socket (one receive time)."""
+        now = int(time.time() * 1000)
+        epoch = self._epoch << 16
+        append = self._queue.append
+        new = tuple.__new__  # Delivery(...) without its generated __new__: a third of the cost
+        alerts: list[int] = []
+        for topic, payload, mid, dup in publishes:
+            if topic.startswith(ALERTS_PREFIX):
+                alerts.append(mid)
+            else:
+                append(new(Delivery, (topic, payload, now, epoch | mid, dup)))
+        if alerts:
+            self.skipped_alerts += len(alerts)
+            self._client.ack_many(alerts)
 
     def poll(self, max_items: int) -> list[Delivery]:
         out: list[Delivery] = []

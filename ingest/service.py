@@ -91,29 +91,41 @@ class Ingest:
         self._last_counters = time.monotonic()
 
     def encode(self, batch: list[Delivery]) -> list[OutRecord]:
-        """Decode a batch into Kafka records, counting as it goes. Pure apart from counters."""
+        """Decode a batch into Kafka records and count it. Pure apart from counters.
+
+        Records: the batch's dead letters, then one record per (kind, key) group of valid
+        readings (split by `_chunks`), groups in order of first appearance."""
         opts = self.options
+        horizon_s = opts.horizon_s
         groups: dict[tuple[str, str], list[bytes]] = {}
         records: list[OutRecord] = []
         c = self.counters
-        telemetry = self.topics.telemetry
+        accepted = 0
         for d in batch:
-            c.messages += 1
-            c.redelivered += d.redelivered
-            result = decode(d.topic, d.payload, d.received_at_ms, horizon_s=opts.horizon_s)
-            for reading in result.readings:
-                groups.setdefault((telemetry[reading.kind], reading.partition_key),
-                                  []).append(
-                    reading.to_json())
-            for dead in result.dead_letters:
-                records.append(OutRecord(self.topics.deadletter, d.topic.encode("utf-8", "replace"),
-                                         dead.to_json()))
-                c.rejected_by_reason[str(dead.reason)] += 1
-            c.accepted += len(result.readings)
-            c.rejected += len(result.dead_letters)
-        for (topic, key), items in groups.items():
+            result = decode(d.topic, d.payload, d.received_at_ms, horizon_s=horizon_s)
+            readings = result.readings
+            for reading in readings:
+                where = (reading.kind, reading.partition_key)
+                group = groups.get(where)
+                if group is None:
+                    group = groups[where] = []
+                group.append(reading.to_json())
+            accepted += len(readings)
+            if result.dead_letters:
+                for dead in result.dead_letters:
+                    records.append(OutRecord(self.topics.deadletter,
+                                             d.topic.encode("utf-8", "replace"), dead.to_json()))
+                    c.rejected_by_reason[str(dead.reason)] += 1
+                c.rejected += len(result.dead_letters)
+            if d.redelivered:
+                c.redelivered += 1
+        c.messages += len(batch)
+        c.accepted += accepted
+        telemetry = self.topics.telemetry
+        for (kind, key), items in groups.items():
+            topic, key_bytes = telemetry[kind], key.encode()
             for chunk in _chunks(items, opts.readings_per_record, opts.record_max_bytes):
-                records.append(OutRecord(topic, key.encode(), b"[" + b",".join(chunk) + b"]"))
+                records.append(OutRecord(topic, key_bytes, b"[" + b",".join(chunk) + b"]"))
         return records
 
     async def deliver(self, records: list[OutRecord], stop: asyncio.Event) -> bool:

@@ -106,3 +106,17 @@ def test_namespace_names_are_fresh_and_valid() -> None:
     assert a.prefix != b.prefix and a.group != b.group
     assert a.env()["CITYSTREAM_KAFKA__TOPIC_PREFIX"] == a.prefix
     assert Path(a.telemetry).name == a.telemetry
+
+
+def test_every_row_says_how_long_its_rate_was_measured() -> None:
+    summary = {
+        "kpi.1": {"rate_per_s": 40_000.0, "measured_s": 24.5, "rate_samples": 30},
+        "sink": {"rate_per_s": 60_000.0, "measured_s": 1.5, "rate_samples": 0},
+        "steady.citystream": {"delivered_rate_per_s": 9_000.0, "measured_s": 150.0},
+    }
+    rows = {r[0]: r for r in summary_rows(summary)}
+    assert rows["Kafka -> KPI, 1 worker"][9] == 24.5
+    assert "coarse" not in rows["Kafka -> KPI, 1 worker"][8]
+    assert rows["KPI + raw -> InfluxDB, sink"][9] == 1.5
+    assert "coarse" in rows["KPI + raw -> InfluxDB, sink"][8]
+    assert rows["(a) steady city, citystream"][9] == 150.0

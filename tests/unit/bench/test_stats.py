@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bench.stats import (
     crossing_time,
     fmt,
     latency_summary,
+    measured_rate,
     merge_runs,
     percentile,
+    progress,
     ratio,
     sustained_rate,
     table,
@@ -102,3 +106,32 @@ def test_table_is_markdown_with_right_aligned_figures() -> None:
                      "|--------|-------:|------:|",
                      "| ingest |  1,235 |     - |",
                      "| sink   | 56,789 | 0.500 |"]
+
+
+def test_measured_rate_says_how_long_it_measured() -> None:
+    samples = [(0.0, 0.0), (1.0, 100.0), (2.0, 600.0), (3.0, 1100.0), (4.0, 1000.0 + 200)]
+    got = measured_rate(samples, 1000)
+    assert got["rate_per_s"] == pytest.approx(500.0)
+    assert got["measured_s"] == pytest.approx(1.6)  # 100 done at 1.0 s, 900 at 2.6 s
+    assert got["rate_samples"] == 1  # the sample at 2.0 s
+    assert measured_rate([(0.0, 100.0)], 100) == {"rate_per_s": None, "measured_s": None,
+                                                  "rate_samples": 0}
+
+
+def test_progress_gives_a_rate_when_one_sample_holds_everything() -> None:
+    # a stage that took its whole input between two polls: without the start, no rate
+    polled = [(5.0, 200_000.0), (10.0, 200_000.0)]
+    assert sustained_rate(polled, 200_000) is None
+    points = progress(polled, start=3.0)
+    assert points == [(3.0, 0.0), (5.0, 200_000.0)]
+    got = measured_rate(points, 200_000)
+    assert got["rate_per_s"] == pytest.approx(100_000.0)
+    assert got["measured_s"] == pytest.approx(1.6)
+
+
+def test_progress_reads_a_staircase_at_its_steps() -> None:
+    # committed offsets polled every 0.2 s, committed every second
+    polled = [(0.2 * i, float(1000 * int(0.2 * i))) for i in range(1, 51)]
+    points = progress(polled, start=0.0)
+    assert all(a[1] != b[1] for a, b in itertools.pairwise(points))
+    assert measured_rate(points, 10_000)["rate_per_s"] == pytest.approx(1000.0, rel=0.05)

@@ -121,3 +121,40 @@ def test_fast_path_and_paho_path_give_the_same_deliveries() -> None:
     acks = b"".join(broker.reads).removesuffix(b"\xe0\x00")
     assert sorted(acks[i:i + 4] for i in range(0, len(acks), 4)) == [
         b"\x40\x02" + struct.pack("!H", mid) for mid in (7, 8, 9, 10, 11)]
+
+
+def test_publishes_parsed_in_bulk_across_reads_keep_order_and_flags() -> None:
+    """Thousands of PUBLISHes (bodies over 127 bytes: two length bytes) arrive in chunks that
+    split packets anywhere; one with properties and a QoS 0 one sit in the middle. Every
+    message arrives once, in order, with its packet id and DUP flag, and nearly all of them
+    through the bulk parser."""
+    count = 3000
+    packets = []
+    expected = []
+    for i in range(count):
+        topic = f"city/central-mk/water/wm-{i}"
+        payload = b'{"i":%d,"pad":"%s"}' % (i, b"x" * (i % 300))
+        mid = i % 65000 + 1
+        if i == 1500:
+            packets.append(_publish(topic, mid, payload, properties=b"\x02\x00\x00\x00\x3c"))
+        elif i == 2000:
+            packets.append(_publish(topic, 0, payload, qos=0))
+            mid = 0
+        else:
+            packets.append(_publish(topic, mid, payload, dup=i % 7 == 0))
+        expected.append((topic, payload, mid, i % 7 == 0 and i not in (1500, 2000)))
+    broker = ScriptedBroker(0, b"".join(packets))
+    bulk: list[int] = []
+    original = MqttSource._on_publishes
+
+    def counting(self: MqttSource, publishes: list[tuple[str, bytes, int, bool]]) -> None:
+        bulk.append(len(publishes))
+        original(self, publishes)
+
+    MqttSource._on_publishes = counting  # type: ignore[method-assign]
+    try:
+        got, _ = exchange(broker, count, MqttSource.ack)
+    finally:
+        MqttSource._on_publishes = original  # type: ignore[method-assign]
+    assert [(d.topic, d.payload, d.token & 0xFFFF, d.redelivered) for d in got] == expected
+    assert sum(bulk) > count * 0.9
