@@ -313,6 +313,21 @@ async def ensure_topics(settings: KafkaSettings,
         await admin.close()
 
 
+async def group_coordinator_answers(settings: KafkaSettings, group: str) -> None:
+    """Return once the coordinator of consumer group `group` answered a DescribeGroups
+    request; raise (a `KafkaError`, `OSError`) if the group has no live coordinator, e.g. the
+    cluster lost the majority that would elect one."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        code = response.groups[0][0]
+        if code:
+            raise KafkaError(f"group {group}: {type(for_code(code)()).__name__}")
+    finally:
+        await admin.close()
+
+
 def _raise_refusal(topic_errors: list[tuple[Any, ...]], replicas: int) -> None:
     """The first per-topic refusal of a CreateTopics answer as its `KafkaError` (aiokafka
     returns them without raising; a topic that already exists is no refusal)."""

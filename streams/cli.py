@@ -69,7 +69,7 @@ def worker(**values: Any) -> None:
     import faust
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
-    from connectors.kafka import ensure_topics
+    from connectors.kafka import ensure_topics, group_coordinator_answers
     from models.settings import settings_and_city
     from streams import lease
     from streams.app import create_app, worker_topics
@@ -78,23 +78,27 @@ def worker(**values: Any) -> None:
     settings, city = settings_and_city()
     options = WorkerOptions(**values)
     restarted = os.environ.pop(lease.RESTARTED, None)
+    group = f"{settings.kafka.topic_prefix}citystream-worker"
     while True:
         try:
             asyncio.run(asyncio.wait_for(
                 ensure_topics(settings.kafka, worker_topics(settings)), 60))
+            if restarted:  # Faust's start crashes on a cluster that cannot run the group yet
+                asyncio.run(asyncio.wait_for(
+                    group_coordinator_answers(settings.kafka, group), 30))
             break
-        except (TimeoutError, OSError, KafkaConnectionError) as exc:
+        except (TimeoutError, OSError, KafkaError) as exc:
             if restarted:  # cut off Kafka (streams/lease.py): wait for the network
-                log.warning("worker %s restarted in place (%s); Kafka at %s not reachable yet "
-                            "(%s): trying again in 5 s", options.instance, restarted,
+                log.warning("worker %s restarted in place (%s); Kafka at %s cannot run its "
+                            "group yet (%r): trying again in 5 s", options.instance, restarted,
                             settings.kafka.bootstrap, exc)
                 time.sleep(5)
                 continue
-            click.echo(f"error: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); "
-                       "check CITYSTREAM_KAFKA__BOOTSTRAP", err=True)
-            sys.exit(1)
-        except KafkaError as exc:  # refused: more replicas than brokers, say
-            click.echo(f"error: {exc}", err=True)
+            if isinstance(exc, KafkaError) and not isinstance(exc, KafkaConnectionError):
+                click.echo(f"error: {exc}", err=True)  # refused: more replicas than brokers
+            else:
+                click.echo(f"error: cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); "
+                           "check CITYSTREAM_KAFKA__BOOTSTRAP", err=True)
             sys.exit(1)
     recover_state_dir(options)
     app = create_app(settings, city, options)

@@ -175,8 +175,15 @@ def figure(probe: Probe, what: str, seconds: float, stage: str = "took") -> None
     probe.mark(f"{what}: {seconds:.1f} s")
 
 
+SESSION_TIMEOUT_S = "20"
+"""The workers' session timeout here: twice the 8-12 s a node failover took, so that a failover
+does not lapse their group leases (streams/lease.py: 80 % of it); the lanes of the single-node
+tests use 10 s."""
+
+
 def start_lane(cluster: Cluster, lane: Lane, tmp_path: Path, workers: int = 2
                ) -> tuple[IngestProcess, Probe, BackgroundSim, Path]:
+    lane.env["CITYSTREAM_WORKER_SESSION_TIMEOUT_S"] = SESSION_TIMEOUT_S
     ingest = lane.ingest(netns=cluster.netns("in"))
     for i in range(workers):
         lane.worker(str(i), netns=cluster.netns(f"w{i}"))

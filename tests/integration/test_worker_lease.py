@@ -70,3 +70,17 @@ def test_a_member_whose_heartbeats_go_unanswered_loses_its_lease(stack: Stack) -
     print(figures)
     share = lease.LEASE_FRACTION * SESSION_MS / 1000
     assert share - 2.0 <= figures["lapsed_after"] <= share + 1.0, figures
+
+
+def test_a_restarted_worker_waits_for_a_coordinator_that_answers(stack: Stack) -> None:
+    """What a worker restarted in place waits for before it starts Faust again."""
+    from aiokafka.errors import KafkaError
+
+    from connectors.kafka import group_coordinator_answers
+    from models.settings import KafkaSettings
+
+    live = KafkaSettings(bootstrap=stack.client_info()["kafka"]["bootstrap"])
+    asyncio.run(asyncio.wait_for(group_coordinator_answers(live, "lease-any-group"), 30))
+    with pytest.raises((KafkaError, OSError)):
+        asyncio.run(asyncio.wait_for(group_coordinator_answers(
+            KafkaSettings(bootstrap="127.0.0.1:9"), "lease-any-group"), 30))
