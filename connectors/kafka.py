@@ -182,7 +182,12 @@ class LibrdkafkaSink:
         assert producer is not None
         try:
             await asyncio.wait_for(producer.send(records), self.timeout_s)
-        except (KafkaError, OSError, TimeoutError):
+        except TimeoutError:
+            self._producer = None
+            producer.discard()
+            raise TimeoutError(f"Kafka did not acknowledge {len(records)} records within "
+                               f"{self.timeout_s:.0f} s") from None
+        except (KafkaError, OSError):
             self._producer = None
             producer.discard()
             raise
