@@ -33,7 +33,7 @@ import json
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, NamedTuple, cast
@@ -52,11 +52,14 @@ RECEIPT_KEYS: Final = ("received_at", "received_at_ms", "sim_time")
 ENVELOPE_KEYS: Final = frozenset({"topic", "payload", "payload_b64", *RECEIPT_KEYS})
 # A line as `sensors_sim.recording.Recorder` writes it: topic, payload and receipt without a
 # JSON parse (every partition reads every line, and decodes only its own). Other lines, and
-# any that does not match exactly, are parsed as JSON.
-_RECORDING_HEAD: Final = re.compile(rb'\{"seq":\d+,"topic":"([!#-\[\]-~]*)"')
-_RECORDING_LINE: Final = re.compile(
-    rb'\{"seq":\d+,"topic":"([!#-\[\]-~]*)","payload_b64":"([A-Za-z0-9+/]*={0,2})",'
-    rb'"qos":\d+,"sim_time":"([0-9A-Za-z:.+-]*)"')
+# any that does not match exactly, are parsed as JSON. The topic (at most once per topic) and
+# the base64 (by `a2b_base64` in strict mode) are checked apart: a character class scanned by
+# the regular expression costs more than the rest of reading the line.
+_RECORDING_HEAD: Final = re.compile(rb'\{"seq":\d+,"topic":"([^"]*)"')
+_RECORDING_TAIL: Final = re.compile(
+    rb',"payload_b64":"([^"]*)","qos":\d+,"sim_time":"([0-9A-Za-z:.+-]*)"')
+_TOPIC_CHARS: Final = re.compile(rb"[!#-\[\]-~]*")  # printable ASCII but space, '"' and '\'
+_HEADS_MAX: Final = 1 << 20
 _FINGERPRINT_BYTES: Final = 1 << 20
 _WEIGHT_CAP: Final = 2048
 
@@ -88,7 +91,8 @@ class Position:
 
 class Item(NamedTuple):
     """One message of the stream, before it is decoded: `data` is what `Inputs.message`
-    needs (a line, a parsed line, CSV cells, or a `BadInput`)."""
+    needs (a recording line's payload and receipt, read already; a line; a parsed line; CSV
+    cells; or a `BadInput`)."""
 
     n: int  # the message's number in the import, from 0
     topic: str
@@ -180,6 +184,8 @@ class Inputs:
                 except OSError as exc:
                     raise HistoryError(f"cannot read {f.path}: {exc}") from None
         self._sim_time: tuple[str, int] = ("", 0)
+        self._sim_bytes: tuple[bytes, int] = (b"", 0)
+        self.end: Position | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -193,14 +199,21 @@ class Inputs:
             return before
         return before + min(position.offset, self.files[position.file].length)
 
-    def items(self, start: Position) -> Iterator[Item]:
-        """Every message from `start` on, in order."""
+    def items(self, start: Position, keep: Callable[[str], bool] | None = None,
+              every: int = 1) -> Iterator[Item]:
+        """Every message from `start` on, in order. With `keep`, only the messages whose topic
+        it keeps, and every message whose number is a multiple of `every` (a partition's batch
+        boundaries); `keep` is asked once per topic. Once the iterator is exhausted, `end` is
+        the position after the last message."""
         n = start.index
+        kept: dict[str, bool] = {}
+        heads: dict[bytes, tuple[str, bool]] = {}  # a recording line's topic: str, kept
         for file in range(start.file, len(self.files)):
             offset, line = (start.offset, start.line) if file == start.file else (0, 0)
             if self.files[file].format == "csv":
                 for topic, data, first, at in self._csv[file].rows(offset, line):
-                    yield Item(n, topic, data, file, first, at)
+                    if keep is None or n % every == 0 or _kept(kept, keep, topic):
+                        yield Item(n, topic, data, file, first, at)
                     n += 1
                 continue
             head = _RECORDING_HEAD.match
@@ -213,32 +226,67 @@ class Inputs:
                     line += 1
                     match = head(raw)
                     if match is not None:
-                        yield Item(n, match.group(1).decode("ascii"), raw, file, line, at)
-                    elif raw.isspace():
+                        name = match[1]
+                        known = heads.get(name)
+                        if known is None:
+                            known = _head(name, keep)
+                            if known is not None and len(heads) < _HEADS_MAX:
+                                heads[name] = known
+                        if known is not None:
+                            if keep is not None and known[1]:  # a partition's own: read it
+                                message = self._recording(raw, match.end())
+                                yield Item(n, known[0], raw if message is None else message,
+                                           file, line, at)
+                            elif known[1] or n % every == 0:
+                                yield Item(n, known[0], raw, file, line, at)
+                            n += 1
+                            continue
+                    if raw.isspace():
                         continue
-                    else:
-                        topic, doc = _parse_line(raw)
+                    topic, doc = _parse_line(raw)
+                    if keep is None or n % every == 0 or _kept(kept, keep, topic):
                         yield Item(n, topic, doc, file, line, at)
                     n += 1
+        self.end = Position(len(self.files), 0, 0, n)
 
     def message(self, item: Item) -> tuple[bytes, int | None] | BadInput:
         """An owned item's payload and receipt time (None: unknown), or why it is none."""
         data = item.data
-        if type(data) is bytes:  # a recording's line: its topic was read, the rest is not
-            match = _RECORDING_LINE.match(data)
-            if match is not None and data.endswith((b"}\n", b"}")) \
-                    and b'"received_at' not in data:  # it would come before sim_time
-                try:
-                    return (binascii.a2b_base64(match.group(2)),
-                            self._receipt(match.group(3).decode("ascii")))
-                except binascii.Error:
-                    pass
+        if type(data) is tuple:  # a recording's line, read by `items`
+            return cast(tuple[bytes, int], data)
+        if type(data) is bytes:  # a line with a recording's head
+            head = _RECORDING_HEAD.match(data)
+            got = None if head is None else self._recording(data, head.end())
+            if got is not None:
+                return got
             data = _parse_line(data)[1]
         if type(data) is list:
             return self._csv[item.file].message(data)
         if isinstance(data, BadInput):
             return data
         return self._envelope(data, item)
+
+    def _recording(self, data: bytes, at: int) -> tuple[bytes, int] | None:
+        """A recording line's payload and receipt, its head read up to `at`; None unless the
+        line is exactly of that form (then its JSON parse decides, as it would for such a
+        line)."""
+        match = _RECORDING_TAIL.match(data, at)
+        # a "received_at" after sim_time would win over it (`RECEIPT_KEYS`)
+        if match is None or not data.endswith((b"}\n", b"}")) \
+                or data.find(b'"received_at', match.end()) >= 0:
+            return None
+        value = match[2]
+        last, received = self._sim_bytes  # a recording repeats its sim_time for many lines
+        if value != last:
+            got = self._receipt(value.decode("ascii"))
+            if got is None:  # not a time: the envelope says so (schema)
+                return None
+            received = got
+            self._sim_bytes = (value, received)
+        try:  # strict: the standard alphabet, padded, as `b64decode(validate=True)` takes it
+            return binascii.a2b_base64(match[1], strict_mode=True), received
+        except binascii.Error:
+            return None
 
     def _envelope(self, doc: dict[str, Any], item: Item) -> tuple[bytes, int | None] | BadInput:
         lenient = type(doc) is _Lenient
@@ -280,6 +328,24 @@ class Inputs:
             return None
         self._sim_time = (value, ms)
         return ms
+
+
+def _head(name: bytes, keep: Callable[[str], bool] | None) -> tuple[str, bool] | None:
+    """A recording head's topic and whether `keep` keeps it; None if it is not a topic's
+    text (the line is parsed as JSON)."""
+    if _TOPIC_CHARS.fullmatch(name) is None:
+        return None
+    topic = name.decode("ascii")
+    return topic, keep is None or keep(topic)
+
+
+def _kept(kept: dict[str, bool], keep: Callable[[str], bool], topic: str) -> bool:
+    found = kept.get(topic)
+    if found is None:
+        found = keep(topic)
+        if len(kept) < _HEADS_MAX:
+            kept[topic] = found
+    return found
 
 
 def _parse_line(raw: bytes) -> tuple[str, dict[str, Any] | BadInput]:

@@ -15,15 +15,8 @@ from typing import NoReturn, TextIO
 
 import click
 
-from ingest.backfill import (
-    ImportOptions,
-    Progress,
-    Summary,
-    default_state_dir,
-    locked,
-    prepare,
-    run_import,
-)
+from ingest.backfill.job import ImportOptions, default_state_dir, locked, prepare
+from ingest.backfill.runner import Progress, Summary, run_import
 from ingest.history import HistoryError
 
 log = logging.getLogger("ingest")

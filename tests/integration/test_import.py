@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ingest.backfill import partition_positions
+from ingest.backfill.state import partition_positions
 from models.city import load_city
 from tests.history_data import (
     CITY_FILE,

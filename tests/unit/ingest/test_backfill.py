@@ -16,15 +16,9 @@ from typing import Any
 
 import pytest
 
-from ingest.backfill import (
-    ImportOptions,
-    Job,
-    Progress,
-    Summary,
-    partition_positions,
-    prepare,
-    run_import,
-)
+from ingest.backfill.job import ImportOptions, Job, prepare
+from ingest.backfill.runner import Progress, Summary, run_import
+from ingest.backfill.state import partition_positions
 from ingest.history import HistoryError, describe_inputs
 from models.city import load_city
 from models.settings import InfluxSettings, QualitySettings

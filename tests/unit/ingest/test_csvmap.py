@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from ingest.backfill import ImportOptions, prepare, run_import
+from ingest.backfill.job import ImportOptions, prepare
+from ingest.backfill.runner import run_import
 from ingest.csvmap import CsvMapping, MappingError, RowReader, parse_mapping
 from ingest.decode import decode
 from ingest.history import Inputs, Position, describe_inputs, open_binary

@@ -89,14 +89,19 @@ def test_a_recording_line_reads_as_its_full_parse(tmp_path: Path) -> None:
     for every line of a real recording and for lines it must not take."""
     path = record(tmp_path / "rec.jsonl", 0.5)
     inputs = Inputs(describe_inputs([path], None), None)
+    lines = path.read_bytes().splitlines()
     n = 0
-    for item in inputs.items(Position()):
-        doc = orjson.loads(item.data)
+    for item, line in zip(inputs.items(Position()), lines, strict=True):
+        doc = orjson.loads(line)
         slow = inputs.message(item._replace(data=doc))
         assert inputs.message(item) == slow
         assert item.topic == doc["topic"]
         n += 1
     assert n > 1000
+    kept = list(inputs.items(Position(), lambda topic: True))  # as a partition reads them
+    assert all(type(item.data) is tuple for item in kept)
+    assert [inputs.message(item) for item in kept] == [
+        inputs.message(item) for item in inputs.items(Position())]
     head = (b'{"seq":1,"topic":"city/bletchley/water/wm-1","payload_b64":"e30=",'
             b'"qos":1,"sim_time":"2026-11-16T00:00:00Z"')
     odd = [head + b',"faults":[],"expected":',  # cut short
@@ -106,6 +111,24 @@ def test_a_recording_line_reads_as_its_full_parse(tmp_path: Path) -> None:
     assert isinstance(got[0], BadInput) and got[0].reason == Reason.INVALID_JSON
     assert isinstance(got[1], BadInput) and got[1].field == "received_at"
     assert got[2] == (b"{}", 1794787200000)
+    # valid JSON the fast path must leave to the full parse, or read as it would
+    odd = [head.replace(b"2026-11-16T00:00:00Z", b"yesterday") + b"}",  # not a time: schema
+           head.replace(b"e30=", b"==") + b"}",
+           head.replace(b"e30=", b"e30*") + b"}",  # not base64
+           head.replace(b"e30=", b"e30") + b"}",  # not padded
+           head.replace(b"bletchley", b"bletch ley") + b"}",
+           head.replace(b"bletchley", b"bletch\\u0065ley") + b"}",
+           head + b',"received_at_ms":1794787200001}']
+    inputs = inputs_of(tmp_path, odd, "odd2.jsonl")
+    for keep in (None, lambda topic: True):
+        for item, line in zip(inputs.items(Position(), keep), odd, strict=True):
+            doc = orjson.loads(line)
+            assert item.topic == doc["topic"]
+            assert inputs.message(item) == inputs.message(item._replace(data=doc)), line
+    got = [m for _, m in messages(inputs)]
+    assert isinstance(got[0], BadInput) and got[0].field == "sim_time"
+    assert isinstance(got[2], BadInput) and got[2].reason == Reason.INVALID_JSON
+    assert got[6] == (b"{}", 1794787200001)
 
 
 @pytest.mark.parametrize("name", ["in.jsonl", "in.jsonl.gz"])
