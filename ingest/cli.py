@@ -44,7 +44,8 @@ log = logging.getLogger("ingest")
               show_envvar=True,
               help="On SIGTERM, leave the shared group for good: unsubscribe, drain, and end the "
                    "MQTT session. Use when scaling down; without it the broker keeps routing a "
-                   "share of messages to this instance's session until it returns.")
+                   "share of messages to this instance's session until it returns. A drain "
+                   "Kafka cannot take within 30 s keeps the session (and its messages).")
 def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interval: float,
            horizon_s: int | None, leave_on_exit: bool) -> None:
     """Move readings from Mosquitto into Kafka, dead-lettering bad input with a reason.
@@ -110,12 +111,17 @@ async def _main(settings: Settings, client_id: str, instance: str, receive_maxim
     await loop.run_in_executor(None, source.start)
     log.info("ingest %s running; Ctrl-C or SIGTERM stops it", instance)
     pump = Ingest(source, sink, instance, options, settings.kafka.topics)
+    left = False
     try:
         await pump.run(stop)
         if leave_on_exit:
             log.info("ingest %s leaving the shared group: draining", instance)
-            await pump.drain()
+            left = await pump.drain()
+            if not left:
+                log.error("ingest %s could not drain its MQTT session into Kafka within 30 s: "
+                          "keeping the session, so the broker keeps what is not in Kafka yet; "
+                          "start ingest %s again to deliver it", instance, instance)
     finally:
-        source.close(end_session=leave_on_exit)
+        source.close(end_session=left)
         await sink.close()
         log.info("ingest %s stopped", instance)

@@ -172,19 +172,27 @@ class Ingest:
         await self._maybe_report(stop)
         return True
 
-    async def drain(self, quiet_s: float = 1.0, limit_s: float = 30.0) -> None:
+    async def drain(self, quiet_s: float = 1.0, limit_s: float = 30.0) -> bool:
         """Leave the shared group: unsubscribe, move what still arrives until `quiet_s` passes
-        with nothing new, so no message stays queued in a session nobody will resume."""
+        with nothing new, so no message stays queued in a session nobody will resume. True if
+        so; False if `limit_s` passed first (Kafka unreachable, say): what was not sent stays
+        unacknowledged, and the caller must then keep the session for the broker to redeliver
+        it."""
         self.source.unsubscribe()
-        never = asyncio.Event()
-        deadline = time.monotonic() + limit_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
-            if await self.step(never):
-                quiet_since = time.monotonic()
-            else:
-                await asyncio.sleep(0.05)
-        await self._report(never)
+        give_up = asyncio.Event()
+        timer = asyncio.get_running_loop().call_later(limit_s, give_up.set)
+        try:
+            quiet_since = time.monotonic()
+            while not give_up.is_set() and time.monotonic() - quiet_since < quiet_s:
+                if await self.step(give_up):
+                    quiet_since = time.monotonic()
+                else:
+                    await asyncio.sleep(0.05)
+            drained = not give_up.is_set()
+            await self._report(give_up)
+            return drained
+        finally:
+            timer.cancel()
 
     async def _maybe_report(self, stop: asyncio.Event) -> None:
         if time.monotonic() - self._last_counters >= self.options.counters_interval_s:

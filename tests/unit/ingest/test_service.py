@@ -162,6 +162,26 @@ def test_stop_during_outage_leaves_the_batch_unacked() -> None:
     assert sink.records == []
 
 
+def test_a_drain_kafka_cannot_take_gives_up_in_time_and_acks_nothing() -> None:
+    topic, body = water("wm-1", NOW_MS - 2000)
+    source = FakeSource([delivery(1, topic, body)])
+    sink = MemorySink(fail_next=10**6)
+    pump = Ingest(source, sink, "t", IngestOptions(counters_interval_s=3600, retry_max_s=0.01))
+    t0 = time.monotonic()
+    drained = asyncio.run(asyncio.wait_for(pump.drain(limit_s=0.5), 10))
+    assert drained is False and time.monotonic() - t0 < 5
+    assert source.unsubscribed and source.acked == [] and sink.records == []
+
+
+def test_a_drain_ends_when_nothing_more_arrives() -> None:
+    topic, body = water("wm-1", NOW_MS - 2000)
+    source = FakeSource([delivery(1, topic, body)])
+    sink = MemorySink()
+    pump = Ingest(source, sink, "t", IngestOptions(counters_interval_s=3600))
+    assert asyncio.run(pump.drain(quiet_s=0.2, limit_s=10)) is True
+    assert source.acked == [1]
+
+
 def test_counters_record_reconciles() -> None:
     topic, body = water("wm-1", NOW_MS - 2000)
     source = FakeSource([delivery(1, topic, body), delivery(2, topic, None, raw=b"\xff")])
