@@ -55,7 +55,61 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
-class KafkaSink:
+class _Replaceable:
+    """A `Sink` around one producer that is replaced after any failure: its idempotence
+    state (sequence numbers) may be unusable then. Subclasses say how a producer is opened
+    (`_open`, bounded in time), delivers (`_deliver`), is dropped (`_drop`: unsent records
+    are lost, they were never acknowledged) and closed (`_close`: flushed)."""
+
+    timeout_s: float
+    _producer: Any = None
+
+    async def _open(self) -> Any:
+        raise NotImplementedError
+
+    async def _deliver(self, producer: Any, records: list[OutRecord]) -> None:
+        raise NotImplementedError
+
+    async def _drop(self, producer: Any) -> None:
+        raise NotImplementedError
+
+    async def _close(self, producer: Any) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self._restart()
+
+    async def _restart(self) -> None:
+        if self._producer is not None:
+            old, self._producer = self._producer, None
+            await self._drop(old)
+        self._producer = await self._open()
+
+    async def send(self, records: list[OutRecord]) -> None:
+        """Return once Kafka has every record; raise (KafkaError, OSError, TimeoutError) if
+        not within `timeout_s`, and start a new producer for the next call."""
+        if self._producer is None:
+            await self._restart()
+        producer = self._producer
+        try:
+            await asyncio.wait_for(self._deliver(producer, records), self.timeout_s)
+        except TimeoutError:
+            self._producer = None
+            await self._drop(producer)
+            raise TimeoutError(f"Kafka did not acknowledge {len(records)} records within "
+                               f"{self.timeout_s:.0f} s") from None
+        except (KafkaError, OSError):
+            self._producer = None
+            await self._drop(producer)
+            raise
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await self._close(producer)
+
+
+class KafkaSink(_Replaceable):
     """aiokafka producer with acks=all and idempotence."""
 
     def __init__(self, settings: KafkaSettings, *, client_id: str = "citystream-ingest",
@@ -66,13 +120,7 @@ class KafkaSink:
         self.timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
 
-    async def start(self) -> None:
-        await self._restart()
-
-    async def _restart(self) -> None:
-        if self._producer is not None:
-            old, self._producer = self._producer, None
-            await _discard(old)
+    async def _open(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.bootstrap, client_id=self.client_id,
             acks="all", enable_idempotence=True, linger_ms=self.linger_ms,
@@ -82,32 +130,17 @@ class KafkaSink:
         except BaseException:
             await _discard(producer)
             raise
-        self._producer = producer
+        return producer
 
-    async def send(self, records: list[OutRecord]) -> None:
-        """Return once Kafka has every record; raise (KafkaError, OSError, TimeoutError) if
-        not within `timeout_s`, and start a new producer for the next call."""
-        if self._producer is None:
-            await self._restart()
-        producer = self._producer
-        assert producer is not None
-        try:
-            await asyncio.wait_for(self._send(producer, records), self.timeout_s)
-        except (KafkaError, OSError, TimeoutError):
-            # The idempotent producer's sequence state may now be unusable; start afresh.
-            self._producer = None
-            await _discard(producer)
-            raise
-
-    @staticmethod
-    async def _send(producer: AIOKafkaProducer, records: list[OutRecord]) -> None:
+    async def _deliver(self, producer: AIOKafkaProducer, records: list[OutRecord]) -> None:
         futures = [await producer.send(r.topic, value=r.value, key=r.key) for r in records]
         await asyncio.gather(*futures)
 
-    async def close(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await _discard(producer, timeout_s=self.timeout_s)
+    async def _drop(self, producer: AIOKafkaProducer) -> None:
+        await _discard(producer)
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        await _discard(producer, timeout_s=self.timeout_s)
 
 
 async def _discard(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
@@ -128,7 +161,7 @@ async def _discard(producer: AIOKafkaProducer, timeout_s: float = 5.0) -> None:
             await asyncio.wait_for(client.close(), 5.0)
 
 
-class LibrdkafkaSink:
+class LibrdkafkaSink(_Replaceable):
     """librdkafka's producer (confluent-kafka) with acks=all and idempotence: `KafkaSink`'s
     guarantees for less CPU per record (batching, framing and compression in C threads).
 
@@ -157,46 +190,25 @@ class LibrdkafkaSink:
                 "message.timeout.ms": max(1000, int(self.timeout_s * 1000)),
                 "logger": log, "error_cb": _librdkafka_error}
 
-    async def start(self) -> None:
-        await self._restart()
-
-    async def _restart(self) -> None:
-        if self._producer is not None:
-            old, self._producer = self._producer, None
-            old.discard()
+    async def _open(self) -> _Librdkafka:
         producer = _Librdkafka(self._config())
+        wait_s = min(self.timeout_s, 10.0)
         try:
             await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
-                None, producer.probe, min(self.timeout_s, 10.0)), min(self.timeout_s, 10.0) + 1)
+                None, producer.probe, wait_s), wait_s + 1)
         except BaseException:
             producer.discard()
             raise
-        self._producer = producer
+        return producer
 
-    async def send(self, records: list[OutRecord]) -> None:
-        """Return once Kafka has every record; raise (KafkaError, OSError, TimeoutError) if
-        not within `timeout_s`, and start a new producer for the next call."""
-        if self._producer is None:
-            await self._restart()
-        producer = self._producer
-        assert producer is not None
-        try:
-            await asyncio.wait_for(producer.send(records), self.timeout_s)
-        except TimeoutError:
-            self._producer = None
-            producer.discard()
-            raise TimeoutError(f"Kafka did not acknowledge {len(records)} records within "
-                               f"{self.timeout_s:.0f} s") from None
-        except (KafkaError, OSError):
-            self._producer = None
-            producer.discard()
-            raise
+    async def _deliver(self, producer: _Librdkafka, records: list[OutRecord]) -> None:
+        await producer.send(records)
 
-    async def close(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
-            await asyncio.get_running_loop().run_in_executor(None, producer.close,
-                                                             self.timeout_s)
+    async def _drop(self, producer: _Librdkafka) -> None:
+        producer.discard()
+
+    async def _close(self, producer: _Librdkafka) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, producer.close, self.timeout_s)
 
 
 def _librdkafka_error(err: Any) -> None:

@@ -16,7 +16,7 @@ from models.settings import Settings
 from streams import lease
 from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
-__all__ = ["FaustHost", "WorkerFactory", "create_app", "rocksdb_options",
+__all__ = ["FaustHost", "WorkerFactory", "create_app", "rocksdb_options", "worker_group",
            "worker_topics"]
 
 WorkerFactory = Callable[[Settings, City, WorkerOptions, Host], Worker]
@@ -35,6 +35,11 @@ def rocksdb_options(table_memory_mb: float) -> dict[str, int]:
             "block_cache_size": max(size // 2, 64 * 1024)}
 
 
+def worker_group(settings: Settings) -> str:
+    """The workers' Faust app id: their consumer group, and the prefix of their changelogs."""
+    return f"{settings.kafka.topic_prefix}citystream-worker"
+
+
 def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
     """Every topic the worker reads or writes, with its config: created before Faust starts,
     so the changelog topics exist with the source topics' partition count (Faust otherwise
@@ -42,7 +47,7 @@ def worker_topics(settings: Settings) -> dict[str, dict[str, str]]:
     every topic `ensure_topics` creates, with CITYSTREAM_KAFKA__REPLICATION_FACTOR copies and
     its `min.insync.replicas`."""
     topics = settings.kafka.topics
-    app_id = f"{settings.kafka.topic_prefix}citystream-worker"
+    app_id = worker_group(settings)
     plain: dict[str, str] = {}
     out = {t: plain for t in [*topics.telemetry.values(), topics.deadletter, topics.kpi_records,
                               topics.pipeline_counters, topics.sink_deadletter]}
@@ -61,7 +66,7 @@ class FaustHost:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.app = faust.App(
-            f"{settings.kafka.topic_prefix}citystream-worker",
+            worker_group(settings),
             broker=f"kafka://{settings.kafka.bootstrap.replace(',', ';kafka://')}",
             store=options.store,
             datadir=str(data_dir),

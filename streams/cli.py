@@ -72,20 +72,19 @@ def worker(**values: Any) -> None:
     from connectors.kafka import ensure_topics, group_coordinator_answers
     from models.settings import settings_and_city
     from streams import lease
-    from streams.app import create_app, worker_topics
+    from streams.app import create_app, worker_group, worker_topics
     from streams.worker import mark_clean_shutdown, recover_state_dir
 
     settings, city = settings_and_city()
     options = WorkerOptions(**values)
     restarted = os.environ.pop(lease.RESTARTED, None)
-    group = f"{settings.kafka.topic_prefix}citystream-worker"
     while True:
         try:
             asyncio.run(asyncio.wait_for(
                 ensure_topics(settings.kafka, worker_topics(settings)), 60))
             if restarted:  # Faust's start crashes on a cluster that cannot run the group yet
                 asyncio.run(asyncio.wait_for(
-                    group_coordinator_answers(settings.kafka, group), 30))
+                    group_coordinator_answers(settings.kafka, worker_group(settings)), 30))
             break
         except (TimeoutError, OSError, KafkaError) as exc:
             if restarted:  # cut off Kafka (streams/lease.py): wait for the network
