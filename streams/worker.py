@@ -392,6 +392,9 @@ class Worker:
         self.activity: dict[tuple[str, str], float] = {}  # (kind, entity) -> last reading
         self.timer_done: dict[tuple[str, str], int] = {}  # (kind, entity) -> version closed
         self.seen: dict[tuple[str, int], float] = {}  # (topic, partition) -> last record
+        # (topic, partition) -> (applied offset, when records after it were first seen in Kafka)
+        self.pending: dict[tuple[str, int], tuple[int | None, float]] = {}
+        self.pending_generation: int | None = None
         self.sinks: list[InfluxSink] = []
 
     # -- agents ------------------------------------------------------------------------------
@@ -516,31 +519,56 @@ class Worker:
     async def rewind_skipped_tails(self) -> None:
         """Called by a timer every `rewind_check_s`. Records skipped with nothing after them
         are never caught up by `handle` (it notices a gap at the next record): rewind the
-        consumer of a partition idle for `rewind_idle_s` with records after the applied
-        offset."""
+        consumer of a partition with records after the applied offset that Faust has not
+        delivered for `rewind_idle_s`: the agent got nothing from it for that long, and those
+        records have been in Kafka, with the applied offset unchanged, for that long too.
+
+        The second clock starts when the records are first seen past the applied offset, not
+        at the partition's last delivery: a partition quiet for longer (a cut ingest, a sparse
+        sensor) would otherwise be rewound as soon as its next record reached Kafka, while
+        Faust still held it in its stream buffer. The seek resets Faust's read offset, so the
+        buffered copy and the fetched one would both reach the agent (counted twice). Nothing
+        is sought once the group has rebalanced or the app is stopping (its tables then read
+        as empty: a seek to the partition's first record)."""
         if not self.host.settled():
             return
+        generation = self.host.generation()
+        if generation != self.pending_generation:
+            self.pending.clear()
+            self.pending_generation = generation
         tps = [tp for tp in self.host.assignment() if tp.topic in self.kind_of_topic]
         if not tps:
+            self.pending.clear()
             return
+        ends = await self.host.highwaters(tps)
+        firsts = await self.host.earliest_offsets(tps)
         now = self.clock()
-        idle = [tp for tp in tps if now - self.seen.setdefault((tp.topic, tp.partition), now)
-                >= self.options.rewind_idle_s]
-        if not idle:
-            return
-        ends = await self.host.highwaters(idle)
-        firsts = await self.host.earliest_offsets(idle)
-        for tp in idle:
+        owned = {(tp.topic, tp.partition) for tp in tps}
+        for key in [key for key in self.pending if key not in owned]:
+            del self.pending[key]
+        for tp in tps:
+            if not self.host.settled() or self.host.generation() != generation:
+                return
+            key = (tp.topic, tp.partition)
             state = self.tables[self.kind_of_topic[tp.topic]].state
             value = state.get_outside_event(f"{APPLIED_PREFIX}{tp.partition}")
             applied = None if value is None else int(value)
             target = rewind_to(applied, firsts.get(tp) or 0, ends.get(tp) or 0)
             if target is None:
+                self.pending.pop(key, None)
+                continue
+            was_applied, since = self.pending.get(key, (None, None))
+            if since is None or was_applied != applied:
+                self.pending[key] = (applied, now)
+                since = now
+            if (now - since < self.options.rewind_idle_s
+                    or now - self.seen.setdefault(key, since) < self.options.rewind_idle_s):
                 continue
             log.warning("%s[%d]: records %d-%d were never delivered to the agent (last applied: "
                         "%s) and nothing came after them; rewinding the consumer to %d",
                         tp.topic, tp.partition, target, ends[tp] - 1, applied, target)
-            self.seen[(tp.topic, tp.partition)] = now
+            self.seen[key] = now
+            self.pending.pop(key, None)
             self.counters.rewinds += 1
             await self.host.seek(tp, target)
 

@@ -304,6 +304,60 @@ def test_an_idle_partition_with_records_after_the_applied_one_is_rewound() -> No
     assert len(host.seeks) == 1, "nothing after the applied offset"
 
 
+def test_a_long_quiet_partition_is_not_rewound_when_its_next_record_lands() -> None:
+    """fault 3 of the cluster test: a partition quiet through a minute's ingest cut gets its
+    next record at the heal; the next check (5 s on) saw it idle for over 30 s with a record
+    after the applied one and sought back while Faust still held that record in its stream
+    buffer: Faust delivered its buffered copy and the fetched one (70 readings twice)."""
+    worker, host, clock = build()
+    tp = TP(WATER, 0)
+    host.owned, host.ends = {tp}, {tp: 58}
+    mark_applied(worker.tables["water"].state, 0, 57)
+    asyncio.run(worker.rewind_skipped_tails())
+    clock.now += 65  # the cut: nothing new in Kafka
+    asyncio.run(worker.rewind_skipped_tails())
+    host.ends = {tp: 59}  # the heal: a record lands, Faust has it in its buffer
+    clock.now += 5
+    asyncio.run(worker.rewind_skipped_tails())
+    assert host.seeks == [], "a record that just reached Kafka is not a skipped one"
+    clock.now += 29
+    asyncio.run(worker.rewind_skipped_tails())
+    assert host.seeks == []
+    clock.now += 1  # in Kafka for 30 s and still not delivered: skipped
+    asyncio.run(worker.rewind_skipped_tails())
+    assert host.seeks == [(tp, 58)] and worker.counters.rewinds == 1
+
+
+def test_nothing_is_rewound_when_the_app_stops_during_the_offset_lookups() -> None:
+    """Faust stops its tables while it shuts down (the RocksDB store then reads every key as
+    missing): a check that began before must not take that for "nothing applied" and seek the
+    partition back to its first record."""
+
+    class StoppingHost(FakeHost):
+        stop_at_lookup = False
+
+        async def highwaters(self, tps: list[TP]) -> dict[TP, int]:
+            if self.stop_at_lookup:
+                self.is_settled = False  # flow control suspended, then the tables stopped
+                for table in self.tables.values():
+                    table.clear()
+            return await super().highwaters(tps)
+
+    worker, _, clock = build()
+    host = StoppingHost()
+    worker.host = host
+    tp = TP(WATER, 0)
+    host.owned, host.ends = {tp}, {tp: 5}
+    state = worker.tables["water"].state
+    host.tables = {"water-state": state.table}
+    mark_applied(state, 0, 2)
+    asyncio.run(worker.rewind_skipped_tails())
+    clock.now += 30
+    host.stop_at_lookup = True
+    asyncio.run(worker.rewind_skipped_tails())
+    assert host.seeks == [] and worker.counters.rewinds == 0
+
+
 def test_start_and_close_drive_the_alert_publisher_and_the_reader() -> None:
     worker, _, _ = build()
     asyncio.run(worker.start())
