@@ -2,7 +2,8 @@
 # Build Telegraf from its Go module, with only the plugins the benchmark uses (no binary
 # downloads), the way deploy/local/build-influxd.sh builds influxd. Used by `python -m bench`
 # for its Telegraf peer, never by the test suite.
-# Cached at $CITYSTREAM_CACHE/telegraf-<version>/bin/telegraf; a second run is a no-op.
+# Cached at $CITYSTREAM_CACHE/telegraf-<version>/bin/telegraf with the plugin tags it was
+# built with beside it; a second run with the same tags is a no-op.
 set -euo pipefail
 
 VERSION="${CITYSTREAM_TELEGRAF_VERSION:-1.37.2}"
@@ -10,9 +11,14 @@ CACHE="${CITYSTREAM_CACHE:-$HOME/.cache/citystream}"
 PREFIX="$CACHE/telegraf-$VERSION"
 OUT="$PREFIX/bin/telegraf"
 # Telegraf's custom build: the `custom` tag plus one tag per plugin (docs/CUSTOMIZATION.md).
-TAGS="custom,inputs.mqtt_consumer,outputs.influxdb_v2,parsers.json"
+# The direct layout: mqtt_consumer (JSON) -> influxdb_v2. The Kafka layout adds
+# outputs.kafka and inputs.kafka_consumer, line protocol between them.
+TAGS="custom,inputs.mqtt_consumer,outputs.influxdb_v2,parsers.json,outputs.kafka"
+TAGS="$TAGS,inputs.kafka_consumer,parsers.influx,serializers.influx"
+STAMP="$OUT.tags"
 
-if [[ -x "$OUT" ]]; then
+cached() { [[ -x "$OUT" && "$(cat "$STAMP" 2>/dev/null)" == "$TAGS" ]]; }
+if cached; then
   echo "telegraf $VERSION: cached at $OUT"
   exit 0
 fi
@@ -21,7 +27,7 @@ command -v go >/dev/null || { echo "error: 'go' not found; building Telegraf nee
 mkdir -p "$PREFIX/bin"
 exec 9>"$PREFIX/.build.lock"
 flock 9
-if [[ -x "$OUT" ]]; then
+if cached; then
   echo "telegraf $VERSION: cached at $OUT"
   exit 0
 fi
@@ -44,5 +50,6 @@ start=$(date +%s)
 go build -tags "$TAGS" -ldflags "-X github.com/influxdata/telegraf/internal.Version=$VERSION" \
   -o "$OUT.tmp" ./cmd/telegraf
 mv "$OUT.tmp" "$OUT"
+echo "$TAGS" > "$STAMP"
 echo "telegraf $VERSION: built in $(( $(date +%s) - start ))s -> $OUT"
 "$OUT" --version

@@ -238,6 +238,38 @@ async def read_all(bootstrap: str, topics: list[str], idle_ms: int = 2000,
         await consumer.stop()
 
 
+async def records_by_topic(bootstrap: str, prefix: str) -> dict[str, int]:
+    """Records in every topic whose name starts with `prefix` (end minus first offset), for
+    the cost of a measurement's Kafka traffic: readings in, changelogs, KPI records."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+    finally:
+        await admin.close()
+    if not topics:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics
+               for p in consumer.partitions_for_topic(t) or await _partitions(consumer, t)]
+        ends = await consumer.end_offsets(tps)
+        firsts = await consumer.beginning_offsets(tps)
+    finally:
+        await consumer.stop()
+    out: dict[str, int] = {}
+    for tp in tps:
+        name = tp.topic[len(prefix):]
+        out[name] = out.get(name, 0) + ends[tp] - firsts[tp]
+    return out
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return consumer.partitions_for_topic(topic) or set()
+
+
 async def caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
     """Whether `group` has committed the end offset of every partition of `topics` that holds
     records."""

@@ -1,7 +1,9 @@
 """The peers citystream is measured against, each given the same input on the same machine:
 
 - Telegraf (built from its Go module by bench/build-telegraf.sh): `inputs.mqtt_consumer` with
-  the JSON parser into `outputs.influxdb_v2`, the raw MQTT-to-InfluxDB path;
+  the JSON parser into `outputs.influxdb_v2`, the raw MQTT-to-InfluxDB path; and the same
+  with citystream's durability, Kafka in the path (`outputs.kafka` in one process,
+  `inputs.kafka_consumer` into InfluxDB in another);
 - Quix Streams (from PyPI, in its own venv: it pins pydantic below citystream's): the 15-minute
   water consumption per district from the same Kafka topic (bench/quix_job.py);
 - the floor: one process that only parses, validates and line-protocol-encodes the readings.
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -31,13 +34,14 @@ QUIX_VERSION = "3.28.1"
 # -- Telegraf ---------------------------------------------------------------------------------
 
 
+@functools.cache
 def telegraf_binary(say: Any = print) -> Path:
-    """The cached Telegraf build; builds it first if missing (about 2 min, once)."""
+    """The cached Telegraf build with the plugins the layouts need; built first if missing
+    (about 2 min, once per plugin set)."""
     cache = StackSettings().cache.expanduser()
     binary = cache / f"telegraf-{TELEGRAF_VERSION}" / "bin" / "telegraf"
-    if binary.exists():
-        return binary
-    say(f"building Telegraf {TELEGRAF_VERSION} from its Go module (first run only)")
+    say(f"Telegraf {TELEGRAF_VERSION}: the cached build, else built from its Go module "
+        "(about 2 min, once per plugin set)")
     env = {**os.environ, "CITYSTREAM_CACHE": str(cache),
            "CITYSTREAM_TELEGRAF_VERSION": TELEGRAF_VERSION}
     done = subprocess.run(["bash", str(ROOT / "bench" / "build-telegraf.sh")], env=env,
@@ -58,15 +62,8 @@ _TELEGRAF_KINDS = {
 }
 
 
-def telegraf_config(stack: BenchStack, ns: Namespace, client_tag: str) -> str:
-    """Telegraf's config: one `mqtt_consumer` per reading kind (QoS 1, persistent session,
-    acknowledged once written: Telegraf's tracking metrics), JSON parsing of our payloads,
-    batches of 5,000 points flushed every second to the measurement's raw bucket, no gzip on
-    loopback (as citystream's sink)."""
-    user, password = stack.service_login()
-    mqtt = stack.info["mqtt"]
-    influx = stack.info["influxdb"]
-    out = [f"""[agent]
+def _agent() -> str:
+    return """[agent]
   interval = "10s"
   round_interval = false
   metric_batch_size = 5000
@@ -74,7 +71,12 @@ def telegraf_config(stack: BenchStack, ns: Namespace, client_tag: str) -> str:
   flush_interval = "1s"
   flush_jitter = "0s"
   omit_hostname = true
+"""
 
+
+def _influx_output(stack: BenchStack, ns: Namespace) -> str:
+    influx = stack.info["influxdb"]
+    return f"""
 [[outputs.influxdb_v2]]
   urls = ["{influx['url']}"]
   token = "{influx['token']}"
@@ -82,7 +84,13 @@ def telegraf_config(stack: BenchStack, ns: Namespace, client_tag: str) -> str:
   bucket = "{ns.telemetry}"
   content_encoding = "identity"
   timeout = "30s"
-"""]
+"""
+
+
+def _mqtt_inputs(stack: BenchStack, client_tag: str) -> str:
+    user, password = stack.service_login()
+    mqtt = stack.info["mqtt"]
+    out = []
     for kind, (time_format, tags, strings) in _TELEGRAF_KINDS.items():
         out.append(f"""
 [[inputs.mqtt_consumer]]
@@ -108,14 +116,76 @@ def telegraf_config(stack: BenchStack, ns: Namespace, client_tag: str) -> str:
     return "".join(out)
 
 
-def telegraf_child(stack: BenchStack, ns: Namespace, log_dir: Path, client_tag: str) -> Process:
-    conf = log_dir / f"telegraf-{ns.tag}.conf"
+def telegraf_kafka_topic(ns: Namespace) -> str:
+    """The topic between the two Telegraf processes of the Kafka layout."""
+    return f"{ns.prefix}telegraf"
+
+
+def _kafka_output(stack: BenchStack, ns: Namespace) -> str:
+    return f"""
+[[outputs.kafka]]
+  brokers = ["{stack.bootstrap}"]
+  topic = "{telegraf_kafka_topic(ns)}"
+  routing_tag = "sensor_id"
+  required_acks = -1
+  idempotent_writes = true
+  compression_codec = 0
+  data_format = "influx"
+"""
+
+
+def _kafka_input(stack: BenchStack, ns: Namespace) -> str:
+    return f"""
+[[inputs.kafka_consumer]]
+  brokers = ["{stack.bootstrap}"]
+  topics = ["{telegraf_kafka_topic(ns)}"]
+  consumer_group = "{ns.prefix}telegraf"
+  offset = "oldest"
+  max_undelivered_messages = 5000
+  data_format = "influx"
+"""
+
+
+def telegraf_config(stack: BenchStack, ns: Namespace, client_tag: str) -> str:
+    """Telegraf's config: one `mqtt_consumer` per reading kind (QoS 1, persistent session,
+    acknowledged once written: Telegraf's tracking metrics), JSON parsing of our payloads,
+    batches of 5,000 points flushed every second to the measurement's raw bucket, no gzip on
+    loopback (as citystream's sink)."""
+    return _agent() + _influx_output(stack, ns) + _mqtt_inputs(stack, client_tag)
+
+
+def telegraf_kafka_configs(stack: BenchStack, ns: Namespace, client_tag: str) -> dict[str, str]:
+    """Telegraf with citystream's durability: an edge process (`mqtt_consumer` ->
+    `outputs.kafka`, acks=all, idempotent; an MQTT message is acknowledged once Kafka has its
+    metrics) and a sink process (`kafka_consumer` -> `outputs.influxdb_v2`; offsets committed
+    once written), line protocol on the topic between them."""
+    return {"edge": _agent() + _kafka_output(stack, ns) + _mqtt_inputs(stack, client_tag),
+            "sink": _agent() + _influx_output(stack, ns) + _kafka_input(stack, ns)}
+
+
+def _telegraf_process(name: str, config: str, ns: Namespace, log_dir: Path,
+                      ready: str) -> Process:
+    conf = log_dir / f"{name}-{ns.tag}.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(telegraf_config(stack, ns, client_tag))
+    conf.write_text(config)
     conf.chmod(0o600)
-    return Process("telegraf", [str(telegraf_binary()), "--config", str(conf)],
-                   {**os.environ}, log_dir / f"telegraf-{ns.tag}.log",
-                   ready="Connected [tcp://")
+    return Process(name, [str(telegraf_binary()), "--config", str(conf)], {**os.environ},
+                   log_dir / f"{name}-{ns.tag}.log", ready=ready)
+
+
+def telegraf_child(stack: BenchStack, ns: Namespace, log_dir: Path, client_tag: str) -> Process:
+    return _telegraf_process("telegraf", telegraf_config(stack, ns, client_tag), ns, log_dir,
+                             "Connected [tcp://")
+
+
+def telegraf_kafka_children(stack: BenchStack, ns: Namespace, log_dir: Path,
+                            client_tag: str) -> list[Process]:
+    """The Kafka layout's two processes, sink first (it waits for the topic's records)."""
+    configs = telegraf_kafka_configs(stack, ns, client_tag)
+    return [_telegraf_process("telegraf-sink", configs["sink"], ns, log_dir,
+                              "Loaded outputs"),
+            _telegraf_process("telegraf-edge", configs["edge"], ns, log_dir,
+                              "Connected [tcp://")]
 
 
 # -- Quix Streams -----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ ROWS = [
     ("sink", "KPI + raw -> InfluxDB, sink"),
     ("e2e.citystream", "end to end MQTT -> InfluxDB raw, citystream"),
     ("e2e.telegraf", "end to end MQTT -> InfluxDB raw, Telegraf"),
+    ("e2e.telegraf-kafka", "end to end, Telegraf via Kafka (citystream's durability)"),
     ("latency.50.citystream", "latency at 50 % of max, citystream"),
     ("latency.50.citystream/kpi", "window end -> final KPI visible at 50 % (incl. grace)"),
     ("latency.50.telegraf", "latency at 50 % of max, Telegraf (same feed)"),
@@ -38,6 +39,7 @@ ROWS = [
     ("burst.telegraf", "(b) traffic burst 10x, Telegraf"),
     ("gateway.citystream", "(c) gateway batches of 50, citystream"),
     ("gateway.telegraf", "(c) gateway batches of 50, Telegraf"),
+    ("gateway.telegraf-kafka", "(c) gateway batches of 50, Telegraf via Kafka"),
     ("replay.citystream", "(d) replay of a recorded day, citystream"),
     ("replay.telegraf", "(d) replay of a recorded day, Telegraf"),
 ]
@@ -57,9 +59,15 @@ def _services(r: dict[str, Any]) -> float | None:
 
 def _memory(r: dict[str, Any]) -> str:
     mem = r.get("memory_mb") or {}
-    parts = [f"{name.split('-')[0]} {fmt(m.get('rss_mb'))}" for name, m in mem.items()
+    parts = [f"{_component(name)} {fmt(m.get('rss_mb'))}" for name, m in mem.items()
              if isinstance(m, dict) and m.get("rss_mb")]
     return ", ".join(parts) if parts else "-"
+
+
+def _component(process: str) -> str:
+    """`worker-0` -> `worker`; `telegraf-edge` stays."""
+    head, _, tail = process.rpartition("-")
+    return head if tail.isdigit() else process
 
 
 def _per_cpu(r: dict[str, Any] | None) -> float | None:
@@ -75,11 +83,11 @@ def _compared(key: str, r: dict[str, Any], s: dict[str, Any]) -> str:
         share = ratio(_rate(r), floor)
         if share is not None:
             notes.append(f"{share:.1%} of floor")
-    telegraf = s.get("gateway.telegraf" if "gateway" in key else "e2e.telegraf")
-    if key in ("e2e.citystream", "gateway.citystream") and telegraf:
-        x = ratio(_rate(r), _rate(telegraf))
-        if x is not None:
-            notes.append(f"{x:.2f}x Telegraf")
+    if key in ("e2e.citystream", "gateway.citystream"):
+        for peer, name in (("telegraf", "Telegraf"), ("telegraf-kafka", "Telegraf via Kafka")):
+            x = ratio(_rate(r), _rate(s.get(f"{key.split('.')[0]}.{peer}") or {}))
+            if x is not None:
+                notes.append(f"{x:.2f}x {name}")
     if key.startswith("ingest") and s.get("e2e.telegraf"):
         x = ratio(_per_cpu(r), _per_cpu(s["e2e.telegraf"]))
         if x is not None:
@@ -142,10 +150,37 @@ def summary_rows(s: dict[str, Any]) -> list[list[Any]]:
         rows.append([f"RSS at {fmt(int(key.split('.')[1]))} sensors, {r.get('system')}", _rate(r),
                      r.get("cpu_s_per_1k"), _services(r), None, None, None, _memory(r),
                      "peak: " + ", ".join(
-                         f"{n.split('-')[0]} {fmt(m.get('hwm_mb'))}"
+                         f"{_component(n)} {fmt(m.get('hwm_mb'))}"
                          for n, m in (r.get("memory_mb") or {}).items() if isinstance(m, dict)),
                      r.get("measured_s")])
     return rows
+
+
+COMPONENTS = ["ingest", "worker", "telegraf", "telegraf-edge", "telegraf-sink", "mosquitto",
+              "kafka", "influxdb"]
+
+
+def cpu_rows(s: dict[str, Any]) -> list[list[Any]]:
+    """CPU seconds per 1,000 readings by component (processes of the same component summed),
+    for the end-to-end measurements: where each system's CPU goes."""
+    rows = []
+    for key, label in ROWS:
+        r = s.get(key)
+        if not r or not key.startswith(("e2e.", "gateway.")):
+            continue
+        by: dict[str, float] = {}
+        for name, v in {**(r.get("cpu_s_per_1k_by_process") or {}),
+                        **(r.get("services_cpu_s_per_1k") or {})}.items():
+            if v is not None:
+                by[_component(name)] = by.get(_component(name), 0.0) + v
+        rows.append([label, *(by.get(c) for c in COMPONENTS), sum(by.values()) or None])
+    return rows
+
+
+def _without_empty_columns(rows: list[list[Any]], header: list[str]
+                           ) -> tuple[list[list[Any]], list[str]]:
+    keep = [i for i in range(len(header)) if i == 0 or any(r[i] is not None for r in rows)]
+    return [[r[i] for i in keep] for r in rows], [header[i] for i in keep]
 
 
 def table_text(rows: list[list[Any]], results: dict[str, Any]) -> str:
@@ -155,7 +190,12 @@ def table_text(rows: list[list[Any]], results: dict[str, Any]) -> str:
             f"{' (quick)' if results.get('quick') else ''}; {m.get('cpus')} CPUs "
             f"({m.get('cpu_model')}), load {c.get('load_before')} -> {c.get('load_after')}, "
             f"busy {fmt(c.get('busy_pct'))} %, steal {fmt(c.get('steal_pct'))} %")
-    return head + "\n\n" + table(rows, HEADER)
+    text = head + "\n\n" + table(rows, HEADER)
+    cpu = cpu_rows(results.get("summary") or {})
+    if cpu:
+        text += ("\n\nCPU s per 1,000 readings by component (worker includes its sink)\n\n"
+                 + table(*_without_empty_columns(cpu, ["measurement", *COMPONENTS, "total"])))
+    return text
 
 
 def chart(s: dict[str, Any], path: Path, results: dict[str, Any]) -> None:

@@ -118,8 +118,8 @@ class Runner:
             e2e = step("e2e.citystream", partial(suite.measure_e2e, ctx, "citystream",
                                                  city_msgs))
             max_rate = (e2e or {}).get("rate_per_s")
-            if self.o.peers:
-                step("e2e.telegraf", partial(suite.measure_e2e, ctx, "telegraf", city_msgs))
+            for peer in ("telegraf", "telegraf-kafka") if self.o.peers else ():
+                step(f"e2e.{peer}", partial(suite.measure_e2e, ctx, peer, city_msgs))
         if self.want("latency") and max_rate:
             for pct in (50, 90):
                 rate = max_rate * pct / 100
@@ -149,7 +149,7 @@ class Runner:
                     f"(b) traffic counters at 10x for {s.burst_s:.0f} s on a city at "
                     f"{base:.0f} readings/s"))
         if self.want("gateway"):
-            for system in systems:
+            for system in (*systems, "telegraf-kafka") if self.o.peers else systems:
                 step(f"gateway.{system}", partial(suite.measure_e2e, ctx, system, gateway_msgs,
                                                   ", (c) gateway batches of 50"))
         if self.want("replay"):

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from connectors.kafka import ensure_topics
 from models.city import City, load_city
 from models.settings import KafkaSettings
 from tests.support import Process
@@ -52,7 +53,14 @@ from .load import (
     record_city,
     run_live,
 )
-from .peers import floor, quix_child, quix_python, telegraf_child
+from .peers import (
+    floor,
+    quix_child,
+    quix_python,
+    telegraf_child,
+    telegraf_kafka_children,
+    telegraf_kafka_topic,
+)
 from .procs import BenchStack, Namespace, citystream
 from .stats import latency_summary, measured_rate, per_1k, progress
 from .system import CpuMeter, HostMeter, memory_mb
@@ -355,42 +363,55 @@ def compare_water(ctx: Context, ns: Namespace) -> dict[str, Any]:
             "max_rel_diff": worst}
 
 
+SYSTEMS = {"citystream": "citystream", "telegraf": "Telegraf",
+           "telegraf-kafka": "Telegraf via Kafka (mqtt_consumer -> kafka -> kafka_consumer)"}
+
+
+def _peer(ctx: Context, system: str, ns: Namespace) -> list[Process]:
+    """A peer's processes for one measurement (Telegraf direct, or Telegraf via Kafka with its
+    topic created as citystream's are: same partitions, replication and min.insync.replicas)."""
+    if system == "telegraf":
+        return [telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)]
+    asyncio.run(ensure_topics(ctx.kafka(ns), [telegraf_kafka_topic(ns)]))
+    return telegraf_kafka_children(ctx.stack, ns, ctx.logs, ns.tag)
+
+
 def measure_e2e(ctx: Context, system: str, messages: list[Message], label: str = "",
                 ingests: int = 1, workers: int = 1) -> dict[str, Any]:
     """MQTT -> raw points in InfluxDB: a backlog queued in Mosquitto drained by citystream
-    (ingest + worker with its sink) or by Telegraf."""
+    (ingest + worker with its sink) or by a peer (`SYSTEMS`)."""
     ns = ctx.namespace("e2e")
-    if system == "telegraf":
-        _prime([telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)])
-    else:
-        _prime(_ingest(ctx, ns, ingests, leave=False))
+    ours = system == "citystream"
+    _prime(_ingest(ctx, ns, ingests, leave=False) if ours else _peer(ctx, system, ns)[-1:])
     pub = publish_backlog(ctx.stack.info["mqtt"], iter(messages), f"bench-{ns.tag}")
     want = pub["readings"]
     counter = WriteCounter(ctx.influx)
-    if system == "telegraf":
-        children = [telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)]
-        procs = {"telegraf": children[0]}
+    if not ours:
+        children = _peer(ctx, system, ns)
+        procs = {c.name: c for c in children}
+        starting = children
     else:
         ws = _workers(ctx, ns, workers)
         _start_all(ws)  # Faust needs ~10 s to join; ingest then starts the drain
-        children = [*ws, *_ingest(ctx, ns, ingests)]
+        starting = _ingest(ctx, ns, ingests)
+        children = [*ws, *starting]
         procs = {f"worker-{i}": c for i, c in enumerate(ws)}
-        procs.update({f"ingest-{i}": c for i, c in enumerate(children[workers:])})
+        procs.update({f"ingest-{i}": c for i, c in enumerate(starting)})
     counter.start()
     started = time.time()
-    _start_all(children[-ingests:] if system != "telegraf" else children)
-    ours, services, host = _meters(ctx, procs)
+    _start_all(starting)
+    meters = _meters(ctx, procs)
     done = counter.wait_for(want, ctx.scale.drain_s * 5, idle_s=60)
     t_raw = time.time()
     engine_done = True
-    if system != "telegraf":  # the KPI engine must have taken every reading too
+    if ours:  # the KPI engine must have taken every reading too
         topics = list(ctx.kafka(ns).topics.telemetry.values())
         group = f"{ns.prefix}citystream-worker"
         engine_done = _wait(lambda: asyncio.run(kq.caught_up(ctx.stack.bootstrap, group,
                                                               topics)),
                             ctx.scale.drain_s * 5, 1.0)
     t_all = time.time()
-    figures = _figures(want, None, ours.stop(), services.stop(), host.stop(), procs)
+    figures = _figures(want, None, meters[0].stop(), meters[1].stop(), meters[2].stop(), procs)
     samples = counter.stop()
     _stop_all(children)
     first = next((t for t, n in samples if n > 0), None)
@@ -405,10 +426,11 @@ def measure_e2e(ctx: Context, system: str, messages: list[Message], label: str =
         figures.update({"rate_per_s": whole, "measured_s": t_all - first,
                         "rate_samples": sum(1 for t, _ in samples if first < t < t_all)})
     figures["engine_lag_s"] = t_all - t_raw
+    figures["kafka_records"] = asyncio.run(kq.records_by_topic(ctx.stack.bootstrap, ns.prefix))
     figures["raw_points"] = ctx.influx.count(ns.telemetry)
     figures["complete"] = done and engine_done and figures["raw_points"] == want
     figures["startup_s"] = first - started if first else None
-    who = "Telegraf" if system == "telegraf" else f"citystream {ingests} ingest + {workers} worker"
+    who = f"citystream {ingests} ingest + {workers} worker" if ours else SYSTEMS[system]
     return {"what": f"MQTT -> InfluxDB raw{label}, {who}", "system": system, **figures}
 
 

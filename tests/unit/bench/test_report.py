@@ -7,12 +7,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 from aiokafka import TopicPartition
 
 from bench.kafka import Ledger, ledger_for_units
-from bench.peers import telegraf_config
+from bench.peers import telegraf_config, telegraf_kafka_configs, telegraf_kafka_topic
 from bench.procs import Namespace
-from bench.report import summary_rows
+from bench.report import cpu_rows, summary_rows, table_text
 
 
 def test_ledger_counts_items_below_committed_offsets() -> None:
@@ -44,6 +45,7 @@ class _Stack:
     info: ClassVar[dict[str, Any]] = {
         "mqtt": {"host": "127.0.0.1", "port": 1883},
         "influxdb": {"url": "http://127.0.0.1:8086", "org": "citystream", "token": "t0k"}}
+    bootstrap = "127.0.0.1:9092"
 
     def service_login(self) -> tuple[str, str]:
         return "citystream", "pw"
@@ -120,3 +122,44 @@ def test_every_row_says_how_long_its_rate_was_measured() -> None:
     assert rows["KPI + raw -> InfluxDB, sink"][9] == 1.5
     assert "coarse" in rows["KPI + raw -> InfluxDB, sink"][8]
     assert rows["(a) steady city, citystream"][9] == 150.0
+
+
+def test_telegraf_via_kafka_has_citystreams_durability() -> None:
+    ns = Namespace("t")
+    configs = telegraf_kafka_configs(_Stack(), ns, "abc")  # type: ignore[arg-type]
+    edge, sink = tomllib.loads(configs["edge"]), tomllib.loads(configs["sink"])
+    out = edge["outputs"]["kafka"][0]
+    assert "influxdb_v2" not in edge["outputs"] and "kafka" not in sink["outputs"]
+    assert out["topic"] == telegraf_kafka_topic(ns) and out["topic"].startswith(ns.prefix)
+    assert out["required_acks"] == -1 and out["idempotent_writes"] is True
+    assert out["routing_tag"] == "sensor_id"  # a sensor's readings stay in order
+    assert len(edge["inputs"]["mqtt_consumer"]) == 4
+    consumer = sink["inputs"]["kafka_consumer"][0]
+    assert consumer["topics"] == [out["topic"]] and consumer["offset"] == "oldest"
+    assert consumer["data_format"] == out["data_format"] == "influx"
+    assert sink["outputs"]["influxdb_v2"][0]["bucket"] == ns.telemetry
+
+
+def test_end_to_end_is_compared_with_both_telegraf_layouts_and_costed_by_component() -> None:
+    summary = {
+        "e2e.citystream": {"rate_per_s": 15_000.0,
+                           "cpu_s_per_1k_by_process": {"worker-0": 0.035, "ingest-0": 0.015},
+                           "services_cpu_s_per_1k": {"mosquitto": 0.01, "kafka": 0.03,
+                                                     "influxdb": 0.02}},
+        "e2e.telegraf": {"rate_per_s": 25_000.0,
+                         "cpu_s_per_1k_by_process": {"telegraf": 0.03},
+                         "services_cpu_s_per_1k": {"mosquitto": 0.01, "kafka": None}},
+        "e2e.telegraf-kafka": {"rate_per_s": 12_000.0,
+                               "cpu_s_per_1k_by_process": {"telegraf-edge": 0.03,
+                                                           "telegraf-sink": 0.01}},
+    }
+    rows = {r[0]: r for r in summary_rows(summary)}
+    note = rows["end to end MQTT -> InfluxDB raw, citystream"][8]
+    assert "0.60x Telegraf" in note and "1.25x Telegraf via Kafka" in note
+    cpu = {r[0]: r for r in cpu_rows(summary)}
+    ours = cpu["end to end MQTT -> InfluxDB raw, citystream"]
+    assert ours[1:3] == [0.015, 0.035] and ours[-1] == pytest.approx(0.11)
+    via_kafka = cpu["end to end, Telegraf via Kafka (citystream's durability)"]
+    assert via_kafka[4:6] == [0.03, 0.01]
+    text = table_text(list(rows.values()), {"summary": summary})
+    assert "CPU s per 1,000 readings by component" in text and "telegraf-edge" in text
