@@ -20,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -345,7 +346,8 @@ def rss_mb(pid: int) -> float | None:
 
 class BackgroundSim:
     """`citystream sim` as a child process until `stop` (SIGTERM: it stops generating, waits
-    for the outstanding PUBACKs and exits 0 only if the broker acknowledged every message)."""
+    for the outstanding PUBACKs and exits 0 only if the broker acknowledged every message).
+    After `stop`, `summary()` is what the simulator says it did (its closing line)."""
 
     def __init__(self, lane: Lane, *args: str, record: Path) -> None:
         self.record = record
@@ -369,6 +371,47 @@ class BackgroundSim:
 
     def running(self) -> bool:
         return self.proc.poll() is None
+
+    def summary(self) -> SimRun:
+        """The simulator's own account of its run (its last summary line in the log)."""
+        return SimRun.parse(self.log.read_text(errors="replace"))
+
+
+_SIM_SUMMARY = re.compile(r"^sim: (\d+) messages, (\d+) readings in ([\d.]+) s .*?"
+                          r"(?:, sim (\S+) \.\. (\S+))?$", re.MULTILINE)
+
+
+@dataclass
+class SimRun:
+    """What a simulator run did: messages and readings published, wall seconds from its
+    connection to its last PUBACK, and the simulated time of its first and last message."""
+
+    messages: int
+    readings: int
+    elapsed_s: float
+    first_sim_ms: int | None
+    last_sim_ms: int | None
+
+    @classmethod
+    def parse(cls, output: str) -> SimRun:
+        """From the output of `citystream sim` (its last summary line)."""
+        found = _SIM_SUMMARY.findall(output)
+        assert found, f"no summary line in the simulator's output:\n{output[-3000:]}"
+        messages, readings, elapsed, first, last = found[-1]
+        return cls(int(messages), int(readings), float(elapsed),
+                   parse_ts(first) if first else None, parse_ts(last) if last else None)
+
+    @property
+    def rate(self) -> float:
+        """Messages per wall second achieved."""
+        return self.messages / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def sim_speed(self) -> float:
+        """Simulated seconds per wall second achieved (0 when unknown)."""
+        if self.first_sim_ms is None or self.last_sim_ms is None or self.elapsed_s <= 0:
+            return 0.0
+        return (self.last_sim_ms - self.first_sim_ms) / 1000 / self.elapsed_s
 
 
 # -- reconciliation ---------------------------------------------------------------------------

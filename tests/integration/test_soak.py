@@ -8,14 +8,28 @@ Settings (env): CITYSTREAM_SOAK_MINUTES (30), CITYSTREAM_SOAK_RATE (messages/s, 
 of what two KPI workers sustained on the shared 2-core development machine, 100 msg/s with lag
 flat and 150 with lag growing; docs/operations.md), CITYSTREAM_SOAK_FAULT_EVERY_S (180),
 CITYSTREAM_SOAK_OUT (a directory for soak.png and soak.json; default the test's tmp dir).
+
+The rate is what the simulator must deliver, and the soak checks that it did. The shipped
+city makes about 5.7 messages per simulated second, and the simulated clock runs at most
+`MAX_SPEED` simulated seconds per wall second (40; lower for soaks over 30 minutes, so the run
+stays inside the 22 h between its start and now): about 225 msg/s. For more, the simulated city
+grows (`--size`: more meters and counters sharing the same district and junction totals, so
+the KPIs stay on the city's baselines) until it makes the rate at `MAX_SPEED` or less; `--speed`
+then paces it to the rate (a schedule: time lost to a fault or a busy CPU is made up), and
+`--rate` at `CEILING` x the rate only spreads each tick's burst. The rate achieved (the
+simulator's messages over its run time) is in soak.json, the chart title and the printed
+summary; below `MIN_SHARE` of the named rate the test fails.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +41,7 @@ from tests.integration.faults import (
     BackgroundSim,
     Probe,
     Sample,
+    SimRun,
     all_rows,
     growth,
     plot,
@@ -34,7 +49,7 @@ from tests.integration.faults import (
 )
 from tests.integration.helpers import Lane, compare_points, oracle_points
 from tests.integration.test_faults import SIM
-from tests.support import IngestProcess, influx_points
+from tests.support import ROOT, IngestProcess, influx_points
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.kafka,
               pytest.mark.influxdb]
@@ -42,7 +57,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.k
 MINUTES = float(os.environ.get("CITYSTREAM_SOAK_MINUTES", "30"))
 RATE = float(os.environ.get("CITYSTREAM_SOAK_RATE", "60"))
 EVERY_S = float(os.environ.get("CITYSTREAM_SOAK_FAULT_EVERY_S", "180"))
-WARM_UP_S = 300.0
+WARM_UP_S = min(300.0, MINUTES * 60 / 6)  # 5 min of 30; a sixth of a shorter soak
+MAX_SPEED = min(40.0, 20 * 3600 / (MINUTES * 60))  # at most 20 of the 22 h before now
+CEILING = 1.5  # --rate, x the named rate: smooths the bursts, lets the schedule catch up
+MIN_SHARE = 0.9  # of the named rate, or the soak fails
 
 
 def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,8 +71,9 @@ def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     workers = [lane.worker("0"), lane.worker("1")]
     probe = Probe(lane, sample_s=5.0, services=True).start()
     record = tmp_path / "run.jsonl"
-    sim = BackgroundSim(lane, *SIM, "--speed", "40", "--rate", str(RATE), "--start",
-                        "now-22h", record=record)
+    size, per_sim_s = city_size(lane, RATE)
+    speed = RATE / per_sim_s
+    sim = BackgroundSim(lane, *SIM, *pacing(size, speed), "--start", "now-22h", record=record)
 
     def outage(name: str, seconds: float) -> Callable[[], None]:
         def run() -> None:
@@ -103,11 +122,16 @@ def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         time.sleep(max(0.0, end - time.monotonic()))
         probe.mark("soak over: simulator stopped")
     finally:
-        sim.stop()
-        probe.stop()
+        try:
+            sim.stop()
+        finally:
+            probe.stop()
+        ran = sim.summary()
+        with capsys.disabled():  # also when a recovery timed out
+            print(f"\n--- rate: {rate_line(ran, size, speed, per_sim_s)}", flush=True)
 
-    plot(probe, out / "soak.png", f"citystream soak: {MINUTES:.0f} min at {RATE:.0f} msg/s, "
-                                  f"a fault every {EVERY_S:.0f} s")
+    plot(probe, out / "soak.png", f"citystream soak: {MINUTES:.0f} min at {ran.rate:.0f} msg/s "
+                                  f"({RATE:.0f} named), a fault every {EVERY_S:.0f} s")
     samples = [s for s in probe.samples if s.t >= WARM_UP_S]
     verdicts: dict[str, str] = {}
     problems: list[str] = []
@@ -140,21 +164,70 @@ def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         time.sleep(10)
     result = reconcile(lane, rows)
     (out / "soak.json").write_text(json.dumps({
-        "minutes": MINUTES, "rate": RATE, "fault_every_s": EVERY_S, "verdicts": verdicts,
+        "minutes": MINUTES, "rate": RATE, "achieved_rate": round(ran.rate, 1),
+        "sim": {"args": pacing(size, speed), "messages_per_sim_s": round(per_sim_s, 2),
+                "achieved_sim_speed": round(ran.sim_speed, 2), **ran.__dict__},
+        "fault_every_s": EVERY_S, "verdicts": verdicts,
         "recoveries": [r.__dict__ for r in probe.recoveries],
         "reconciliation": result.table(), "reconciliation_problems": result.problems,
         "kpi_differences": differences[:50], "kpi_points": len(want),
         "samples": [s.__dict__ for s in probe.samples],
         "events": [e.__dict__ for e in probe.events]}, indent=1))
     with capsys.disabled():
-        print(f"\n--- soak ({out / 'soak.png'})\n" + "\n".join(f"{k}: {v}" for k, v in
-                                                             verdicts.items()))
+        print(f"\n--- soak ({out / 'soak.png'})\nrate: {rate_line(ran, size, speed, per_sim_s)}\n"
+              + "\n".join(f"{k}: {v}" for k, v in verdicts.items()))
         print(f"--- recoveries\n{probe.report()}\n--- reconciliation\n{result.table()}")
         print(f"--- KPI points differing from the oracle: {len(differences)} of {len(want)}")
     lane.stop()
+    assert ran.rate >= MIN_SHARE * RATE, (
+        f"the soak named {RATE:g} msg/s but the simulator achieved {ran.rate:.1f} msg/s "
+        f"({ran.rate / RATE:.0%}, below {MIN_SHARE:.0%}): {rate_line(ran, size, speed, per_sim_s)}")
     assert not problems, "\n".join(problems)
     assert not result.problems, "\n".join(result.problems)
     assert not differences, "\n".join(differences[:20])
+
+
+def city_size(lane: Lane, rate: float) -> tuple[float, float]:
+    """The smallest `--size` (at least 1, in tenths) at which the lane's city makes `rate`
+    messages per wall second at `MAX_SPEED` or slower, and its messages per simulated second
+    (its declared feeds do not grow with --size)."""
+    size = 1.0
+    per_s = messages_per_sim_s(lane, size)
+    for _ in range(6):
+        if per_s * MAX_SPEED >= rate:
+            return size, per_s
+        size = math.ceil(10 * size * rate / (per_s * MAX_SPEED)) / 10
+        per_s = messages_per_sim_s(lane, size)
+    raise AssertionError(f"no --size makes {rate:g} msg/s at --speed {MAX_SPEED:g} or slower "
+                         f"(--size {size:g}: {per_s:.1f} messages per simulated second)")
+
+
+def messages_per_sim_s(lane: Lane, size: float) -> float:
+    """Messages per simulated second of the soak's simulation at `size`, faults included
+    (duplicates are extra messages), from a dry run of some hours of the city at size 1: the
+    count ends within a tick (10 simulated s, about 53 x size messages), 1 % at most."""
+    count = 60_000 + round(5_000 * size)
+    done = subprocess.run(
+        [sys.executable, "-m", "citystream", "sim", *SIM, "--dry-run", "--count", str(count),
+         "--size", f"{size:g}", "--start", "now-22h"], env=lane.sim_env(), cwd=ROOT,
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"sim --dry-run failed:\n{done.stdout}{done.stderr}"
+    ran = SimRun.parse(done.stdout)
+    assert ran.first_sim_ms is not None and ran.last_sim_ms is not None
+    return ran.messages / ((ran.last_sim_ms - ran.first_sim_ms) / 1000)
+
+
+def pacing(size: float, speed: float) -> list[str]:
+    """The simulator's options for a city of `size` paced to the rate at `speed`."""
+    return ["--size", f"{size:g}", "--speed", f"{speed:.4g}", "--rate", f"{CEILING * RATE:g}"]
+
+
+def rate_line(ran: SimRun, size: float, speed: float, per_sim_s: float) -> str:
+    """Named and achieved rate, what was published and how the simulator was set."""
+    return (f"named {RATE:g} msg/s, achieved {ran.rate:.1f} msg/s ({ran.rate / RATE:.0%}): "
+            f"{ran.messages:,} messages, {ran.readings:,} readings in {ran.elapsed_s:.0f} s; "
+            f"sim {' '.join(pacing(size, speed))} (~{per_sim_s:.1f} messages per simulated "
+            f"s), simulated clock {ran.sim_speed:.1f} s per wall s")
 
 
 def lag_floors(probe: Probe, samples: list[Sample]) -> dict[str, list[tuple[float, float]]]:
