@@ -5,8 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-# chromium and fonts-inter: the dashboard's browser tests (headless, driven by playwright).
-apt_packages=(mosquitto mosquitto-clients pkg-config chromium fonts-inter)
+# mosquitto: only for its mosquitto_passwd (the broker run is 2.1, built by
+# deploy/local/build-mosquitto.sh from cmake ... libsqlite3-dev, below); mosquitto-clients:
+# mosquitto_pub for the tests. chromium and fonts-inter: the dashboard's browser tests
+# (headless, driven by playwright).
+apt_packages=(mosquitto mosquitto-clients pkg-config chromium fonts-inter
+              curl cmake make gcc g++ libssl-dev libcjson-dev libsqlite3-dev)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,5 +1,11 @@
-"""Mosquitto for the local stack: installed from Debian packages, configured with the production
-ACL (deploy/mosquitto/acl) and a password file, ready once an authenticated MQTT 5 CONNECT works."""
+"""Mosquitto for the local stack: broker 2.1 built from source (build-mosquitto.sh) with its
+persist-sqlite plugin, Debian's packages for `mosquitto_passwd` and `mosquitto_pub`; configured
+with the production ACL (deploy/mosquitto/acl) and a password file, ready once an authenticated
+MQTT 5 CONNECT works.
+
+Why a build: Debian 12's broker (2.0.11) does not persist shared subscriptions ($share/...), so
+after a restart messages published before ingest subscribes again were dropped; 2.1's
+persist-sqlite plugin restores them (docs/operations.md, "Known gaps")."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import os
 import secrets
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -24,6 +31,18 @@ HERE = Path(__file__).resolve().parent
 # The ACL shipped for production is the one the local stack uses (users `citystream`, `gateway`).
 MOSQUITTO_ACL_FILE = HERE.parent / "mosquitto" / "acl"
 MAKE_DEV_CA = HERE.parent / "mosquitto" / "make-dev-ca.sh"
+BUILD_SCRIPT = HERE / "build-mosquitto.sh"
+PERSIST_PLUGIN = "mosquitto_persist_sqlite.so"
+# The persist-sqlite plugin commits its SQLite transaction every this many seconds: what a
+# SIGKILLed broker or a power loss can lose. 5 s, as the `autosave_interval 5` of the file
+# persistence (`persistence true`) it replaces; also the plugin's own default.
+PERSIST_FLUSH_PERIOD_S = 5
+# In flight per client: one below MQTT's maximum of 65535 (what an MQTT 5 client assumes when
+# the broker announces none, as 2.0 did with `max_inflight_messages 0`), because Mosquitto 2.1
+# reads 65535 as 0, which makes 2.1.2 warn for every QoS 1 message (see mosquitto_config).
+MAX_INFLIGHT = 65_534
+# MQTT's own largest packet (2.0's default; 2.1's is 2,000,000 bytes, see mosquitto_config).
+MAX_PACKET_SIZE = 268_435_455
 
 
 def _apt_install(packages: list[str], say: Progress) -> None:
@@ -44,34 +63,94 @@ def _apt_install(packages: list[str], say: Progress) -> None:
         run([*prefix, "apt-get", "install", "-y", "-q", *packages], "apt-get install", env=env)
 
 
-def install(say: Progress = say) -> None:
-    """Install Mosquitto and its clients (mosquitto_passwd, mosquitto_pub) unless present."""
-    if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
-        _apt_install(["mosquitto", "mosquitto-clients"], say)
-    elif not shutil.which("mosquitto_pub"):
-        _apt_install(["mosquitto-clients"], say)
+def mosquitto_prefix(s: StackSettings) -> Path:
+    """Where build-mosquitto.sh installs the broker (``sbin/``) and its plugins (``lib/``)."""
+    return s.cache.expanduser() / f"mosquitto-{s.mosquitto_version}"
 
 
-def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
-                                          if Path("/usr/sbin/mosquitto").exists() else None)
-    if not found:
-        raise StackError("mosquitto not found: run `citystream install` "
-                         "(or apt-get install -y mosquitto mosquitto-clients)")
-    return found
+def _paths(s: StackSettings) -> tuple[Path, Path]:
+    """The broker and its persist-sqlite plugin: the built ones, or CITYSTREAM_STACK__
+    MOSQUITTO_BINARY (and MOSQUITTO_PERSIST_PLUGIN, by default in ../lib beside it)."""
+    if s.mosquitto_binary is not None:
+        binary = s.mosquitto_binary.expanduser()
+        return binary, (s.mosquitto_persist_plugin
+                        or binary.resolve().parent.parent / "lib" / PERSIST_PLUGIN).expanduser()
+    prefix = mosquitto_prefix(s)
+    return (prefix / "sbin" / "mosquitto",
+            (s.mosquitto_persist_plugin or prefix / "lib" / PERSIST_PLUGIN).expanduser())
+
+
+def persist_plugin(s: StackSettings) -> Path:
+    """The persist-sqlite plugin the broker loads (not checked to exist)."""
+    return _paths(s)[1]
+
+
+def install(s: StackSettings, say: Progress = say) -> Path:
+    """Debian's `mosquitto_passwd` and `mosquitto_pub` unless present, and the broker with its
+    persist-sqlite plugin, built once into the cache by build-mosquitto.sh (about 30 s)."""
+    missing = [pkg for pkg, tool in (("mosquitto", "mosquitto_passwd"),
+                                     ("mosquitto-clients", "mosquitto_pub"))
+               if not shutil.which(tool) and not Path("/usr/bin", tool).exists()]
+    if missing:
+        _apt_install(missing, say)
+    binary, plugin = _paths(s)
+    if s.mosquitto_binary is not None:
+        for path, name in ((binary, "MOSQUITTO_BINARY"), (plugin, "MOSQUITTO_PERSIST_PLUGIN")):
+            if not path.is_file():
+                raise StackError(f"{path} not found: fix CITYSTREAM_STACK__{name}, or unset "
+                                 "CITYSTREAM_STACK__MOSQUITTO_BINARY to build Mosquitto "
+                                 f"{s.mosquitto_version}")
+        return binary
+    if binary.exists() and plugin.exists():
+        return binary
+    cache = s.cache.expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    log = cache / "mosquitto-build.log"
+    say(f"building mosquitto {s.mosquitto_version} with its persist-sqlite plugin from source "
+        f"(first run only: about 30 s, log in {log})")
+    env = {**os.environ, "CITYSTREAM_CACHE": str(cache),
+           "CITYSTREAM_MOSQUITTO_VERSION": s.mosquitto_version}
+    with log.open("a") as out:   # appended: a second, concurrent install waits on the lock
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}\n")
+        out.flush()
+        rc = subprocess.call(["bash", str(BUILD_SCRIPT)], stdout=out, stderr=subprocess.STDOUT,
+                             env=env)
+    if rc != 0 or not (binary.exists() and plugin.exists()):
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise StackError(f"building mosquitto {s.mosquitto_version} failed (exit {rc}); "
+                         f"full log {log}:\n{tail}")
+    return binary
+
+
+def mosquitto_binary(s: StackSettings | None = None) -> str:
+    """The broker the stack runs (built into the cache, or CITYSTREAM_STACK__MOSQUITTO_BINARY)."""
+    s = s or StackSettings()
+    binary = _paths(s)[0]
+    if not binary.exists():
+        raise StackError(f"mosquitto {s.mosquitto_version} not found at {binary}: run "
+                         "`citystream install` (it builds it with deploy/local/"
+                         "build-mosquitto.sh), or set CITYSTREAM_STACK__MOSQUITTO_BINARY")
+    return str(binary)
 
 
 def mosquitto_config(s: StackSettings, d: Path) -> str:
-    """mosquitto.conf for a broker whose files are under `d`."""
+    """mosquitto.conf for a broker whose files are under `d`.
+
+    Persistence is the persist-sqlite plugin (``<d>/data/mosquitto.sqlite3``), not the file
+    persistence of `persistence true` (which Mosquitto 2.1 refuses alongside a persistence
+    plugin, and which never saved shared subscriptions)."""
     return f"""# Generated by citystream deploy/local (production config: deploy/mosquitto/).
 user root
 per_listener_settings false
 allow_anonymous false
 password_file {d}/passwd
 acl_file {d}/acl
-persistence true
+# Sessions, subscriptions (shared ones too), queued and retained messages in SQLite under
+# persistence_location (the plugin ignores plugin_opt_db_file when that is set). It commits
+# every flush_period seconds: a SIGKILL or power loss loses at most that much.
 persistence_location {d}/data/
-autosave_interval 5
+global_plugin {persist_plugin(s)}
+plugin_opt_flush_period {PERSIST_FLUSH_PERIOD_S}
 log_dest stdout
 log_type error
 log_type warning
@@ -80,7 +159,12 @@ log_type information
 connection_messages true
 max_queued_messages 1000000
 max_queued_bytes 0
-max_inflight_messages 0
+# Not 0 ("no limit"): with 0 (or 65535, which it reads as 0) 2.1.2 keeps a client's receive
+# quota at 0 and logs "has exceeded its receive-maximum quota" for every QoS 1 message.
+max_inflight_messages {MAX_INFLIGHT}
+# 2.1 lowered the default to 2,000,000 bytes and disconnects a client that sends more; the MQTT
+# limit (2.0's default) lets ingest dead-letter oversized payloads with a reason instead.
+max_packet_size {MAX_PACKET_SIZE}
 set_tcp_nodelay true
 listener {s.mqtt_port} {s.host}
 """ + (f"""
@@ -95,7 +179,7 @@ tls_version tlsv1.2
 def start(s: StackSettings, home: Path, svc: Service, creds: Credentials,
           say: Progress = say) -> None:
     """Write the broker's files under ``<home>/mosquitto``, start it, wait until it answers."""
-    install(say)
+    binary = install(s, say)
     check_port(s.mqtt_port, "MQTT_PORT", s.host)
     d = home / "mosquitto"
     (d / "data").mkdir(parents=True, exist_ok=True)
@@ -110,7 +194,7 @@ def start(s: StackSettings, home: Path, svc: Service, creds: Credentials,
         run(["bash", str(MAKE_DEV_CA), str(d / "certs")],
             "making the development CA for Mosquitto's TLS listener")
     (d / "mosquitto.conf").write_text(mosquitto_config(s, d))
-    svc.spawn([mosquitto_binary(), "-c", str(d / "mosquitto.conf")])
+    svc.spawn([str(binary), "-c", str(d / "mosquitto.conf")])
     wait_ready("mosquitto", svc, lambda: _ready(s, creds), s.ready_timeout_s)
 
 

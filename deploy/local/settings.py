@@ -40,6 +40,14 @@ class StackSettings(BaseSettings):
                             "own start script) and touched at start, so its memory is flat")
     kafka_partitions: int = 8
     influxdb_version: str = "2.7.12"
+    mosquitto_version: str = Field("2.1.2", description="the broker build-mosquitto.sh builds "
+                                   "into the cache (another version also needs "
+                                   "CITYSTREAM_MOSQUITTO_SHA256 for its tarball)")
+    mosquitto_binary: Path | None = Field(None, description="a Mosquitto >= 2.1 broker to run "
+                                          "instead of the one built into the cache")
+    mosquitto_persist_plugin: Path | None = Field(None, description="its "
+                                                  "mosquitto_persist_sqlite.so (default: "
+                                                  "../lib/ beside MOSQUITTO_BINARY)")
     influxdb_org: str = "citystream"
     bucket_telemetry: str = "telemetry"
     bucket_kpi: str = "kpi"

@@ -56,7 +56,7 @@ STARTERS: dict[str, Starter] = {"mosquitto": mosquitto.start, "kafka": kafka.sta
 
 def install_all(s: StackSettings, say: Progress = say) -> None:
     """Install (cached) every service without starting any."""
-    mosquitto.install(say)
+    mosquitto.install(s, say)
     kafka.install(s, say)
     influxdb.install(s, say)
 
