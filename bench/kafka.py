@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import glob
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -263,6 +265,17 @@ async def records_by_topic(bootstrap: str, prefix: str) -> dict[str, int]:
         name = tp.topic[len(prefix):]
         out[name] = out.get(name, 0) + ends[tp] - firsts[tp]
     return out
+
+
+def log_bytes_by_topic(home: Path, prefix: str) -> dict[str, int]:
+    """Bytes of log segments per topic whose name starts with `prefix`, from the local
+    broker's log directories under `home` (what the broker wrote: batches with their
+    headers)."""
+    out: dict[str, int] = {}
+    for segment in home.rglob(f"{glob.escape(prefix)}*-[0-9]*/*.log"):
+        topic = segment.parent.name.rpartition("-")[0][len(prefix):]
+        out[topic] = out.get(topic, 0) + segment.stat().st_size
+    return dict(sorted(out.items()))
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -427,6 +427,7 @@ def measure_e2e(ctx: Context, system: str, messages: list[Message], label: str =
                         "rate_samples": sum(1 for t, _ in samples if first < t < t_all)})
     figures["engine_lag_s"] = t_all - t_raw
     figures["kafka_records"] = asyncio.run(kq.records_by_topic(ctx.stack.bootstrap, ns.prefix))
+    figures["kafka_bytes"] = kq.log_bytes_by_topic(ctx.stack.home, ns.prefix)
     figures["raw_points"] = ctx.influx.count(ns.telemetry)
     figures["complete"] = done and engine_done and figures["raw_points"] == want
     figures["startup_s"] = first - started if first else None
