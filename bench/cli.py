@@ -65,8 +65,10 @@ def bench(everything: bool, quick: bool, runs: int, stages: str | None, workload
     stage and end to end, CPU seconds per 1,000 readings (ours and the services'),
     publish-to-InfluxDB latency p50/p95/p99 at 50 % and 90 % of the maximum, window-end to
     KPI-visible latency, RSS at 10,000 and 100,000 sensors, 1 -> 2 ingest and worker
-    processes, Telegraf, Quix Streams and the parse-validate-encode floor. Method:
-    docs/performance.md.
+    processes, Telegraf (MQTT straight to InfluxDB, and with citystream's durability: Kafka
+    between two Telegraf processes), Quix Streams and the parse-validate-encode floor; then
+    the end-to-end runs' CPU per 1,000 readings by component (ingest, worker, Telegraf,
+    Mosquitto, Kafka, InfluxDB). Method: docs/performance.md.
 
     \b
     Examples:

@@ -2,7 +2,8 @@
 
 The top layer: it imports the components' commands only when one is run (`LazyGroup`), so
 `citystream worker` loads the worker and what it needs, and no dashboard or simulator
-code. The benchmarks are not part of it: they run from a checkout (`python -m bench`).
+code. The benchmarks are not part of it: `citystream bench` hands over to `python -m bench`
+of a source checkout.
 """
 
 from __future__ import annotations
@@ -200,6 +201,28 @@ def status(home: Path | None, as_json: bool) -> None:
                f"buckets {', '.join(info['influxdb']['buckets'].values())}")
     click.echo(f"dashboard  {info['dashboard']['url']}")
     click.echo(f"opendata   {info['opendata']['url']}")
+
+
+@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True,
+                                "help_option_names": []}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Benchmarks side by side with Telegraf and Quix Streams (from a source checkout).
+
+    \b
+    Hands over to `python -m bench` of the repository it runs in: `citystream bench --help`
+    shows its options (stages, workloads, --runs, --quick, --out). The benchmarks are not
+    installed with citystream; from an installed copy this says where to get them.
+    """
+    if (Path.cwd() / "bench" / "cli.py").exists() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # a checkout's root: bench/ and tests/ beside us
+    try:
+        from bench.cli import bench as run_bench
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the benchmarks are not installed with citystream ({exc}): run this in the root "
+            "of a source checkout (`make bench` there does the same)") from exc
+    run_bench.main(list(args), prog_name="citystream bench")
 
 
 @main.command(context_settings=CONTEXT)

@@ -53,8 +53,9 @@ def ingest(instance: str, batch_max: int, receive_maximum: int, counters_interva
     Subscribes to $share/<CITYSTREAM_MQTT__SHARED_GROUP>/city/# (QoS 1, persistent MQTT 5
     session), so several ingest processes split the load; city/alerts/... (citystream's own
     output) is skipped. With CITYSTREAM_MQTT__SHARED_GROUP empty it subscribes to city/#
-    itself: for ONE ingest process, and nothing is lost across a Mosquitto restart (Mosquitto
-    does not persist shared subscriptions; see docs/operations.md). Valid readings go to
+    itself (for ONE ingest process). Either survives a Mosquitto restart with the broker
+    citystream runs (2.1 with its persist-sqlite plugin; Mosquitto 2.0 and file persistence
+    drop shared subscriptions: use an empty group there; docs/operations.md). Valid readings go to
     telemetry.<kind> keyed by district (water, energy), junction (traffic) or route
     (shuttle), or for a feed declared in the city file (CITYSTREAM_CITY__FILE) by its entity
     and validated by its field rules; rejected ones to telemetry.deadletter. A message is

@@ -243,10 +243,10 @@ class MqttSource:
 
     @property
     def topic_filter(self) -> str:
-        """The shared subscription of the group, or a plain one without a group. Mosquitto
-        (2.0) does not persist shared subscriptions: after a broker restart, messages
-        published before ingest subscribes again are acknowledged to the gateway and dropped.
-        A plain subscription is persisted with the session, so it loses nothing."""
+        """The shared subscription of the group, or a plain one without a group. Both are
+        persisted with the session by Mosquitto 2.1's persist-sqlite plugin; Mosquitto 2.0
+        (and 2.1's file persistence) drops shared ones at a restart, so messages published
+        before ingest subscribes again are acknowledged to the gateway and lost."""
         group = self.settings.shared_group
         return f"$share/{group}/{READINGS_FILTER}" if group else READINGS_FILTER
 

@@ -49,8 +49,8 @@ class MqttSettings(BaseModel):
     session_expiry_s: int = Field(3600, ge=0, description="persistent-session lifetime")
     shared_group: str = Field(
         "ingest", description="MQTT shared-subscription group of the ingest processes; empty: "
-        "a plain subscription (run ONE ingest), which, unlike a shared one, survives a "
-        "Mosquitto restart (Mosquitto does not persist shared subscriptions)")
+        "a plain subscription (run ONE ingest); both survive a restart of Mosquitto 2.1 "
+        "with its persist-sqlite plugin, only a plain one a restart of Mosquitto 2.0")
     client_id: str | None = Field(None, description="stable id for a persistent session")
 
 

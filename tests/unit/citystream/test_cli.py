@@ -41,3 +41,12 @@ def test_a_component_command_is_imported_only_when_used() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[3], check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_bench_hands_over_to_the_checkouts_benchmarks() -> None:
+    result = CliRunner().invoke(cli.main, ["bench", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: citystream bench" in result.output and "--stages" in result.output
+    assert "bench" in CliRunner().invoke(cli.main, ["--help"]).output
+    unknown = CliRunner().invoke(cli.main, ["bench", "--stages", "nope"])
+    assert unknown.exit_code != 0 and "nope" in unknown.output
