@@ -53,10 +53,16 @@ def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
 @click.option("--quix-venv", type=click.Path(path_type=Path), default=Path(".venv-bench"),
               show_default=True, envvar="CITYSTREAM_BENCH_QUIX_VENV", show_envvar=True,
               help="Separate venv for Quix Streams (it pins pydantic below citystream's).")
+@click.option("--latency-at", default="50,90", show_default=True, metavar="PERCENTS",
+              envvar="CITYSTREAM_BENCH_LATENCY_AT", show_envvar=True,
+              help="The latency stage's feeds, in percent of the end-to-end maximum measured "
+                   "in the same run (a live feed costs more per reading than the drained "
+                   "backlog that maximum comes from: add a lower one to see where it keeps "
+                   "up).")
 @click.option("--keep-logs", is_flag=True,
               help="Keep the private stack's directory with every process log.")
 def bench(everything: bool, quick: bool, runs: int, stages: str | None, workloads: str | None,
-          peers: bool, out: Path, quix_venv: Path, keep_logs: bool) -> None:
+          peers: bool, out: Path, quix_venv: Path, latency_at: str, keep_logs: bool) -> None:
     """Measure citystream stage by stage and against its peers, on this machine.
 
     Starts its own Mosquitto, Kafka and InfluxDB on free loopback ports in a temporary
@@ -90,6 +96,7 @@ def bench(everything: bool, quick: bool, runs: int, stages: str | None, workload
         chosen_workloads = _names(workloads or "", WORKLOADS, "workload")
     options = Options(out=out, runs=runs, quick=quick, workloads=chosen_workloads,
                       stages=chosen_stages, peers=peers, keep=keep_logs, quix_venv=quix_venv,
+                      latency_at=_percents(latency_at),
                       extra={"command": " ".join(["python -m bench", *sys.argv[1:]])})
     try:
         results = run(options, say=lambda msg: click.echo(msg, err=True))
@@ -101,3 +108,14 @@ def bench(everything: bool, quick: bool, runs: int, stages: str | None, workload
         click.echo(f"{len(results['errors'])} measurement(s) failed: "
                    f"{', '.join(results['errors'])} (details in results.json)", err=True)
         sys.exit(1)
+
+
+def _percents(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v <= 100 for v in values):
+        raise click.BadParameter(f"{text!r}: give percents from 1 to 100, e.g. 25,50,90",
+                                 param_hint="--latency-at")
+    return values

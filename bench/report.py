@@ -27,11 +27,7 @@ ROWS = [
     ("e2e.citystream", "end to end MQTT -> InfluxDB raw, citystream"),
     ("e2e.telegraf", "end to end MQTT -> InfluxDB raw, Telegraf"),
     ("e2e.telegraf-kafka", "end to end, Telegraf via Kafka (citystream's durability)"),
-    ("latency.50.citystream", "latency at 50 % of max, citystream"),
-    ("latency.50.citystream/kpi", "window end -> final KPI visible at 50 % (incl. grace)"),
-    ("latency.50.telegraf", "latency at 50 % of max, Telegraf (same feed)"),
-    ("latency.90.citystream", "latency at 90 % of max, citystream"),
-    ("latency.90.telegraf", "latency at 90 % of max, Telegraf (same feed)"),
+    ("latency", ""),  # one group of rows per percent measured (`_latency_rows`)
     ("steady.citystream", "(a) steady city, citystream"),
     ("steady.citystream/kpi", "(a) window end -> final KPI visible (incl. grace)"),
     ("steady.telegraf", "(a) steady city, Telegraf"),
@@ -122,10 +118,28 @@ def _compared(key: str, r: dict[str, Any], s: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
+def _latency_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The latency stage's rows, per percent of the maximum measured (`--latency-at`)."""
+    pcts = sorted({int(k.split(".")[1]) for k in s
+                   if k.startswith("latency.") and k.split(".")[1].isdigit()})
+    out = []
+    for pct in pcts:
+        out += [(f"latency.{pct}.citystream", f"latency at {pct} % of max, citystream"),
+                (f"latency.{pct}.citystream/kpi",
+                 f"window end -> final KPI visible at {pct} % (incl. grace)"),
+                (f"latency.{pct}.telegraf", f"latency at {pct} % of max, Telegraf (same feed)")]
+    return out
+
+
+def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    return [row for key, label in ROWS
+            for row in (_latency_rows(s) if key == "latency" else [(key, label)])]
+
+
 def summary_rows(s: dict[str, Any]) -> list[list[Any]]:
     """The table's rows from the merged results."""
     rows: list[list[Any]] = []
-    for key, label in ROWS:
+    for key, label in _rows(s):
         if key.endswith("/kpi"):
             source = s.get(key.split("/")[0]) or {}
             kpi = (source.get("kpi_latency") or {}).get("final")
@@ -164,7 +178,7 @@ def cpu_rows(s: dict[str, Any]) -> list[list[Any]]:
     """CPU seconds per 1,000 readings by component (processes of the same component summed),
     for the end-to-end measurements: where each system's CPU goes."""
     rows = []
-    for key, label in ROWS:
+    for key, label in _rows(s):
         r = s.get(key)
         if not r or not key.startswith(("e2e.", "gateway.")):
             continue
@@ -205,7 +219,7 @@ def chart(s: dict[str, Any], path: Path, results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lat_keys = [k for k, _ in ROWS if k.startswith(("latency", "steady", "burst")) and k in s
+    lat_keys = [k for k, _ in _rows(s) if k.startswith(("latency", "steady", "burst")) and k in s
                 and (s[k].get("latency") or {}).get("p50_s") is not None]
     if lat_keys:
         fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6.5),
@@ -214,7 +228,7 @@ def chart(s: dict[str, Any], path: Path, results: dict[str, Any]) -> None:
         fig, left = plt.subplots(1, 1, figsize=(8, 6.5))
     bars = [(label, _rate(s[key]), "tab:gray" if key.startswith("floor") else
              "tab:orange" if key.endswith(("telegraf", "quix.water")) or key.startswith("quix")
-             else "tab:blue") for key, label in ROWS
+             else "tab:blue") for key, label in _rows(s)
             if key in s and _rate(s[key]) and not key.startswith(("latency", "steady", "burst"))]
     if bars:
         labels, values, colours = zip(*bars, strict=True)

@@ -40,6 +40,7 @@ class Options:
     peers: bool = True
     keep: bool = False
     quix_venv: Path = Path(".venv-bench")
+    latency_at: tuple[int, ...] = (50, 90)  # percents of the end-to-end maximum
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,12 +122,11 @@ class Runner:
             for peer in ("telegraf", "telegraf-kafka") if self.o.peers else ():
                 step(f"e2e.{peer}", partial(suite.measure_e2e, ctx, peer, city_msgs))
         if self.want("latency") and max_rate:
-            for pct in (50, 90):
+            for pct in self.o.latency_at:
                 rate = max_rate * pct / 100
                 spec = suite.steady_spec(s.sensors, rate, s.live_s)
                 for system in systems:
-                    kpi = (pct == 50 and system == "citystream"
-                           and s.live_s >= ctx.city.windows.grace_s + 40)
+                    kpi = system == "citystream" and s.live_s >= ctx.city.windows.grace_s + 40
                     step(f"latency.{pct}.{system}", partial(
                         suite.measure_live, ctx, system, spec,
                         f"latency at {pct} % of citystream's max ({rate:.0f} readings/s)",

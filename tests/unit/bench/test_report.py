@@ -163,3 +163,22 @@ def test_end_to_end_is_compared_with_both_telegraf_layouts_and_costed_by_compone
     assert via_kafka[4:6] == [0.03, 0.01]
     text = table_text(list(rows.values()), {"summary": summary})
     assert "CPU s per 1,000 readings by component" in text and "telegraf-edge" in text
+
+
+def test_latency_rows_follow_the_percents_measured() -> None:
+    summary = {"latency.25.citystream": {"delivered_rate_per_s": 3_000.0,
+                                         "latency": {"p50_s": 0.2, "p95_s": 0.3, "p99_s": 0.4}},
+               "latency.90.citystream": {"delivered_rate_per_s": 9_000.0,
+                                         "latency": {"p50_s": 0.5, "p95_s": 1.5, "p99_s": 2.5}}}
+    labels = [r[0] for r in summary_rows(summary)]
+    assert labels == ["latency at 25 % of max, citystream", "latency at 90 % of max, citystream"]
+
+
+def test_latency_at_takes_percents_and_refuses_the_rest() -> None:
+    from click.testing import CliRunner
+
+    from bench.cli import _percents, bench
+
+    assert _percents("25, 50,90") == (25, 50, 90)
+    refused = CliRunner().invoke(bench, ["--latency-at", "0,150", "--stages", "none"])
+    assert refused.exit_code == 2 and "--latency-at" in refused.output
