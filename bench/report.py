@@ -105,8 +105,10 @@ def _compared(key: str, r: dict[str, Any], s: dict[str, Any]) -> str:
         backlog = r.get("backlog_at_end")
         if backlog and offered and backlog > offered:
             notes.append(f"backlog {fmt(backlog)} at end")
-    if key.startswith("burst") and (r.get("phases") or {}).get("recovery_s") is not None:
-        notes.append(f"recovers in {fmt(r['phases']['recovery_s'])} s")
+    if key.startswith("burst") and r.get("phases"):
+        recovery = r["phases"].get("recovery_s")
+        notes.append(f"recovers in {fmt(recovery)} s" if recovery is not None else
+                     "no probe after the burst: recovery not measured")
     if key.startswith("quix") and (r.get("check") or {}).get("compared"):
         check = r["check"]
         notes.append(f"{check['compared']} windows = citystream's (max diff "

@@ -561,9 +561,10 @@ def _phases(probes: ProbePoller, spec: LiveSpec, t0: float) -> dict[str, Any]:
     out: dict[str, Any] = {k: latency_summary(v) for k, v in phases.items()}
     base = out["before"]["p99_s"]
     recovered = None
-    if base is not None:  # first moment after the burst from which every probe is back near base
-        late = sorted((p - t0, seen[k] - p) for k, p in probes.published.items()
-                      if k in seen and p - t0 >= burst.end_s)
+    late = sorted((p - t0, seen[k] - p) for k, p in probes.published.items()
+                  if k in seen and p - t0 >= burst.end_s)
+    if base is not None and late:  # the first moment after the burst from which every probe
+        # is back near base (none if the feed stopped before the burst ended: not measured)
         limit = max(2 * base, base + 0.5)
         bad = [at for at, lat in late if lat > limit]
         recovered = (max(bad) - burst.end_s) if bad else 0.0

@@ -182,3 +182,26 @@ def test_latency_at_takes_percents_and_refuses_the_rest() -> None:
     assert _percents("25, 50,90") == (25, 50, 90)
     refused = CliRunner().invoke(bench, ["--latency-at", "0,150", "--stages", "none"])
     assert refused.exit_code == 2 and "--latency-at" in refused.output
+
+
+def test_burst_recovery_is_not_claimed_when_no_probe_came_after_the_burst() -> None:
+    from types import SimpleNamespace
+
+    from bench.influx import Visibility
+    from bench.load import Burst, LiveSpec
+    from bench.suite import _phases
+
+    spec = LiveSpec(mqtt={}, sensors=10, rate=10.0, duration_s=30.0,
+                    bursts=(Burst("traffic", 10.0, 20.0, 10.0),))
+
+    def phases(published_at: list[float], latency: float) -> dict[str, Any]:
+        published = {("p", i): at for i, at in enumerate(published_at)}
+        seen = Visibility(seen={k: at + latency for k, at in published.items()})
+        return _phases(SimpleNamespace(published=published, result=seen),  # type: ignore[arg-type]
+                       spec, 0.0)
+
+    assert phases([1.0, 5.0, 12.0, 25.0], 0.3)["recovery_s"] == 0.0
+    stopped = phases([1.0, 5.0, 12.0, 15.0], 0.3)  # the feed stopped during the burst
+    assert stopped["after"]["n"] == 0 and stopped["recovery_s"] is None
+    rows = summary_rows({"burst.citystream": {"delivered_rate_per_s": 1.0, "phases": stopped}})
+    assert "recovery not measured" in rows[0][8]
