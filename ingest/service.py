@@ -56,6 +56,9 @@ class IngestOptions:
     horizon_s: int = 86400
     counters_interval_s: float = 10.0
     idle_sleep_s: float = 0.002
+    # a round keeps gathering messages this long after its first: records of more readings
+    # cost ingest, Kafka and the worker less per reading (docs/performance.md)
+    batch_wait_s: float = 0.05
     retry_max_s: float = 10.0
 
 
@@ -162,7 +165,7 @@ class Ingest:
 
     async def step(self, stop: asyncio.Event) -> bool:
         """Move one batch; False when there was nothing to move (or it could not be sent)."""
-        batch = self.source.poll(self.options.batch_max)
+        batch = await self._gather(stop)
         if not batch:
             return False
         records = self.encode(batch)
@@ -171,6 +174,17 @@ class Ingest:
         self.source.ack(batch)
         await self._maybe_report(stop)
         return True
+
+    async def _gather(self, stop: asyncio.Event) -> list[Delivery]:
+        """What arrived, and when that is less than a full batch, what arrives within
+        `batch_wait_s` after it (a backlog fills a batch at once and does not wait)."""
+        opts = self.options
+        batch = self.source.poll(opts.batch_max)
+        if batch and len(batch) < opts.batch_max and opts.batch_wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), opts.batch_wait_s)
+            batch += self.source.poll(opts.batch_max - len(batch))
+        return batch
 
     async def drain(self, quiet_s: float = 1.0, limit_s: float = 30.0) -> bool:
         """Leave the shared group: unsubscribe, move what still arrives until `quiet_s` passes

@@ -200,3 +200,40 @@ def test_time_rules_use_the_receive_time(ts_offset_s: int, reason: str) -> None:
     sink = MemorySink()
     run_once(source, sink)
     assert json.loads(sink.records[0].value)["reason"] == reason
+
+
+class TrickleSource(FakeSource):
+    """Messages that arrive while ingest waits: one more at each poll after the first."""
+
+    def __init__(self, arriving: list[Delivery]) -> None:
+        super().__init__(arriving[:1])
+        self.arriving = arriving[1:]
+        self.polls = 0
+
+    def poll(self, max_items: int) -> list[Delivery]:
+        self.polls += 1
+        out = super().poll(max_items)
+        if self.arriving:
+            self.pending.append(self.arriving.pop(0))
+        return out
+
+
+def test_a_round_gathers_what_arrives_within_the_batch_wait() -> None:
+    topic, body = water("w-1", NOW_MS - 1000)
+    arriving = [delivery(i, topic, {**body, "ts": NOW_MS - 1000 - i}) for i in range(3)]
+    sink = MemorySink()
+    source = TrickleSource(arriving)
+    run_once(source, sink, batch_wait_s=0.01)
+    assert source.acked == [0, 1] and len(sink.records) == 1  # one record of two readings
+    assert len(json.loads(sink.records[0].value)) == 2
+    sink, source = MemorySink(), TrickleSource(arriving)
+    run_once(source, sink, batch_wait_s=0)
+    assert source.acked == [0] and source.polls == 1
+
+
+def test_a_full_round_does_not_wait() -> None:
+    topic, body = water("w-1", NOW_MS - 1000)
+    source = FakeSource([delivery(i, topic, {**body, "ts": NOW_MS - 1000 - i}) for i in range(4)])
+    started = time.monotonic()
+    run_once(source, MemorySink(), batch_max=4, batch_wait_s=5)
+    assert time.monotonic() - started < 1 and len(source.acked) == 4
