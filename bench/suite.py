@@ -368,11 +368,11 @@ SYSTEMS = {"citystream": "citystream", "telegraf": "Telegraf",
 
 
 def _peer(ctx: Context, system: str, ns: Namespace) -> list[Process]:
-    """A peer's processes for one measurement (Telegraf direct, or Telegraf via Kafka with its
-    topic created as citystream's are: same partitions, replication and min.insync.replicas)."""
+    """A peer's processes for one measurement: Telegraf direct, or Telegraf via Kafka (its topic
+    is created by `measure_e2e` as citystream's are: same partitions, replication and
+    min.insync.replicas)."""
     if system == "telegraf":
         return [telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)]
-    asyncio.run(ensure_topics(ctx.kafka(ns), [telegraf_kafka_topic(ns)]))
     return telegraf_kafka_children(ctx.stack, ns, ctx.logs, ns.tag)
 
 
@@ -382,6 +382,8 @@ def measure_e2e(ctx: Context, system: str, messages: list[Message], label: str =
     (ingest + worker with its sink) or by a peer (`SYSTEMS`)."""
     ns = ctx.namespace("e2e")
     ours = system == "citystream"
+    if system == "telegraf-kafka":
+        asyncio.run(ensure_topics(ctx.kafka(ns), [telegraf_kafka_topic(ns)]))
     _prime(_ingest(ctx, ns, ingests, leave=False) if ours else _peer(ctx, system, ns)[-1:])
     pub = publish_backlog(ctx.stack.info["mqtt"], iter(messages), f"bench-{ns.tag}")
     want = pub["readings"]

@@ -61,8 +61,13 @@ class _Replaceable:
     (`_open`, bounded in time), delivers (`_deliver`), is dropped (`_drop`: unsent records
     are lost, they were never acknowledged) and closed (`_close`: flushed)."""
 
-    timeout_s: float
-    _producer: Any = None
+    def __init__(self, settings: KafkaSettings, *, client_id: str = "citystream-ingest",
+                 linger_ms: int = 5, timeout_s: float = 30.0) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.linger_ms = linger_ms
+        self.timeout_s = timeout_s
+        self._producer: Any = None
 
     async def _open(self) -> Any:
         raise NotImplementedError
@@ -112,13 +117,7 @@ class _Replaceable:
 class KafkaSink(_Replaceable):
     """aiokafka producer with acks=all and idempotence."""
 
-    def __init__(self, settings: KafkaSettings, *, client_id: str = "citystream-ingest",
-                 linger_ms: int = 5, timeout_s: float = 30.0) -> None:
-        self.settings = settings
-        self.client_id = client_id
-        self.linger_ms = linger_ms
-        self.timeout_s = timeout_s
-        self._producer: AIOKafkaProducer | None = None
+    _producer: AIOKafkaProducer | None
 
     async def _open(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -170,13 +169,7 @@ class LibrdkafkaSink(_Replaceable):
     `timeout_s`, raises `KafkaError` or `TimeoutError` and the producer is replaced (its
     idempotence state may be unusable). A thread of its own serves the delivery reports."""
 
-    def __init__(self, settings: KafkaSettings, *, client_id: str = "citystream-ingest",
-                 linger_ms: int = 5, timeout_s: float = 30.0) -> None:
-        self.settings = settings
-        self.client_id = client_id
-        self.linger_ms = linger_ms
-        self.timeout_s = timeout_s
-        self._producer: _Librdkafka | None = None
+    _producer: _Librdkafka | None
 
     def _config(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.settings.bootstrap, "client.id": self.client_id,
