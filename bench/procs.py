@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.local.stack import MQTT_SERVICE_USER, Credentials, Stack, StackSettings, free_port
+from models.settings import KafkaSettings
 from tests.support import Process
 
 from .influx import Influx
@@ -48,9 +49,22 @@ class BenchStack:
         i = self.info["influxdb"]
         return Influx(i["url"], i["org"], i["token"])
 
+    def kafka(self, prefix: str, partitions: int | None = None) -> KafkaSettings:
+        """Settings for clients of the stack's Kafka under `prefix`: its replication (one node,
+        or a cluster's) and `partitions` per topic (default: citystream's)."""
+        info = self.info["kafka"]
+        return KafkaSettings(
+            bootstrap=info["bootstrap"], topic_prefix=prefix,
+            replication_factor=info.get("replication_factor", 1),
+            min_insync_replicas=info.get("min_insync_replicas", 1),
+            **({"partitions": partitions} if partitions else {}))
+
     def service_pids(self) -> dict[str, int]:
         return {name: svc.pid for name, svc in self.stack.services.items()
-                if svc.pid is not None and name in Stack.SERVICES}
+                if svc.pid is not None and name in self.SERVICES}
+
+    SERVICES: tuple[str, ...] = Stack.SERVICES
+    """The services whose CPU a measurement counts."""
 
     def service_login(self) -> tuple[str, str]:
         """The MQTT user the services (and Telegraf) use: may read city/#."""
@@ -61,7 +75,8 @@ class Namespace:
     """Fresh names for one measurement: Kafka topic prefix, MQTT shared group, InfluxDB
     buckets; so measurements never see each other's data."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, partitions: int | None = None) -> None:
+        self.partitions = partitions
         self.tag = f"{label}-{uuid.uuid4().hex[:6]}"
         self.prefix = f"{self.tag}."
         self.group = self.tag.replace("-", "")
@@ -72,7 +87,9 @@ class Namespace:
         return {"CITYSTREAM_KAFKA__TOPIC_PREFIX": self.prefix,
                 "CITYSTREAM_MQTT__SHARED_GROUP": self.group,
                 "CITYSTREAM_INFLUX__BUCKET_TELEMETRY": self.telemetry,
-                "CITYSTREAM_INFLUX__BUCKET_KPI": self.kpi}
+                "CITYSTREAM_INFLUX__BUCKET_KPI": self.kpi,
+                **({"CITYSTREAM_KAFKA__PARTITIONS": str(self.partitions)}
+                   if self.partitions else {})}
 
 
 def _operator_token(stack: BenchStack) -> dict[str, str]:

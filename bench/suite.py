@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import multiprocessing as mp
 import queue as queue_mod
@@ -116,8 +117,9 @@ class Context:
     peers: bool = True
     cleanup: list[str] = field(default_factory=list)
 
-    def namespace(self, label: str, buckets: bool = True) -> Namespace:
-        ns = Namespace(label)
+    def namespace(self, label: str, buckets: bool = True,
+                  partitions: int | None = None) -> Namespace:
+        ns = Namespace(label, partitions)
         if buckets:
             for bucket in (ns.telemetry, ns.kpi):
                 self.influx.create_bucket(bucket)
@@ -133,7 +135,7 @@ class Context:
         self.cleanup.clear()
 
     def kafka(self, ns: Namespace) -> KafkaSettings:
-        return KafkaSettings(bootstrap=self.stack.bootstrap, topic_prefix=ns.prefix)
+        return self.stack.kafka(ns.prefix, ns.partitions)
 
 
 def settle(ctx: Context, max_s: float = 90.0, cores: float = 0.25) -> float:
@@ -162,12 +164,13 @@ def _ingest(ctx: Context, ns: Namespace, n: int, leave: bool = True) -> list[Pro
                        ctx.logs, extra) for i in range(n)]
 
 
-def _workers(ctx: Context, ns: Namespace, n: int, sink: bool = True) -> list[Process]:
+def _workers(ctx: Context, ns: Namespace, n: int, sink: bool = True, first: int = 0,
+             ) -> list[Process]:
     args = [] if sink else ["--no-sink"]
     return [citystream(f"worker-{ns.tag}-{i}",
                        ["worker", "--instance", str(i), "--data-dir",
                         str(ctx.logs / f"state-{ns.tag}"), *args], ctx.stack, ns, ctx.logs)
-            for i in range(n)]
+            for i in range(first, first + n)]
 
 
 def _start_all(children: list[Process], timeout_s: float = 180.0) -> None:
@@ -272,20 +275,27 @@ def measure_ingest(ctx: Context, messages: list[Message], processes: int, label:
 
 
 def measure_kpi(ctx: Context, messages: Iterable[Message], workers: int, label: str = "",
+                sink: bool = False, partitions: int | None = None,
                 ) -> tuple[dict[str, Any], Namespace, kq.Ledger]:
-    """Kafka -> KPI records: `workers` workers without the sink drain a backlog on Kafka;
-    progress is their committed offsets (Faust commits every second)."""
-    ns = ctx.namespace("kpi", buckets=False)
+    """Kafka -> KPI records: `workers` workers without the sink (or, `sink`, with it: raw
+    points and KPIs into InfluxDB too) drain a backlog on Kafka; progress is their committed
+    offsets (Faust commits every second)."""
+    ns = ctx.namespace("kpi", buckets=sink, partitions=partitions)
     ledger = asyncio.run(kq.preload(ctx.kafka(ns), iter(messages)))
     watch = kq.GroupWatcher(ctx.stack.bootstrap, f"{ns.prefix}citystream-worker", ledger,
                             interval_s=0.2)
-    children = _workers(ctx, ns, workers, sink=False)
+    children = _workers(ctx, ns, workers, sink=sink)
     procs = {f"worker-{i}": c for i, c in enumerate(children)}
     watch.start()
     started = time.time()
     _start_all(children)
     ours, services, host = _meters(ctx, procs)
     done = watch.wait(ctx.scale.drain_s * 5)
+    engine_done = time.time()
+    if sink:  # the sink's own group writes the raw points behind the engine
+        done = _wait(lambda: ctx.influx.count(ns.telemetry) >= ledger.total,
+                     ctx.scale.drain_s, 1.0) and done
+    sink_behind = time.time() - engine_done
     figures = _figures(ledger.total, None, ours.stop(), services.stop(), host.stop(), procs)
     samples = watch.stop()
     _stop_all(children)
@@ -293,7 +303,12 @@ def measure_kpi(ctx: Context, messages: Iterable[Message], workers: int, label: 
     figures["complete"] = done
     figures["kpi_records"] = sum(asyncio.run(kq.end_offsets(
         ctx.stack.bootstrap, [f"{ns.prefix}kpi.records"])).values())
-    return ({"what": f"Kafka -> KPI, {workers} worker{label}", **figures}, ns, ledger)
+    if sink:
+        figures["raw_points"] = ctx.influx.count(ns.telemetry)
+        figures["sink_behind_s"] = sink_behind
+        figures["complete"] = done and figures["raw_points"] == ledger.total
+    into = "KPI and InfluxDB" if sink else "KPI"
+    return ({"what": f"Kafka -> {into}, {workers} worker{label}", **figures}, ns, ledger)
 
 
 def measure_sink(ctx: Context, ns: Namespace, ledger: kq.Ledger) -> dict[str, Any]:
@@ -446,19 +461,36 @@ def _live_main(spec: LiveSpec, city_file: str | None, out: Any) -> None:
     out.put(("done", result))
 
 
+WorkerAction = Callable[["Context", Namespace, list[Process]], None]
+"""Something done to the workers of a live feed (they are given, and may be added to)."""
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """Something done to citystream's workers `at_s` seconds into a live feed (a worker joins
+    or leaves: a rebalance under load); `act` gets the workers and may add to them."""
+
+    at_s: float
+    what: str
+    act: WorkerAction
+
+
 def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
-                 kpi: bool = False) -> dict[str, Any]:
-    """A paced live feed into citystream (ingest + worker) or Telegraf: delivered rate,
-    publish-to-InfluxDB latency of the probes (overall and per phase), KPI latency."""
-    ns = ctx.namespace("live")
+                 kpi: bool = False, workers: int = 1, partitions: int | None = None,
+                 events: tuple[LiveEvent, ...] = ()) -> dict[str, Any]:
+    """A paced live feed into citystream (ingest + `workers` workers) or Telegraf: delivered
+    rate, publish-to-InfluxDB latency of the probes (overall, per burst phase and after each
+    of `events`), KPI latency."""
+    ns = ctx.namespace("live", partitions=partitions)
+    ws: list[Process] = []
     if system == "telegraf":
         children = [telegraf_child(ctx.stack, ns, ctx.logs, ns.tag)]
         procs = {"telegraf": children[0]}
     else:
-        ws = _workers(ctx, ns, 1)
+        ws = _workers(ctx, ns, workers)
         ins = _ingest(ctx, ns, 1)
         children = [*ws, *ins]
-        procs = {"worker-0": ws[0], "ingest-0": ins[0]}
+        procs = {f"worker-{i}": w for i, w in enumerate(ws)} | {"ingest-0": ins[0]}
     _start_all(children)
     start_at = time.time() + 2.0
     shift_ms = cross_ms = 0
@@ -489,6 +521,16 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
         t.start()
     ours, services, host = _meters(ctx, procs)
     publisher.start()
+    done_at: dict[str, float] = {}
+
+    def run_events() -> None:
+        for event in events:
+            time.sleep(max(0.0, start_at + event.at_s - time.time()))
+            done_at[event.what] = time.time()
+            event.act(ctx, ns, ws)
+
+    actor = threading.Thread(target=run_events, daemon=True)
+    actor.start()
     try:
         try:
             sent = results.get(timeout=spec.duration_s + 300)
@@ -513,7 +555,8 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
         samples = counter.stop()
         if kpis:
             kpis.stop()
-        _stop_all(children)
+        actor.join(60)
+        _stop_all([*children, *ws[workers:]])
     lat = probes.latencies()
     if sent.get("fell_behind_at_s") is not None:
         figures["fell_behind"] = (
@@ -536,7 +579,42 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
         figures["phases"] = _phases(probes, spec, start_at)
     if kpis is not None:
         figures["kpi_latency"] = _kpi_latency(kpis, spec, start_at, t_end, ctx.city)
+    if events:
+        figures["events"] = _after_events(probes, samples, start_at, t_end, done_at)
     return {"what": what, "system": system, **figures}
+
+
+def _after_events(probes: ProbePoller, samples: list[tuple[float, float]], t0: float,
+                  t_end: float, done_at: dict[str, float]) -> list[dict[str, Any]]:
+    """Per stretch of the feed (before the first event, then from each event to the next):
+    the probes' latency, and the longest time InfluxDB received no point at all (raw points
+    and KPIs come through the same workers: that is how long they stalled)."""
+    bounds = [("before", t0), *sorted(done_at.items(), key=lambda kv: kv[1])]
+    seen = probes.result.seen
+    out = []
+    for i, (what, start) in enumerate(bounds):
+        end = bounds[i + 1][1] if i + 1 < len(bounds) else t_end
+        lat = [seen[k] - p for k, p in probes.published.items() if start <= p < end and k in seen]
+        lost = sum(1 for k, p in probes.published.items() if start <= p < end and k not in seen)
+        out.append({"what": what, "from_s": start - t0, "to_s": end - t0,
+                    "latency": latency_summary(lat), "probes_not_seen": lost,
+                    "longest_no_write_s": _longest_flat(samples, start, end)})
+    return out
+
+
+def _longest_flat(samples: list[tuple[float, float]], start: float, end: float) -> float:
+    """The longest stretch between `start` and `end` over which the count did not grow (a
+    stretch that began before `start` counts from `start`)."""
+    before = [(start, n) for t, n in samples if t < start][-1:]
+    inside = before + [(t, n) for t, n in samples if start <= t <= end]
+    longest, since = 0.0, None
+    for (t_prev, n_prev), (t, n) in itertools.pairwise(inside):
+        if n == n_prev:
+            since = t_prev if since is None else since
+            longest = max(longest, t - since)
+        else:
+            since = None
+    return longest
 
 
 def _delivered(samples: list[tuple[float, float]], t0: float, t1: float,

@@ -20,10 +20,10 @@ citystream uses acks=all. So one node may die and nothing stops; with two gone p
 stop (and, the controllers having lost their majority, nothing changes leader) until one is
 back.
 
-Faults: `kill` / `start` a node; `cut_from_kafka` / `heal` a pipeline namespace (it keeps
-Mosquitto and InfluxDB); `netns.Network.isolate` for a whole namespace. `down` (also on
-leaving the `with` block) stops everything and removes the namespaces and the bridge; `up`
-first removes those of an earlier run whose process is gone.
+Faults: `kill` / `start` a node; `isolate` / `rejoin` a node (it keeps running, nothing
+reaches it); `cut_from_kafka` / `heal` a pipeline namespace (it keeps Mosquitto and InfluxDB).
+`down` (also on leaving the `with` block) stops everything and removes the namespaces and the
+bridge; `up` first removes those of an earlier run whose process is gone.
 """
 
 from __future__ import annotations
@@ -244,6 +244,16 @@ class Cluster:
     def heal(self, member: str) -> None:
         assert self.network is not None
         self.network.heal(member)
+
+    def isolate(self, node_id: int) -> None:
+        """Take Kafka node `node_id` off the network (it keeps running: a partition, not a
+        crash); `rejoin` puts it back."""
+        assert self.network is not None
+        self.network.isolate(node_member(node_id))
+
+    def rejoin(self, node_id: int) -> None:
+        assert self.network is not None
+        self.network.rejoin(node_member(node_id))
 
     # -- the cluster's view --------------------------------------------------------------------
 

@@ -569,7 +569,7 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
     counters = pipeline_counters(lane)
     if exact_counters:
         ingest, worker = counters.get("ingest", {}), counters.get("worker", {})
-        want = {"ingest received": expected.readings,
+        want_counters = {"ingest received": expected.readings,
                 "ingest accepted": expected.valid,
                 "ingest rejected": sum(expected.rejected.values()),
                 "worker received": kafka_readings,
@@ -581,8 +581,8 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
                "worker received": worker.get("received"),
                "worker accepted": worker.get("accepted"),
                "worker duplicates": worker.get("duplicates")}
-        problems += [f"pipeline counter {k} = {got[k]}, expected {v}" for k, v in want.items()
-                     if got[k] != v]
+        problems += [f"pipeline counter {k} = {got[k]}, expected {v}"
+                     for k, v in want_counters.items() if got[k] != v]
     return Reconciliation(expected, dead_by_reason, kafka_readings, len(points), counters,
                           problems, lost)
 

@@ -1,8 +1,8 @@
 """Faults of a replicated Kafka cluster and of the network, against the real services: three
 Kafka nodes (KRaft, each broker and controller) in network namespaces of their own, topics with
 3 replicas and min.insync.replicas=2, acks=all producers; ingest and the workers in namespaces
-of their own too (deploy/local/cluster.py draws the topology). Marked `cluster` (needs root;
-not in the default run): ``.venv/bin/pytest -m cluster tests/integration/test_cluster.py -s``.
+of their own too (deploy/local/cluster.py draws the topology). Marked `cluster` (needs root; in
+the default run; alone: ``.venv/bin/pytest -m cluster tests/integration/test_cluster.py -s``).
 
 Each test runs the pipeline under the simulator and a canary (tests/integration/faults.py),
 breaks something, measures how long until fresh data passed each stage again, and then
@@ -13,6 +13,7 @@ docs/cluster.md.
 1. The Kafka node that leads the busiest partitions is SIGKILLed; later a second one, which
    leaves one copy, under min.insync.replicas: producers must stop, not lose; then both come
    back.
+   The same node isolated instead (link down, still running) for 40 s, then rejoined.
 2. A worker is cut off Kafka (it keeps InfluxDB) for longer than its session timeout: its
    partitions move to the other; back, it must not write stale windows.
 3. Ingest is cut off Kafka (it keeps Mosquitto) for a minute: MQTT flow control holds the
@@ -261,6 +262,51 @@ def test_kafka_nodes_killed_one_then_two_lose_nothing(
         print(f"restarted after exiting: {restarted}")
 
 
+ISOLATED_S = 40.0
+"""How long the isolated node stays off the network: well past the controllers' broker session
+timeout (Kafka's default, 9 s), so it is fenced and its partitions get other leaders."""
+
+
+def test_kafka_node_isolated_then_rejoined_loses_nothing(
+        cluster: Cluster, lane: Lane, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A partition, not a crash: the node keeps running, believes it still leads, and hears
+    nothing; connections to it hang rather than fail. Clients must give up on it and find the
+    new leaders; back, it must rejoin as a follower without anything it alone took surviving
+    (nothing acknowledged can be only there: acks=all)."""
+    _ingest, probe, sim, record = start_lane(cluster, lane, tmp_path)
+    topics = lane_topics(lane)
+    restarted: list[str] = []
+    node = None
+    try:
+        time.sleep(20)
+        node, records, total = busiest_leader(cluster, lane)
+        t = probe.mark(f"Kafka node {node} isolated, at least {ISOLATED_S:.0f} s and until the "
+                       f"pipeline recovered (link down, still running; leads partitions with "
+                       f"{records} of {total} records)")
+        cluster.isolate(node)
+        figure(probe, f"leaders moved off node {node}", wait_led_elsewhere(
+            cluster, topics, node), "metadata")
+        probe.wait_recovered(t, f"Kafka node {node} isolated (2 of 3 reachable)", timeout=300)
+        time.sleep(max(0.0, ISOLATED_S - (time.monotonic() - t)))
+        cluster.rejoin(node)
+        end = probe.mark(f"Kafka node {node} rejoined (link up)")
+        figure(probe, "every partition in sync again", cluster.wait_in_sync(topics),
+               "after rejoin")
+        probe.wait_recovered(end, f"Kafka node {node} rejoined after {end - t:.0f} s",
+                             duration_s=end - t, timeout=300)
+        restarted += restart_exited(probe, lane)
+    finally:
+        if node is not None:
+            cluster.rejoin(node)
+        sim.stop()
+        probe.stop()
+        save_report(probe, lane.dir / "recovery.json")
+    settle(lane, probe, record, capsys)
+    if restarted:
+        print(f"restarted after exiting: {restarted}")
+
+
 # -- 2. a worker cut off Kafka -----------------------------------------------------------------
 
 def test_worker_cut_off_kafka_past_its_session_timeout(
@@ -416,6 +462,14 @@ class Tap:
         with self._lock:
             return [m for m in self.seen if m[0] > t]
 
+    def save(self, path: Path, t0: float) -> None:
+        """Every sighting as a JSON line (seconds since `t0`, topic, payload in base64): what a
+        failed run is diagnosed from."""
+        with self._lock, path.open("w") as f:
+            for t, topic, payload in self.seen:
+                f.write(json.dumps([round(t - t0, 4), topic,
+                                    base64.b64encode(payload).decode()]) + "\n")
+
     def latency(self, probe: Probe, start: float, end: float) -> float:
         """The longest time from publishing a canary (between `start` and `end`) to the tap."""
         published = {ts: at for at, ts in probe.published if start <= at <= end}
@@ -486,7 +540,7 @@ def start_everything(cluster: Cluster, lane: Lane, probe: Probe, tap: Tap,
 
 
 def receipt_bounds(rows: list[dict[str, Any]], probe: Probe, tap: Tap, killed: float,
-                   latency: float) -> dict[int, float]:
+                   restarted: float, latency: float) -> dict[int, float]:
     """For each message (by `seq`) that the killed broker may have acknowledged, a moment
     (monotonic) it received it no earlier than:
 
@@ -498,13 +552,17 @@ def receipt_bounds(rows: list[dict[str, Any]], probe: Probe, tap: Tap, killed: f
       (the tap saw every message of the new broker; the simulator re-sends what was not
       acknowledged), and after that last message (the broker passes messages on in order).
 
-    A message the tap saw only after the restart has none: the new broker had it."""
+    A message the tap saw only after the restart has none: the new broker had it.
+
+    What the tap saw from the killed broker is what it saw before the broker was started again
+    (`restarted`), not before the kill: the tap's client handles the last messages the broker
+    sent it a moment after the signal."""
     tapped: dict[tuple[str, str], deque[float]] = {}
-    before = tap.before(killed)
+    before = tap.before(restarted)
     for t, topic, payload in before:
         tapped.setdefault((topic, base64.b64encode(payload).decode()), deque()).append(t)
     later = {(topic, base64.b64encode(payload).decode()) for _t, topic, payload in
-             tap.after(killed)}
+             tap.after(restarted)}
     last = max((t for t, _topic, _payload in before), default=float("-inf"))
     bounds: dict[int, float] = {}
     for row in rows:
@@ -556,11 +614,12 @@ def test_whole_cluster_sigkilled_then_restarted(
         killed, names = sigkill_everything(cluster, lane)
         probe.mark(f"SIGKILL at once: {', '.join(names)} (the simulator and the canary stay "
                    f"up); down {DOWN_S:.0f} s")
+        time.sleep(max(0.0, DOWN_S - (time.monotonic() - killed)))
         latency = tap.latency(probe, killed - 60, killed)
-        at_risk = sum(killed - window <= t for t, _topic, _payload in tap.before(killed))
+        at_risk = sum(killed - window <= t  # all the killed broker's: none runs now
+                      for t, _topic, _payload in tap.before(time.monotonic()))
         probe.mark(f"Mosquitto received {at_risk} messages in the last {window:.0f} s before "
                    f"the kill (tap); canary to tap at most {latency * 1000:.0f} ms")
-        time.sleep(max(0.0, DOWN_S - (time.monotonic() - killed)))
         start = start_everything(cluster, lane, probe, tap, sim)
         probe.wait_recovered(killed, f"whole cluster SIGKILLed, down {start - killed:.0f} s",
                              duration_s=start - killed, timeout=600)
@@ -576,8 +635,10 @@ def test_whole_cluster_sigkilled_then_restarted(
         sim.stop()
         probe.stop()
         tap.stop()
+        tap.save(lane.dir / "tap.jsonl", probe.t0)
         save_report(probe, lane.dir / "recovery.json")
-    bounds = receipt_bounds(read_recording(record) + probe.rows, probe, tap, killed, latency)
+    bounds = receipt_bounds(read_recording(record) + probe.rows, probe, tap, killed, start,
+                            latency)
 
     def may_lose(row: dict[str, Any]) -> bool:
         return bounds.get(row["seq"], float("-inf")) >= killed - window
