@@ -267,6 +267,25 @@ async def records_by_topic(bootstrap: str, prefix: str) -> dict[str, int]:
     return out
 
 
+async def delete_topics(bootstrap: str, timeout_s: float = 120.0) -> int:
+    """Delete every topic but Kafka's own (``__*``) and wait until they are gone, so that a
+    measurement's brokers do not carry the partitions of the ones before it; how many."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=60_000)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if not t.startswith("__")]
+        if topics:
+            await admin.delete_topics(topics, timeout_ms=60_000)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not any(not t.startswith("__") for t in await admin.list_topics()):
+                break
+            await asyncio.sleep(1.0)
+        return len(topics)
+    finally:
+        await admin.close()
+
+
 def log_bytes_by_topic(home: Path, prefix: str) -> dict[str, int]:
     """Bytes of log segments per topic whose name starts with `prefix`, from the local
     broker's log directories under `home` (what the broker wrote: batches with their

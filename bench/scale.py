@@ -1,7 +1,9 @@
 """`python -m bench.scale`: citystream's workers over a three-node Kafka cluster (root: network
 namespaces, deploy/local/cluster.py), for docs/scaling.md.
 
-For each number of workers and of partitions per topic:
+For each number of workers and of partitions per topic, on an empty cluster (the topics of the
+combination before are deleted: a broker's cost grows with every partition it carries, used
+or not):
 
 - *drain*: a backlog of the city's readings is put on the telemetry topics (replication 3,
   min.insync.replicas 2, as on the cluster tests), then the workers (with their sinks: raw
@@ -21,6 +23,7 @@ more machines are the CPU seconds per reading per component and what partitions 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -38,6 +41,7 @@ from deploy.local.settings import StackSettings
 from models.city import load_city
 from tests.support import Process, stop_all
 
+from . import kafka as kq
 from . import suite
 from .procs import BenchStack, Namespace
 from .system import HostMeter, machine
@@ -136,7 +140,7 @@ def table(results: dict[str, Any]) -> str:
 @click.option("--sensors", default=10_000, show_default=True, type=click.IntRange(100),
               envvar="CITYSTREAM_SCALE_SENSORS", show_envvar=True,
               help="Sensors of the city mix, for the backlog and the live feed.")
-@click.option("--cycles", default=15, show_default=True, type=click.IntRange(1),
+@click.option("--cycles", default=30, show_default=True, type=click.IntRange(1),
               envvar="CITYSTREAM_SCALE_CYCLES", show_envvar=True,
               help="Readings per sensor in each drained backlog.")
 @click.option("--rate", default=2000.0, show_default=True, type=click.FloatRange(1),
@@ -201,6 +205,8 @@ def scale(workers_list: str, partitions_list: str, sensors: int, cycles: int, ra
                           flush=True)
                     suite.settle(ctx)
                 ctx.drop_buckets()
+                run["topics_deleted"] = asyncio.run(kq.delete_topics(stack.bootstrap))
+                suite.settle(ctx)
                 save()
         if rebalance_s:
             print(f"== rebalance: live {rate:,.0f} readings/s for {rebalance_s:.0f} s, "
