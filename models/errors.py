@@ -31,6 +31,7 @@ module in brackets) and derives from a class here, so the whole tree is this one
     │                           [citystream.check]
     ├── ReadBackError           skipped records could not be read back from Kafka
     │                           [streams.offsets]
+    ├── OffsetLookupError       Kafka did not answer an offset look-up [streams.offsets]
     ├── ReadError               InfluxDB could not be read for a report [analysis.influx]
     ├── EraseError              counting, deleting or the audit log failed [analysis.erase]
     ├── SourceError             a dashboard query failed [dashboard.source]

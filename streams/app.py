@@ -9,11 +9,13 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from models.city import City
 from models.settings import Settings
 from streams import lease
+from streams.offsets import OffsetLookupError
 from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
 __all__ = ["FaustHost", "WorkerFactory", "create_app", "rocksdb_options", "worker_group",
@@ -116,13 +118,23 @@ class FaustHost:
         return set(self.app.consumer.assignment())
 
     async def highwaters(self, tps: list[TP]) -> Mapping[TP, int]:
-        return await self.app.consumer.highwaters(*tps)
+        return await _looked_up(self.app.consumer.highwaters(*tps), "end")
 
     async def earliest_offsets(self, tps: list[TP]) -> Mapping[TP, int]:
-        return await self.app.consumer.earliest_offsets(*tps)
+        return await _looked_up(self.app.consumer.earliest_offsets(*tps), "first")
 
     async def seek(self, tp: TP, offset: int) -> None:
         await self.app.consumer.seek_wait({tp: offset})
+
+
+async def _looked_up(lookup: Awaitable[Mapping[TP, int]], which: str) -> Mapping[TP, int]:
+    """An offset look-up of Faust's consumer, its Kafka errors as `OffsetLookupError` (a timer
+    that let them through would crash the app)."""
+    try:
+        return await lookup
+    except (KafkaError, TimeoutError) as exc:
+        raise OffsetLookupError(f"Kafka did not answer the look-up of {which} offsets: "
+                                f"{exc!r}") from exc
 
 
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,

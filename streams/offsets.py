@@ -55,6 +55,11 @@ class ReadBackError(CitystreamError):
     """Records the agent skipped could not be read back from Kafka in time."""
 
 
+class OffsetLookupError(CitystreamError):
+    """Kafka did not answer an offset look-up (a broker down, or cut off so that the request
+    hangs until the client's timeout): ask again later."""
+
+
 class RangeReader(Protocol):
     """Reads records of one partition back from Kafka."""
 

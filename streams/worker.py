@@ -48,6 +48,7 @@ from streams.mqtt_alerts import AlertPublisher
 from streams.offsets import (
     APPLIED_PREFIX,
     KafkaRangeReader,
+    OffsetLookupError,
     RangeReader,
     catch_up,
     mark_applied,
@@ -204,11 +205,13 @@ class Host(Protocol):
         ...
 
     async def highwaters(self, tps: list[TP]) -> Mapping[TP, int]:
-        """The offset after each partition's newest record."""
+        """The offset after each partition's newest record; `OffsetLookupError` when Kafka
+        does not answer."""
         ...
 
     async def earliest_offsets(self, tps: list[TP]) -> Mapping[TP, int]:
-        """The offset of each partition's oldest record."""
+        """The offset of each partition's oldest record; `OffsetLookupError` when Kafka does
+        not answer."""
         ...
 
     async def seek(self, tp: TP, offset: int) -> None:
@@ -540,8 +543,12 @@ class Worker:
         if not tps:
             self.pending.clear()
             return
-        ends = await self.host.highwaters(tps)
-        firsts = await self.host.earliest_offsets(tps)
+        try:
+            ends = await self.host.highwaters(tps)
+            firsts = await self.host.earliest_offsets(tps)
+        except OffsetLookupError as exc:  # a broker down or cut off: the next round asks again
+            log.warning("worker %s: no rewind check this round: %s", self.options.instance, exc)
+            return
         now = self.clock()
         owned = {(tp.topic, tp.partition) for tp in tps}
         for key in [key for key in self.pending if key not in owned]:

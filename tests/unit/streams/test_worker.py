@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
+from aiokafka.errors import KafkaTimeoutError
 from faust.types import TP
 
 from models import kinds
@@ -19,8 +21,8 @@ from models.city import load_city
 from models.kinds import engines_for, reading_types
 from models.settings import Settings
 from streams import cli
-from streams.app import create_app, rocksdb_options
-from streams.offsets import MemoryRangeReader, applied_offset, mark_applied
+from streams.app import _looked_up, create_app, rocksdb_options
+from streams.offsets import MemoryRangeReader, OffsetLookupError, applied_offset, mark_applied
 from streams.worker import (
     Worker,
     WorkerOptions,
@@ -356,6 +358,43 @@ def test_nothing_is_rewound_when_the_app_stops_during_the_offset_lookups() -> No
     host.stop_at_lookup = True
     asyncio.run(worker.rewind_skipped_tails())
     assert host.seeks == [] and worker.counters.rewinds == 0
+
+
+def test_a_look_up_kafka_does_not_answer_skips_the_round_and_the_next_one_goes_on() -> None:
+    """cluster fault 1b: with a Kafka node isolated, the end-offset request to it hung for
+    Faust's 90 s request timeout and the error, let through the timer, crashed both workers'
+    apps (and their processes hung on)."""
+
+    class CutOffHost(FakeHost):
+        answers = False
+
+        async def highwaters(self, tps: list[TP]) -> dict[TP, int]:
+            if not self.answers:
+                raise OffsetLookupError("Kafka did not answer the look-up of end offsets")
+            return await super().highwaters(tps)
+
+    worker, _, clock = build()
+    host = CutOffHost()
+    worker.host = host
+    tp = TP(WATER, 0)
+    host.owned, host.ends = {tp}, {tp: 5}
+    state = worker.tables["water"].state
+    host.tables = {"water-state": state.table}
+    mark_applied(state, 0, 2)
+    asyncio.run(worker.rewind_skipped_tails())  # no exception: the round is skipped
+    host.answers = True
+    asyncio.run(worker.rewind_skipped_tails())
+    clock.now += 30
+    asyncio.run(worker.rewind_skipped_tails())
+    assert host.seeks == [(tp, 3)]
+
+
+def test_faust_s_offset_look_up_errors_become_offset_lookup_errors() -> None:
+    async def timed_out() -> dict[TP, int]:
+        raise KafkaTimeoutError("Failed to get offsets by times in 90000 ms")
+
+    with pytest.raises(OffsetLookupError, match="end offsets"):
+        asyncio.run(_looked_up(timed_out(), "end"))
 
 
 def test_start_and_close_drive_the_alert_publisher_and_the_reader() -> None:
