@@ -277,9 +277,10 @@ async def delete_topics(bootstrap: str, timeout_s: float = 120.0) -> int:
         if topics:
             await admin.delete_topics(topics, timeout_ms=60_000)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not any(not t.startswith("__") for t in await admin.list_topics()):
-                break
+        while left := [t for t in await admin.list_topics() if not t.startswith("__")]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(left)} topics still there {timeout_s:.0f} s after "
+                                   f"their deletion, e.g. {left[:3]}")
             await asyncio.sleep(1.0)
         return len(topics)
     finally:

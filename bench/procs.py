@@ -21,6 +21,9 @@ class BenchStack:
     """`deploy.local.stack.Stack` in `home` with free ports (or, `attach`, the ports that home
     was started with); `close()` stops it."""
 
+    SERVICES: tuple[str, ...] = Stack.SERVICES
+    """The services whose CPU a measurement counts."""
+
     def __init__(self, home: Path, say: Any = None, *, attach: bool = False) -> None:
         settings = StackSettings(home=home) if attach else StackSettings(
             home=home, mqtt_port=free_port(), kafka_port=free_port(),
@@ -62,9 +65,6 @@ class BenchStack:
     def service_pids(self) -> dict[str, int]:
         return {name: svc.pid for name, svc in self.stack.services.items()
                 if svc.pid is not None and name in self.SERVICES}
-
-    SERVICES: tuple[str, ...] = Stack.SERVICES
-    """The services whose CPU a measurement counts."""
 
     def service_login(self) -> tuple[str, str]:
         """The MQTT user the services (and Telegraf) use: may read city/#."""

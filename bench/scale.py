@@ -61,6 +61,7 @@ class ClusterBench(BenchStack):
         self.home = home
 
     def up(self, only: tuple[str, ...] = ()) -> ClusterBench:
+        """The whole cluster (`only` is the single-node stack's choice: not used here)."""
         self.stack = self.cluster.up().stack
         return self
 
@@ -79,12 +80,14 @@ def _ints(value: str) -> list[int]:
 
 
 def _leave(index: int) -> suite.WorkerAction:
+    """An event's action: stop (SIGTERM) the worker at `index`; it leaves its group at once."""
     def act(_ctx: suite.Context, _ns: Namespace, workers: list[Process]) -> None:
         workers[index].stop()
     return act
 
 
 def _join(ctx: suite.Context, ns: Namespace, workers: list[Process]) -> None:
+    """An event's action: start one more worker (its instance the next number)."""
     (new,) = suite._workers(ctx, ns, 1, first=len(workers))
     workers.append(new.start(wait=False))
 
@@ -143,12 +146,12 @@ def table(results: dict[str, Any]) -> str:
 @click.option("--cycles", default=30, show_default=True, type=click.IntRange(1),
               envvar="CITYSTREAM_SCALE_CYCLES", show_envvar=True,
               help="Readings per sensor in each drained backlog.")
-@click.option("--rate", default=2000.0, show_default=True, type=click.FloatRange(1),
+@click.option("--rate", default=3000.0, show_default=True, type=click.FloatRange(1),
               envvar="CITYSTREAM_SCALE_RATE", show_envvar=True,
               help="Readings/s of the live feeds (keep it below one worker's drain rate).")
-@click.option("--live-s", default=60.0, show_default=True, type=click.FloatRange(10),
+@click.option("--live-s", default=60.0, show_default=True, type=click.FloatRange(0),
               envvar="CITYSTREAM_SCALE_LIVE_S", show_envvar=True,
-              help="Seconds of each live feed (0 drains only).")
+              help="Seconds of each live feed, 10 or more (0: drains only).")
 @click.option("--rebalance-s", default=150.0, show_default=True, type=click.FloatRange(0),
               envvar="CITYSTREAM_SCALE_REBALANCE_S", show_envvar=True,
               help="Seconds of the rebalance feed (16 partitions); 0 leaves it out.")
@@ -162,6 +165,9 @@ def scale(workers_list: str, partitions_list: str, sensors: int, cycles: int, ra
     three-node Kafka cluster, for every WORKERS x PARTITIONS, then a rebalance under load.
     Needs root (network namespaces); about 3 minutes per combination. Figures, not
     assertions: docs/scaling.md says how to read them."""
+    if 0 < live_s < 10:
+        raise click.BadParameter(f"{live_s:g}: give 10 s or more, or 0 for no live feeds",
+                                 param_hint="--live-s")
     if os.geteuid() != 0:
         raise click.UsageError("the cluster needs root (ip netns): run it with sudo")
     workers, partitions = _ints(workers_list), _ints(partitions_list)
@@ -179,8 +185,8 @@ def scale(workers_list: str, partitions_list: str, sensors: int, cycles: int, ra
 
     try:
         stack.up()
-        scale_ = suite.Scale(drain_s=180.0)
-        ctx = suite.Context(stack=stack, influx=stack.influx(), city=load_city(), scale=scale_,
+        sizes = suite.Scale(drain_s=180.0)
+        ctx = suite.Context(stack=stack, influx=stack.influx(), city=load_city(), scale=sizes,
                             logs=work / "logs", quix_venv=Path(), say=print, peers=False)
         for p in partitions:
             for w in workers:

@@ -480,7 +480,8 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
                  events: tuple[LiveEvent, ...] = ()) -> dict[str, Any]:
     """A paced live feed into citystream (ingest + `workers` workers) or Telegraf: delivered
     rate, publish-to-InfluxDB latency of the probes (overall, per burst phase and after each
-    of `events`), KPI latency."""
+    of `events`), KPI latency. CPU counts the processes started with the feed: a worker an
+    event starts is not in it, one an event stops counts until then."""
     ns = ctx.namespace("live", partitions=partitions)
     ws: list[Process] = []
     if system == "telegraf":
@@ -522,12 +523,15 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
     ours, services, host = _meters(ctx, procs)
     publisher.start()
     done_at: dict[str, float] = {}
+    feed_over = threading.Event()
 
     def run_events() -> None:
         for event in events:
-            time.sleep(max(0.0, start_at + event.at_s - time.time()))
-            done_at[event.what] = time.time()
+            if feed_over.wait(max(0.0, start_at + event.at_s - time.time())):
+                return  # the feed ended first: nothing more is started or stopped
+            at = time.time()
             event.act(ctx, ns, ws)
+            done_at[event.what] = at
 
     actor = threading.Thread(target=run_events, daemon=True)
     actor.start()
@@ -555,7 +559,8 @@ def measure_live(ctx: Context, system: str, spec: LiveSpec, what: str,
         samples = counter.stop()
         if kpis:
             kpis.stop()
-        actor.join(60)
+        feed_over.set()
+        actor.join()
         _stop_all([*children, *ws[workers:]])
     lat = probes.latencies()
     if sent.get("fell_behind_at_s") is not None:
@@ -588,7 +593,8 @@ def _after_events(probes: ProbePoller, samples: list[tuple[float, float]], t0: f
                   t_end: float, done_at: dict[str, float]) -> list[dict[str, Any]]:
     """Per stretch of the feed (before the first event, then from each event to the next):
     the probes' latency, and the longest time InfluxDB received no point at all (raw points
-    and KPIs come through the same workers: that is how long they stalled)."""
+    and KPIs come through the same workers: that is how long they all stalled), to the
+    resolution of `samples` (a lower bound: a stall may be one sample interval longer)."""
     bounds = [("before", t0), *sorted(done_at.items(), key=lambda kv: kv[1])]
     seen = probes.result.seen
     out = []

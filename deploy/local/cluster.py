@@ -252,6 +252,7 @@ class Cluster:
         self.network.isolate(node_member(node_id))
 
     def rejoin(self, node_id: int) -> None:
+        """Undo `isolate` (again is harmless)."""
         assert self.network is not None
         self.network.rejoin(node_member(node_id))
 
