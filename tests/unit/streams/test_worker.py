@@ -330,6 +330,18 @@ def test_a_long_quiet_partition_is_not_rewound_when_its_next_record_lands() -> N
     assert host.seeks == [(tp, 58)] and worker.counters.rewinds == 1
 
 
+def on_one_applied_partition(host: FakeHost) -> tuple[Worker, Any, Clock, TP]:
+    """A worker on `host` owning water partition 0: 5 records in Kafka, 0-2 applied."""
+    worker, _, clock = build()
+    worker.host = host
+    tp = TP(WATER, 0)
+    host.owned, host.ends = {tp}, {tp: 5}
+    state = worker.tables["water"].state
+    host.tables = {"water-state": state.table}  # type: ignore[dict-item]
+    mark_applied(state, 0, 2)
+    return worker, host, clock, tp
+
+
 def test_nothing_is_rewound_when_the_app_stops_during_the_offset_lookups() -> None:
     """Faust stops its tables while it shuts down (the RocksDB store then reads every key as
     missing): a check that began before must not take that for "nothing applied" and seek the
@@ -345,14 +357,7 @@ def test_nothing_is_rewound_when_the_app_stops_during_the_offset_lookups() -> No
                     table.clear()
             return await super().highwaters(tps)
 
-    worker, _, clock = build()
-    host = StoppingHost()
-    worker.host = host
-    tp = TP(WATER, 0)
-    host.owned, host.ends = {tp}, {tp: 5}
-    state = worker.tables["water"].state
-    host.tables = {"water-state": state.table}
-    mark_applied(state, 0, 2)
+    worker, host, clock, _ = on_one_applied_partition(StoppingHost())
     asyncio.run(worker.rewind_skipped_tails())
     clock.now += 30
     host.stop_at_lookup = True
@@ -373,14 +378,7 @@ def test_a_look_up_kafka_does_not_answer_skips_the_round_and_the_next_one_goes_o
                 raise OffsetLookupError("Kafka did not answer the look-up of end offsets")
             return await super().highwaters(tps)
 
-    worker, _, clock = build()
-    host = CutOffHost()
-    worker.host = host
-    tp = TP(WATER, 0)
-    host.owned, host.ends = {tp}, {tp: 5}
-    state = worker.tables["water"].state
-    host.tables = {"water-state": state.table}
-    mark_applied(state, 0, 2)
+    worker, host, clock, tp = on_one_applied_partition(CutOffHost())
     asyncio.run(worker.rewind_skipped_tails())  # no exception: the round is skipped
     host.answers = True
     asyncio.run(worker.rewind_skipped_tails())
