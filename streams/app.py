@@ -6,7 +6,7 @@ streams/worker.py.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from aiokafka.errors import KafkaError
@@ -18,8 +18,8 @@ from streams import lease
 from streams.offsets import OffsetLookupError
 from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
-__all__ = ["FaustHost", "WorkerFactory", "create_app", "rocksdb_options", "worker_group",
-           "worker_topics"]
+__all__ = ["FaustHost", "SendFailures", "WorkerFactory", "create_app", "exit_if_crashed",
+           "rocksdb_options", "worker_group", "worker_topics"]
 
 WorkerFactory = Callable[[Settings, City, WorkerOptions, Host], Worker]
 
@@ -79,6 +79,7 @@ class FaustHost:
             broker_commit_interval=options.commit_interval_s,
             broker_session_timeout=options.session_timeout_s,
             broker_heartbeat_interval=max(1.0, options.session_timeout_s / 10),
+            producer_request_timeout=options.session_timeout_s,
             consumer_auto_offset_reset="earliest",
             key_serializer="raw",
             value_serializer="raw",
@@ -137,6 +138,39 @@ async def _looked_up(lookup: Awaitable[Mapping[TP, int]], which: str) -> Mapping
                                 f"{exc!r}") from exc
 
 
+class SendFailures(faust.Sensor):
+    """Hands every record Kafka did not take to `on_failed` (`Worker.on_send_failed`), or to
+    `on_failed_stopping` once the app is stopping.
+
+    Faust only logs such a failure, and commits the offsets the record belonged to once its
+    producer is flushed: a table write lost that way is gone from the state a rebalance or
+    restart rebuilds. aiokafka fails a record not delivered within the producer's request
+    timeout (`producer_request_timeout`, 1200 s unless set); it sets the record's future, whose
+    callback calls this, right after the batch's, whose waiter resumes the flush: so the
+    handler runs before the flush returns, and before the commit."""
+
+    def __init__(self, app: faust.App, on_failed: Callable[[BaseException], None],
+                 on_failed_stopping: Callable[[str], NoReturn]) -> None:
+        super().__init__()
+        self.app = app
+        self.on_failed = on_failed
+        self.on_failed_stopping = on_failed_stopping
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        if self.app.should_stop:
+            self.on_failed_stopping(f"Kafka did not take a record while stopping: {exc!r}")
+        self.on_failed(exc)
+
+
+async def exit_if_crashed(app: faust.Service, exit_now: Callable[[str], NoReturn]) -> None:
+    """Run as a task of `app`: returns when the app stops, and calls `exit_now` if it crashed.
+    A crashed Faust app stops consuming but its process, its sink and its timers run on; a
+    supervisor that sees the process exit starts a fresh one."""
+    await app.wait_until_stopped()
+    if app.crashed:
+        exit_now(f"the Faust app crashed: {app.crash_reason!r}")
+
+
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,
                make_worker: WorkerFactory = Worker) -> faust.App:
     """Build the Faust app of a `Worker` (made by `make_worker`, to inject its collaborators):
@@ -146,6 +180,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     host = FaustHost(settings, options)
     app = host.app
     worker = make_worker(settings, city, options, host)
+    app.sensors.add(SendFailures(app, worker.on_send_failed, lease.exit_crashed))
     for kind, tables in worker.tables.items():
         source = app.topic(tables.topic, key_type=bytes, value_type=bytes,
                            partitions=settings.kafka.partitions)
@@ -184,6 +219,10 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     @app.task
     async def start_alert_publisher() -> None:
         await worker.start()
+
+    @app.task
+    async def exit_when_crashed() -> None:
+        await exit_if_crashed(app, lease.exit_crashed)
 
     @app.timer(interval=options.lease_check_s)
     async def fence_if_cut_off() -> None:

@@ -36,7 +36,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-__all__ = ["LEASE_FRACTION", "RESTARTED", "Lease", "install", "lapsed", "restart_in_place"]
+__all__ = ["EXIT_CRASHED", "LEASE_FRACTION", "RESTARTED", "Lease", "exit_crashed", "install",
+           "lapsed", "restart_in_place"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ _now = time.monotonic
 RESTARTED = "CITYSTREAM_RESTARTED_IN_PLACE"
 """Set (to the reason) in the environment of a process `restart_in_place` started: it waits
 for Kafka however long that takes rather than give up at start."""
+
+EXIT_CRASHED = 70
+"""The exit status of a worker whose Faust app crashed (EX_SOFTWARE)."""
 
 LEASE_FRACTION = 0.8
 """The share of the session timeout a lease lasts: the rest is the margin for the watch's
@@ -137,6 +141,24 @@ def lapsed(group: str, now: float | None = None) -> float | None:
     return None
 
 
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def exit_crashed(reason: str) -> NoReturn:
+    """End this process at once with `EXIT_CRASHED`, for its supervisor to start it again: no
+    clean shutdown runs (it could hang on what crashed), so no clean-shutdown mark is left and
+    the next start rebuilds the state from the changelogs. Not a restart in place: a crash
+    that recurs at every start would then loop without the supervisor's back-off."""
+    log.critical("%s: exiting with status %d for the supervisor to start the worker again "
+                 "(the state is rebuilt from the changelogs)", reason, EXIT_CRASHED)
+    _flush_logs()
+    os._exit(EXIT_CRASHED)
+
+
 def restart_in_place(reason: str) -> NoReturn:
     """Replace this process by a fresh run of the same command line (same pid, same
     environment, same log streams): every buffer, socket and thread of the old image is gone,
@@ -144,9 +166,6 @@ def restart_in_place(reason: str) -> NoReturn:
     log.critical("%s: restarting in place so that nothing this process holds is delivered "
                  "after the new owner's writes (the state is rebuilt from the changelogs)",
                  reason)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush_logs()
     os.environ[RESTARTED] = reason
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

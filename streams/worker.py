@@ -98,7 +98,8 @@ class WorkerOptions:
                             "counters)."))
     session_timeout_s: float = field(default=30.0, metadata=_flag(
         "--session-timeout", "Seconds before Kafka gives a silent worker's partitions to the "
-                             "others.", min=3))
+                             "others; also how long a send may wait for Kafka's answer "
+                             "before the worker restarts in place (nothing is lost).", min=3))
     table_memory_mb: float = field(default=4.0, metadata=_flag(
         "--table-memory-mb", "RocksDB memory per table partition (memtables and block cache). "
                              "A worker opens 8 x the partitions it owns (8 tables); all 8 "
@@ -606,6 +607,14 @@ class Worker:
         if lapsed is not None:
             self.restart(f"worker {self.options.instance}: {why} {lapsed:.1f} s after Kafka's "
                          "group coordinator last answered")
+
+    def on_send_failed(self, error: BaseException) -> NoReturn:
+        """Called when Kafka did not take a record the worker sent or wrote to a table (its
+        leader unreachable or under `min.insync.replicas` for longer than the send timeout).
+        The offset it belongs to may be committed next, so rather than go on without it the
+        worker restarts in place: the tables are rebuilt from the changelogs and the records
+        after the last commit are read again."""
+        self.restart(f"worker {self.options.instance}: Kafka did not take a record: {error!r}")
 
     def fence_if_cut_off(self) -> None:
         """Called by a timer every `lease_check_s`. Once the group lease lapsed nothing more is

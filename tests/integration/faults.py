@@ -196,8 +196,13 @@ class Probe:
         prefix = self.lane.prefix
         water = f"{prefix}telemetry.water"
         groups = {"worker": f"{prefix}citystream-worker", "influxdb": f"{prefix}citystream-sink"}
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                    enable_auto_commit=False, request_timeout_ms=5000)
+        # Metadata refreshed every 5 s, and each request given up by aiokafka (4 s) before the
+        # loop's own 5 s: a request cancelled from outside does not close its connection, so
+        # a node isolated from the network (cluster fault 1b) left the probe asking its old
+        # leaders, and seeing no commits, for metadata_max_age_ms (5 minutes by default).
+        clients: dict[str, Any] = {"bootstrap_servers": bootstrap, "request_timeout_ms": 4000,
+                                   "metadata_max_age_ms": 5000}
+        consumer = AIOKafkaConsumer(group_id=None, enable_auto_commit=False, **clients)
         await consumer.start()
         admin: AIOKafkaAdminClient | None = None
         try:
@@ -229,8 +234,7 @@ class Probe:
                 last_sample = seen
                 try:
                     if admin is None:
-                        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                                    request_timeout_ms=5000)
+                        admin = AIOKafkaAdminClient(**clients)
                         await asyncio.wait_for(admin.start(), 5)
                     ends = await asyncio.wait_for(consumer.end_offsets(telemetry), 5)
                     lags: dict[str, int | None] = {}

@@ -520,3 +520,9 @@ def test_ingest_dead_letters_count_as_rejected_for_the_sensor_their_topic_names(
                      reader=Reader({}))
     asyncio.run(rebuilt.count_rejected(4, dead_letter(topic, None, received_at_ms=TS)))
     assert orjson.loads(kpi_sent(host2)[-1][1])["rejected"] == 3
+
+
+def test_a_record_kafka_did_not_take_restarts_the_worker() -> None:
+    worker, _host, _clock = build(restart=restart)
+    with pytest.raises(Restarted, match="Kafka did not take a record: KafkaTimeoutError"):
+        worker.on_send_failed(KafkaTimeoutError())

@@ -1,0 +1,73 @@
+"""streams/app.py: what the worker's Faust app does when Kafka does not take a record, or when
+the app itself crashes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, NoReturn
+
+import faust
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+
+from models.settings import Settings
+from streams.app import FaustHost, SendFailures, exit_if_crashed
+from streams.worker import WorkerOptions
+
+
+class Ended(Exception):
+    pass
+
+
+def ended(why: str) -> NoReturn:
+    raise Ended(why)
+
+
+class App:
+    should_stop = False
+
+
+def test_a_send_kafka_did_not_take_reaches_the_worker_and_while_stopping_ends_the_process(
+        ) -> None:
+    failed: list[BaseException] = []
+    app = App()
+    sensor = SendFailures(app, failed.append, ended)  # type: ignore[arg-type]
+    error = KafkaTimeoutError("batch expired")
+    sensor.on_send_error(None, error, None)
+    assert failed == [error]
+    app.should_stop = True
+    with pytest.raises(Ended, match="while stopping: KafkaTimeoutError"):
+        sensor.on_send_error(None, error, None)
+    assert failed == [error]
+
+
+def test_a_send_waits_for_kafka_as_long_as_the_session_timeout(tmp_path: Path) -> None:
+    options = WorkerOptions(data_dir=tmp_path, store="memory://", session_timeout_s=20.0)
+    host = FaustHost(Settings(), options)
+    assert host.app.conf.producer_request_timeout == 20.0, (
+        "Faust's 1200 s would hold a record for a leader cut off from the network that long")
+
+
+def test_a_crashed_app_ends_the_process_and_a_stopped_one_does_not() -> None:
+    async def run(crash: bool) -> list[str]:
+        calls: list[str] = []
+
+        def exit_now(why: str) -> Any:
+            calls.append(why)
+
+        app = faust.Service()
+        await app.start()
+        watch = asyncio.ensure_future(exit_if_crashed(app, exit_now))
+        await asyncio.sleep(0)
+        assert not watch.done()
+        if crash:
+            await app.crash(RuntimeError("a timer raised"))
+        else:
+            await app.stop()
+        await asyncio.wait_for(watch, 5)
+        return calls
+
+    assert asyncio.run(run(crash=False)) == []
+    assert asyncio.run(run(crash=True)) == [
+        "the Faust app crashed: RuntimeError('a timer raised')"]
