@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import faust
 from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
 from faust.types import TP
 
 from models.city import City
@@ -19,7 +20,7 @@ from streams.offsets import OffsetLookupError
 from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
 __all__ = ["FaustHost", "SendFailures", "WorkerFactory", "create_app", "exit_if_crashed",
-           "rocksdb_options", "worker_group", "worker_topics"]
+           "handled", "rocksdb_options", "worker_group", "worker_topics"]
 
 WorkerFactory = Callable[[Settings, City, WorkerOptions, Host], Worker]
 
@@ -159,13 +160,16 @@ class SendFailures(faust.Sensor):
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
         if self.app.should_stop:
             self.on_failed_stopping(f"Kafka did not take a record while stopping: {exc!r}")
-        self.on_failed(exc)
+        else:
+            self.on_failed(exc)
 
 
 async def exit_if_crashed(app: faust.Service, exit_now: Callable[[str], NoReturn]) -> None:
-    """Run as a task of `app`: returns when the app stops, and calls `exit_now` if it crashed.
-    A crashed Faust app stops consuming but its process, its sink and its timers run on; a
-    supervisor that sees the process exit starts a fresh one."""
+    """Run as a task of `app` (Faust starts those once the first table recovery is over):
+    returns when the app stops, and calls `exit_now` if it crashed. A crashed Faust app stops
+    consuming, but its process may run on (its in-process sink did) or stop cleanly, committing;
+    ended at once, its supervisor starts a fresh one. The app is marked crashed before Faust's
+    worker acts on it, so this runs first."""
     await app.wait_until_stopped()
     if app.crashed:
         exit_now(f"the Faust app crashed: {app.crash_reason!r}")
@@ -191,7 +195,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     @app.agent(letters, name="citystream.rejected_counts", concurrency=1)
     async def rejected_counts(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            await worker.count_rejected(event.message.offset, event.value)
+            await handled(worker, worker.count_rejected(event.message.offset, event.value))
 
     @app.on_partitions_revoked.connect
     async def forget_cached_entities(sender: Any, /, *args: Any, signal: Any, **kwargs: Any,
@@ -245,11 +249,22 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     return app
 
 
+async def handled(worker: Worker, work: Awaitable[None]) -> None:
+    """Await an agent's `work` on one event; a send that raised (Faust's buffer or aiokafka
+    gave up on it) goes to `Worker.on_send_failed`. Let through, Faust would log the error,
+    commit the event's offset and restart the agent: the record would be lost."""
+    try:
+        await work
+    except (ProducerSendError, KafkaError) as exc:
+        worker.on_send_failed(exc)
+
+
 def _agent(worker: Worker, kind: str) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
     async def agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             msg = event.message
-            await worker.handle(kind, msg.topic, msg.partition, msg.offset, event.value)
+            await handled(worker, worker.handle(kind, msg.topic, msg.partition, msg.offset,
+                                                event.value))
 
     agent.__name__ = agent.__qualname__ = f"{kind}_kpis"
     return agent

@@ -99,7 +99,7 @@ class WorkerOptions:
     session_timeout_s: float = field(default=30.0, metadata=_flag(
         "--session-timeout", "Seconds before Kafka gives a silent worker's partitions to the "
                              "others; also how long a send may wait for Kafka's answer "
-                             "before the worker restarts in place (nothing is lost).", min=3))
+                             "before the worker restarts in place.", min=3))
     table_memory_mb: float = field(default=4.0, metadata=_flag(
         "--table-memory-mb", "RocksDB memory per table partition (memtables and block cache). "
                              "A worker opens 8 x the partitions it owns (8 tables); all 8 "

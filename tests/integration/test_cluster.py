@@ -118,14 +118,14 @@ def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]
 
 def busiest_leader(cluster: Cluster, lane: Lane, avoid: Iterable[int] = ()
                    ) -> tuple[int, int, int]:
-    """The node leading the partitions with the most records, other than those in `avoid`:
-    (node, its records, all)."""
+    """The node leading the partitions with the most records, other than those in `avoid`
+    unless they lead them all: (node, its records, all)."""
     topics = lane_topics(lane)
     ends = end_offsets(cluster.bootstrap, topics)
     led: dict[int, int] = {}
     for p in cluster.partitions(topics):
         led[p.leader] = led.get(p.leader, 0) + ends.get((p.topic, p.partition), 0)
-    node = max(set(led) - set(avoid), key=lambda n: led[n])
+    node = max(set(led) - set(avoid) or led, key=lambda n: led[n])
     return node, led[node], sum(led.values())
 
 

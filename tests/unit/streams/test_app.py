@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import faust
 import pytest
 from aiokafka.errors import KafkaTimeoutError
+from faust.exceptions import ProducerSendError
 
+from models.city import load_city
 from models.settings import Settings
-from streams.app import FaustHost, SendFailures, exit_if_crashed
+from streams.app import FaustHost, SendFailures, create_app, exit_if_crashed, handled
 from streams.worker import WorkerOptions
 
 
@@ -71,3 +74,32 @@ def test_a_crashed_app_ends_the_process_and_a_stopped_one_does_not() -> None:
     assert asyncio.run(run(crash=False)) == []
     assert asyncio.run(run(crash=True)) == [
         "the Faust app crashed: RuntimeError('a timer raised')"]
+
+
+def test_the_app_hands_failed_sends_to_its_worker_and_watches_for_its_own_crash(
+        tmp_path: Path) -> None:
+    failed: list[BaseException] = []
+    fake = SimpleNamespace(tables={}, on_send_failed=failed.append)
+    app = create_app(Settings(), load_city(), WorkerOptions(data_dir=tmp_path, store="memory://"),
+                     make_worker=lambda *_: fake)  # type: ignore[arg-type]
+    sensors = [s for s in app.sensors if isinstance(s, SendFailures)]
+    assert len(sensors) == 1
+    error = KafkaTimeoutError()
+    sensors[0].on_send_error(None, error, None)
+    assert failed == [error]
+    assert "exit_when_crashed" in {task.__name__ for task in app._app_tasks}
+
+
+def test_a_send_that_raised_in_an_agent_goes_to_the_worker_and_other_errors_do_not() -> None:
+    failed: list[BaseException] = []
+    worker: Any = SimpleNamespace(on_send_failed=failed.append)
+
+    async def raising(exc: BaseException) -> None:
+        raise exc
+
+    error = ProducerSendError("buffer gave up")
+    asyncio.run(handled(worker, raising(error)))
+    assert failed == [error]
+    with pytest.raises(ValueError):
+        asyncio.run(handled(worker, raising(ValueError("a bug"))))
+    assert failed == [error]
