@@ -24,10 +24,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidReplicationFactorError,
+    KafkaConnectionError,
     KafkaError,
     TopicAlreadyExistsError,
     for_code,
@@ -336,6 +337,22 @@ async def group_coordinator_answers(settings: KafkaSettings, group: str) -> None
             raise KafkaError(f"group {group}: {type(for_code(code)()).__name__}")
     finally:
         await admin.close()
+
+
+async def brokers_answer(settings: KafkaSettings) -> None:
+    """Return once every broker Kafka's metadata lists accepted a connection; raise
+    `KafkaConnectionError` naming the first that did not. Faust's start asks the first broker
+    listed for the controller and gives up if it is down; a dead broker stays listed until the
+    controllers fence it, and for as long as they have no majority to do so."""
+    client = AIOKafkaClient(bootstrap_servers=settings.bootstrap)
+    await client.bootstrap()
+    try:
+        for broker in client.cluster.brokers():
+            if not await client.ready(broker.nodeId):
+                raise KafkaConnectionError(f"Kafka node {broker.nodeId} ({broker.host}:"
+                                           f"{broker.port}) is listed but does not answer")
+    finally:
+        await client.close()
 
 
 def _raise_refusal(topic_errors: list[tuple[Any, ...]], replicas: int) -> None:

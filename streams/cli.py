@@ -69,7 +69,7 @@ def worker(**values: Any) -> None:
     import faust
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
-    from connectors.kafka import ensure_topics, group_coordinator_answers
+    from connectors.kafka import brokers_answer, ensure_topics, group_coordinator_answers
     from models.settings import settings_and_city
     from streams import lease
     from streams.app import create_app, worker_group, worker_topics
@@ -85,6 +85,7 @@ def worker(**values: Any) -> None:
             if restarted:  # Faust's start crashes on a cluster that cannot run the group yet
                 asyncio.run(asyncio.wait_for(
                     group_coordinator_answers(settings.kafka, worker_group(settings)), 30))
+                asyncio.run(asyncio.wait_for(brokers_answer(settings.kafka), 30))
             break
         except (TimeoutError, OSError, KafkaError) as exc:
             if restarted:  # cut off Kafka (streams/lease.py): wait for the network

@@ -76,11 +76,14 @@ def test_a_restarted_worker_waits_for_a_coordinator_that_answers(stack: Stack) -
     """What a worker restarted in place waits for before it starts Faust again."""
     from aiokafka.errors import KafkaError
 
-    from connectors.kafka import group_coordinator_answers
+    from connectors.kafka import brokers_answer, group_coordinator_answers
     from models.settings import KafkaSettings
 
     live = KafkaSettings(bootstrap=stack.client_info()["kafka"]["bootstrap"])
     asyncio.run(asyncio.wait_for(group_coordinator_answers(live, "lease-any-group"), 30))
+    asyncio.run(asyncio.wait_for(brokers_answer(live), 30))
+    dead = KafkaSettings(bootstrap="127.0.0.1:9")
     with pytest.raises((KafkaError, OSError)):
-        asyncio.run(asyncio.wait_for(group_coordinator_answers(
-            KafkaSettings(bootstrap="127.0.0.1:9"), "lease-any-group"), 30))
+        asyncio.run(asyncio.wait_for(group_coordinator_answers(dead, "lease-any-group"), 30))
+    with pytest.raises((KafkaError, OSError)):
+        asyncio.run(asyncio.wait_for(brokers_answer(dead), 30))
