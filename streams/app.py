@@ -148,7 +148,8 @@ class SendFailures(faust.Sensor):
     restart rebuilds. aiokafka fails a record not delivered within the producer's request
     timeout (`producer_request_timeout`, 1200 s unless set); it sets the record's future, whose
     callback calls this, right after the batch's, whose waiter resumes the flush: so the
-    handler runs before the flush returns, and before the commit."""
+    handler runs before the flush returns, and before the commit. Records still in Faust's own
+    buffer when it commits are not covered (docs/cluster.md, "What is left")."""
 
     def __init__(self, app: faust.App, on_failed: Callable[[BaseException], None],
                  on_failed_stopping: Callable[[str], NoReturn]) -> None:
