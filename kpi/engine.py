@@ -141,8 +141,10 @@ class KindEngine:
 
         `offset` is the source position of this batch (increasing per entity, e.g. the Kafka
         offset). A batch at or below an entity's last applied offset was applied already: it
-        changes nothing and its entity's final windows are emitted again (its records may not
-        have reached Kafka before a crash).
+        changes nothing, and the first such batch of an entity since its state was read from
+        the store emits the entity's final windows again (the records of the batches applied
+        before a crash may not have reached Kafka); later ones emit only their alerts and
+        quality records.
         """
         out = Outcome()
         by_entity: dict[str, list[Any]] = {}
@@ -152,7 +154,9 @@ class KindEngine:
             ent = self._state(store, entity)
             if offset is not None and offset <= ent.off:
                 out.duplicates += len(items)
-                out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
+                if ent.resent_off != ent.off:
+                    out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
+                    ent.resent_off = ent.off
                 out.alerts.extend(alerts_of_batch(store, entity, offset))
                 out.quality.extend(quality_of_batch(store, entity, offset))
                 continue

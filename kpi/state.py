@@ -52,7 +52,7 @@ class Entity:
     """
 
     __slots__ = ("alerts", "delta_bytes", "emitted", "max", "next_silence", "off", "quality",
-                 "sensors", "seq", "snap_bytes", "snap_seq", "wins")
+                 "resent_off", "sensors", "seq", "snap_bytes", "snap_seq", "wins")
 
     def __init__(self) -> None:
         self.seq = 0
@@ -66,6 +66,7 @@ class Entity:
         self.snap_bytes = 0
         self.delta_bytes = 0
         self.next_silence = -1  # event time after which a sensor may fall silent; -1: sweep
+        self.resent_off = -2  # `off` when the emitted windows were last sent again (memory only)
         self.quality = QualityState()
 
     def to_json(self) -> dict[str, Any]:
