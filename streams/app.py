@@ -5,12 +5,14 @@ streams/worker.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, NoReturn
 
 import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from models.city import City
@@ -19,8 +21,9 @@ from streams import lease
 from streams.offsets import OffsetLookupError
 from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
-__all__ = ["FaustHost", "SendFailures", "WorkerFactory", "create_app", "exit_if_crashed",
-           "handled", "rocksdb_options", "worker_group", "worker_topics"]
+__all__ = ["CrashExitingWorker", "DrainingBuffer", "FaustHost", "SendFailures", "WorkerFactory",
+           "create_app", "exit_if_crashed", "handled", "rocksdb_options", "worker_group",
+           "worker_topics"]
 
 WorkerFactory = Callable[[Settings, City, WorkerOptions, Host], Worker]
 
@@ -88,6 +91,7 @@ class FaustHost:
         )
         self.store_options = (rocksdb_options(options.table_memory_mb)
                               if options.store.startswith("rocksdb") else None)
+        DrainingBuffer.install(self.app.producer)
 
     def table(self, name: str) -> MutableMapping[bytes, bytes]:
         return self.app.Table(name, key_type=bytes, value_type=bytes,
@@ -106,7 +110,8 @@ class FaustHost:
 
     def undelivered(self) -> int:
         producer = self.app.producer
-        count = producer.buffer.pending.qsize()
+        buffer: Any = producer.buffer  # a DrainingBuffer
+        count: int = buffer.pending.qsize() + buffer.in_flight
         inner: Any = getattr(producer, "_producer", None)  # aiokafka's, once it sent
         if inner is not None:
             batches = inner._message_accumulator
@@ -139,6 +144,52 @@ async def _looked_up(lookup: Awaitable[Mapping[TP, int]], which: str) -> Mapping
                                 f"{exc!r}") from exc
 
 
+class DrainingBuffer(ProducerBuffer):
+    """Faust's buffer of table writes (changelog records), whose full flush waits until every
+    write it was given is in aiokafka's hands.
+
+    Faust's consumer flushes the producer before it commits offsets, so that their table
+    writes are in Kafka first; Faust's own flush returns once no write left the buffer for
+    0.1 s, although writes may still wait in it (aiokafka's accumulator full, a leader slow),
+    and the write just taken off the queue is not counted. A process that died after such a
+    commit lost those writes with the offsets that made them marked done. Partial flushes
+    (Faust's back-pressure on a full buffer) are unchanged."""
+
+    in_flight = 0
+
+    @classmethod
+    def install(cls, producer: Any) -> None:
+        """Called once when the app is built, before the producer starts: replaces its
+        buffer."""
+        buffer = cls(loop=producer.buffer.loop, beacon=producer.buffer.beacon)
+        buffer.app = producer.buffer.app
+        producer.buffer = buffer
+
+    async def _send_pending(self, fut: Any) -> None:
+        self.in_flight += 1  # taken off the queue in this same step: never counted twice
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.in_flight -= 1
+
+    async def flush_atmost(self, max_messages: int | None) -> int:
+        if max_messages is not None:
+            return await super().flush_atmost(max_messages)
+        sent = 0
+        while self.size or self.in_flight:
+            if self.state != "running":
+                if self.size:
+                    raise RuntimeError("Cannot flush: Producer not Running")
+                break
+            self.message_sent.clear()
+            try:
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+                sent += 1
+            except TimeoutError:
+                continue
+        return sent
+
+
 class SendFailures(faust.Sensor):
     """Hands every record Kafka did not take to `on_failed` (`Worker.on_send_failed`), or to
     `on_failed_stopping` once the app is stopping.
@@ -148,8 +199,8 @@ class SendFailures(faust.Sensor):
     restart rebuilds. aiokafka fails a record not delivered within the producer's request
     timeout (`producer_request_timeout`, 1200 s unless set); it sets the record's future, whose
     callback calls this, right after the batch's, whose waiter resumes the flush: so the
-    handler runs before the flush returns, and before the commit. Records still in Faust's own
-    buffer when it commits are not covered (docs/cluster.md, "What is left")."""
+    handler runs before the flush returns, and before the commit (`DrainingBuffer` makes the
+    flush wait for the table writes still in Faust's own buffer)."""
 
     def __init__(self, app: faust.App, on_failed: Callable[[BaseException], None],
                  on_failed_stopping: Callable[[str], NoReturn]) -> None:
@@ -163,6 +214,22 @@ class SendFailures(faust.Sensor):
             self.on_failed_stopping(f"Kafka did not take a record while stopping: {exc!r}")
         else:
             self.on_failed(exc)
+
+
+class CrashExitingWorker(faust.Worker):
+    """Faust's worker (the process's event loop and signals), except that a crash ends the
+    process with `lease.EXIT_CRASHED` rather than Faust's clean stop, which commits offsets and
+    leaves the clean-shutdown mark: also one during start-up or the first table recovery, before
+    `exit_if_crashed` runs."""
+
+    exit_now: Callable[[str], NoReturn] = staticmethod(lease.exit_crashed)
+
+    def on_worker_shutdown(self) -> None:
+        """Called by Faust when the worker's start returned (stopped or crashed), before it
+        stops the app."""
+        reason = self.crash_reason or self.app.crash_reason
+        if reason is not None:
+            self.exit_now(f"the Faust app crashed: {reason!r}")
 
 
 async def exit_if_crashed(app: faust.Service, exit_now: Callable[[str], NoReturn]) -> None:

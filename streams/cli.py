@@ -66,13 +66,12 @@ def worker(**values: Any) -> None:
     import os
     import time
 
-    import faust
     from aiokafka.errors import KafkaConnectionError, KafkaError
 
     from connectors.kafka import brokers_answer, ensure_topics, group_coordinator_answers
     from models.settings import settings_and_city
     from streams import lease
-    from streams.app import create_app, worker_group, worker_topics
+    from streams.app import CrashExitingWorker, create_app, worker_group, worker_topics
     from streams.worker import mark_clean_shutdown, recover_state_dir
 
     settings, city = settings_and_city()
@@ -110,7 +109,7 @@ def worker(**values: Any) -> None:
         for name in ("faust", "mode", "aiokafka"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        faust.Worker(app, loglevel="info", quiet=True).execute_from_commandline()
+        CrashExitingWorker(app, loglevel="info", quiet=True).execute_from_commandline()
     finally:
         mark_clean_shutdown(options)
 
