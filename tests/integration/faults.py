@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import csv
+import functools
 import io
 import json
 import re
@@ -27,12 +28,14 @@ import sys
 import threading
 import time
 import urllib.request
+from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,8 +44,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from deploy.local.stack import Credentials, Stack
-from tests.integration.helpers import Lane, city_kinds, oracle_points, read_kafka
-from tests.oracle import parse_ts, read_recording
+from tests.integration.helpers import Lane, city_kinds, oracle_points, scan_kafka
+from tests.oracle import iter_recording, parse_ts
 from tests.support import ALL_TIME, ROOT
 
 CANARY_DISTRICT = "canary"
@@ -421,6 +424,26 @@ class SimRun:
 # -- reconciliation ---------------------------------------------------------------------------
 
 
+def reading_key(kind: str, sensor_id: str, ts_ms: int) -> int:
+    """A reading's identity as one 64-bit number (Python's hash of the tuple, the same within
+    a process): the millions of a soak fit in arrays."""
+    return hash((kind, sensor_id, ts_ms))
+
+
+def valid_items(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(kind, district, reading object) of every valid reading published, in publish order."""
+    for row in rows:
+        expected = row["expected"]
+        if not any(e["valid"] for e in expected):
+            continue
+        body = json.loads(base64.b64decode(row["payload_b64"]))
+        items = body if isinstance(body, list) else [body]
+        _, district, kind, _sensor = row["topic"].split("/")
+        for item, e in zip(items, expected, strict=True):
+            if e["valid"]:
+                yield kind, district, item
+
+
 @dataclass
 class Expected:
     """What the pipeline must make of the published messages (recording + canary rows)."""
@@ -429,39 +452,45 @@ class Expected:
     valid: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    unique: dict[tuple[str, int], tuple[str, str, dict[str, Any]]] = field(default_factory=dict)
+    # the valid readings' `reading_key`s, sorted and distinct, and each one's key field
+    # (`_key_fields`) in its first copy published
+    unique: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    values: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     # (topic, raw payload in base64 or "[i]" for element i of an array, reason) -> count
     dead: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     @classmethod
     def from_rows(cls, rows: Iterable[dict[str, Any]]) -> Expected:
+        """Reads `rows` once (a recording too big for memory may be read lazily)."""
         out = cls()
-        for row in rows:
-            expected = row["expected"]
-            out.readings += len(expected)
-            valid = [e for e in expected if e["valid"]]
-            out.valid += len(valid)
-            out.duplicates += sum(bool(e["duplicate"]) for e in valid)
-            for e in expected:
-                if not e["valid"]:
-                    out.rejected[e["reason"]] += 1
-            if len(expected) == 1 and not expected[0]["valid"]:
-                raw = row["payload_b64"]
-                if expected[0]["reason"] == "too_large":  # ingest keeps the first 64 KiB
-                    raw = base64.b64encode(base64.b64decode(raw)[:65536]).decode()
-                out.dead[(row["topic"], raw, expected[0]["reason"])] += 1
-            elif len(expected) > 1:
-                out.dead.update((row["topic"], f"[{i}]", e["reason"])
-                                for i, e in enumerate(expected) if not e["valid"])
-            if not valid:
-                continue
-            body = json.loads(base64.b64decode(row["payload_b64"]))
-            items = body if isinstance(body, list) else [body]
-            _, district, kind, _sensor = row["topic"].split("/")
-            for item, e in zip(items, expected, strict=True):
-                if e["valid"]:
-                    key = (item["sensor_id"], parse_ts(item["ts"]))
-                    out.unique.setdefault(key, (kind, district, item))
+        key_fields = _key_fields()
+        keys, values = array("q"), array("d")
+
+        def counted(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+            for row in rows:
+                expected = row["expected"]
+                out.readings += len(expected)
+                valid = [e for e in expected if e["valid"]]
+                out.valid += len(valid)
+                out.duplicates += sum(bool(e["duplicate"]) for e in valid)
+                for e in expected:
+                    if not e["valid"]:
+                        out.rejected[e["reason"]] += 1
+                if len(expected) == 1 and not expected[0]["valid"]:
+                    raw = row["payload_b64"]
+                    if expected[0]["reason"] == "too_large":  # ingest keeps the first 64 KiB
+                        raw = base64.b64encode(base64.b64decode(raw)[:65536]).decode()
+                    out.dead[(row["topic"], raw, expected[0]["reason"])] += 1
+                elif len(expected) > 1:
+                    out.dead.update((row["topic"], f"[{i}]", e["reason"])
+                                    for i, e in enumerate(expected) if not e["valid"])
+                yield row
+
+        for kind, _district, item in valid_items(counted(rows)):
+            keys.append(reading_key(kind, item["sensor_id"], parse_ts(item["ts"])))
+            values.append(float(item[key_fields[kind]]))
+        out.unique, first = np.unique(np.array(keys, dtype=np.int64), return_index=True)
+        out.values = np.array(values, dtype=np.float64)[first]
         return out
 
 
@@ -503,7 +532,7 @@ class Reconciliation:
         return "\n".join(lines)
 
 
-def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = False,
+def reconcile(lane: Lane, rows: Iterable[dict[str, Any]], *, exact_counters: bool = False,
               may_lose: Callable[[dict[str, Any]], bool] | None = None) -> Reconciliation:
     """Account for every published reading; `problems` lists what does not add up.
 
@@ -517,24 +546,33 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
     whole, as one a broker acknowledged and then lost: such a message that left no trace (none
     of its valid readings in Kafka, and dead letters missing for all it should have made) is
     listed in `lost` and taken out of what is expected before everything above is checked.
-    Anything else missing is still a problem. Without it (the default) nothing may be lost."""
+    Anything else missing is still a problem. Without it (the default) nothing may be lost.
+
+    `rows` is read a few times, one row at a time (a soak's recording is read from its file
+    at each pass); Kafka's records and InfluxDB's points are streamed into arrays of
+    `reading_key`s, so millions of readings fit in memory. With `may_lose`, `rows` must be the
+    same row objects at each pass (a list)."""
     prefix = lane.prefix
-    kinds = city_kinds()
-    raw = read_kafka(lane.stack.client_info()["kafka"]["bootstrap"],
-                     [*(f"{prefix}telemetry.{k}" for k in kinds), f"{prefix}telemetry.deadletter"],
-                     timeout=120)
+    letters = f"{prefix}telemetry.deadletter"
+    kind_of = {f"{prefix}telemetry.{k}": k for k in city_kinds()}
     problems: list[str] = []
     dead: Counter[tuple[str, str, str]] = Counter()
-    for _key, value in raw.pop(f"{prefix}telemetry.deadletter"):
-        d = json.loads(value)
-        raw_or_index = d["raw"] if d["index"] is None else f"[{d['index']}]"
-        dead[(d["topic"], raw_or_index, d["reason"])] += 1
-    in_kafka: Counter[tuple[str, int]] = Counter()
-    for records in raw.values():
-        for _key, value in records:
-            for reading in json.loads(value):
-                in_kafka[(reading["sensor_id"], reading["ts_ms"])] += 1
-    kafka_readings = sum(in_kafka.values())
+    keys = array("q")
+
+    def take(topic: str, _key: bytes | None, value: bytes) -> None:
+        if topic == letters:
+            d = json.loads(value)
+            dead[(d["topic"], d["raw"] if d["index"] is None else f"[{d['index']}]",
+                  d["reason"])] += 1
+            return
+        kind = kind_of[topic]
+        for reading in json.loads(value):
+            keys.append(reading_key(kind, reading["sensor_id"], reading["ts_ms"]))
+
+    scan_kafka(lane.stack.client_info()["kafka"]["bootstrap"], [*kind_of, letters], take,
+               timeout=600)
+    kafka_readings = len(keys)
+    in_kafka = np.unique(np.array(keys, dtype=np.int64))
     lost = _lost(rows, may_lose, in_kafka, dead) if may_lose is not None else []
     if lost:
         gone = {id(row) for row in lost}
@@ -552,23 +590,30 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
     if dead_by_reason != expected.rejected:
         problems.append(f"rejected by reason {dict(dead_by_reason)} != expected "
                         f"{dict(expected.rejected)}")
-    if set(in_kafka) != set(expected.unique):
-        problems.append(f"Kafka readings differ: {len(set(expected.unique) - set(in_kafka))} "
-                        f"missing, {len(set(in_kafka) - set(expected.unique))} never published")
+    if not np.array_equal(in_kafka, expected.unique):
+        absent = np.setdiff1d(expected.unique, in_kafka, assume_unique=True)
+        unknown = np.setdiff1d(in_kafka, expected.unique, assume_unique=True)
+        problems.append(f"Kafka readings differ: {absent.size} missing, {unknown.size} never "
+                        "published")
     if kafka_readings < expected.valid:
         problems.append(f"only {kafka_readings} readings in Kafka for {expected.valid} valid")
-    points = telemetry_points(lane.influx, lane.telemetry_bucket)
-    key_fields = _key_fields()  # loads the city: once, not per reading
-    want = {(kind, sensor, ts): float(item[key_fields[kind]])
-            for (sensor, ts), (kind, _district, item) in expected.unique.items()}
-    missing = sorted(set(want) - set(points))
-    extra = sorted(set(points) - set(want))
-    wrong = sorted(k for k in set(want) & set(points) if points[k] != want[k])
-    if missing or extra or wrong:
-        problems.append(f"telemetry bucket: {len(missing)} accepted readings missing (e.g. "
-                        f"{missing[:3]}), {len(extra)} extra, {len(wrong)} with other values "
-                        f"(e.g. {[(k, points[k], want[k]) for k in wrong[:3]]})")
-    if len(points) + expected.duplicates + sum(dead_by_reason.values()) != expected.readings:
+    points, values = telemetry_points(lane.influx, lane.telemetry_bucket)
+    missing = np.setdiff1d(expected.unique, points, assume_unique=True)
+    extra = np.setdiff1d(points, expected.unique, assume_unique=True)
+    common, mine, theirs = np.intersect1d(expected.unique, points, assume_unique=True,
+                                          return_indices=True)
+    differ = expected.values[mine] != values[theirs]
+    if missing.size or extra.size or differ.any():
+        named = _names(missing[:3], rows) | _names(common[differ][:3], rows)
+        named_extra = _names(extra[:3], telemetry_readings(lane.influx, lane.telemetry_bucket))
+        wrong = [(named.get(int(k)), float(v), float(w)) for k, v, w in zip(
+            common[differ][:3], values[theirs][differ][:3], expected.values[mine][differ][:3],
+            strict=True)]
+        problems.append(f"telemetry bucket: {missing.size} accepted readings missing (e.g. "
+                        f"{[named.get(int(k)) for k in missing[:3]]}), {extra.size} extra (e.g. "
+                        f"{[named_extra.get(int(k)) for k in extra[:3]]}), "
+                        f"{int(differ.sum())} with other values (e.g. {wrong})")
+    if points.size + expected.duplicates + sum(dead_by_reason.values()) != expected.readings:
         problems.append("published != accepted + duplicates + rejected")
     counters = pipeline_counters(lane)
     if exact_counters:
@@ -577,8 +622,8 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
                 "ingest accepted": expected.valid,
                 "ingest rejected": sum(expected.rejected.values()),
                 "worker received": kafka_readings,
-                "worker accepted": len(expected.unique),
-                "worker duplicates": kafka_readings - len(expected.unique)}
+                "worker accepted": expected.unique.size,
+                "worker duplicates": kafka_readings - expected.unique.size}
         got = {"ingest received": ingest.get("received"),
                "ingest accepted": ingest.get("accepted"),
                "ingest rejected": ingest.get("rejected"),
@@ -587,13 +632,33 @@ def reconcile(lane: Lane, rows: list[dict[str, Any]], *, exact_counters: bool = 
                "worker duplicates": worker.get("duplicates")}
         problems += [f"pipeline counter {k} = {got[k]}, expected {v}"
                      for k, v in want_counters.items() if got[k] != v]
-    return Reconciliation(expected, dead_by_reason, kafka_readings, len(points), counters,
+    return Reconciliation(expected, dead_by_reason, kafka_readings, int(points.size), counters,
                           problems, lost)
 
 
-def _lost(rows: list[dict[str, Any]], may_lose: Callable[[dict[str, Any]], bool],
-          in_kafka: Counter[tuple[str, int]], dead: Counter[tuple[str, str, str]]
-          ) -> list[dict[str, Any]]:
+def _names(keys: np.ndarray, readings: Iterable[tuple[str, str, dict[str, Any]]] | Iterable[
+        dict[str, Any]]) -> dict[int, tuple[str, str, int]]:
+    """(kind, sensor_id, ts_ms) of a few `reading_key`s, found in published rows or in
+    (kind, sensor_id, ts_ms) triples: for the examples a problem names."""
+    wanted = {int(k) for k in keys}
+    found: dict[int, tuple[str, str, int]] = {}
+    if not wanted:
+        return found
+    for entry in readings:
+        if isinstance(entry, dict):  # a published row
+            for kind, _district, item in valid_items([entry]):
+                name = (kind, item["sensor_id"], parse_ts(item["ts"]))
+                if hash(name) in wanted:
+                    found[hash(name)] = name
+        elif hash(entry) in wanted:
+            found[hash(entry)] = entry  # type: ignore[assignment]
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+def _lost(rows: Iterable[dict[str, Any]], may_lose: Callable[[dict[str, Any]], bool],
+          in_kafka: np.ndarray, dead: Counter[tuple[str, str, str]]) -> list[dict[str, Any]]:
     """The rows `may_lose` allows to be missing that left no trace (see `reconcile`): none of
     their valid readings in Kafka (a copy published again may have brought a reading: then
     the message is not counted lost, and nothing is missing), and for each dead letter they
@@ -605,7 +670,7 @@ def _lost(rows: list[dict[str, Any]], may_lose: Callable[[dict[str, Any]], bool]
     lost = []
     for row in reversed(candidates):  # the latest first: they are the likeliest lost
         own = Expected.from_rows([row])
-        if any(key in in_kafka for key in own.unique):
+        if np.isin(own.unique, in_kafka).any():
             continue
         if any(deficit[key] < n for key, n in own.dead.items()):
             continue
@@ -619,6 +684,7 @@ _KEY_FIELD = {"water": "volume_m3", "energy": "energy_kwh", "traffic": "vehicle_
               "shuttle": "lat"}
 
 
+@functools.cache
 def _key_fields() -> dict[str, str]:
     """Kind -> the field whose value identifies a raw point: the built-in kinds' above, a
     declared feed's first required number."""
@@ -632,6 +698,11 @@ def _key_fields() -> dict[str, str]:
 
 def flux_csv(stack: Stack, query: str) -> list[dict[str, str]]:
     """Rows of a Flux query (operator token), as dicts of strings."""
+    return list(flux_rows(stack, query))
+
+
+def flux_rows(stack: Stack, query: str) -> Iterator[dict[str, str]]:
+    """Rows of a Flux query (operator token), as dicts of strings, read as they come."""
     info = stack.client_info()["influxdb"]
     body = json.dumps({"query": query, "dialect": {"annotations": [], "header": True}}).encode()
     req = urllib.request.Request(f"{info['url']}/api/v2/query?org={info['org']}", data=body,
@@ -640,20 +711,36 @@ def flux_csv(stack: Stack, query: str) -> list[dict[str, str]]:
     req.add_header("Content-Type", "application/json")
     req.add_header("Accept", "application/csv")
     with urllib.request.urlopen(req, timeout=300) as resp:
-        text = resp.read().decode()
-    return [row for row in csv.DictReader(io.StringIO(text))
-            if row.get("_time") and row["_time"] != "_time"]
+        for row in csv.DictReader(io.TextIOWrapper(resp, encoding="utf-8", newline="")):
+            if row.get("_time") and row["_time"] != "_time":
+                yield row
 
 
-def telemetry_points(stack: Stack, bucket: str) -> dict[tuple[str, str, int], float]:
-    """(kind, sensor_id, ts_ms) -> the kind's key field, for every raw point in `bucket`."""
+def telemetry_readings(stack: Stack, bucket: str) -> Iterator[tuple[str, str, int]]:
+    """(kind, sensor_id, ts_ms) of every raw point in `bucket`."""
+    for kind, sensor_id, ts_ms, _value in _telemetry(stack, bucket):
+        yield kind, sensor_id, ts_ms
+
+
+def telemetry_points(stack: Stack, bucket: str) -> tuple[np.ndarray, np.ndarray]:
+    """The `reading_key`s of the raw points in `bucket`, sorted and distinct, and each one's
+    key field (`_key_fields`)."""
+    keys, values = array("q"), array("d")
+    for kind, sensor_id, ts_ms, value in _telemetry(stack, bucket):
+        keys.append(reading_key(kind, sensor_id, ts_ms))
+        values.append(value)
+    unique, first = np.unique(np.array(keys, dtype=np.int64), return_index=True)
+    return unique, np.array(values, dtype=np.float64)[first]
+
+
+def _telemetry(stack: Stack, bucket: str) -> Iterator[tuple[str, str, int, float]]:
     fields = " or ".join(f'(r._measurement == "{k}" and r._field == "{f}")'
                          for k, f in _key_fields().items())
-    rows = flux_csv(stack, f'from(bucket: "{bucket}") |> {ALL_TIME} '
-                           f'|> filter(fn: (r) => {fields}) '
-                           f'|> keep(columns: ["_time", "_value", "_measurement", "sensor_id"])')
-    return {(r["_measurement"], r["sensor_id"], _ms(r["_time"])): float(r["_value"])
-            for r in rows}
+    for r in flux_rows(stack, f'from(bucket: "{bucket}") |> {ALL_TIME} '
+                              f'|> filter(fn: (r) => {fields}) '
+                              f'|> keep(columns: ["_time", "_value", "_measurement", '
+                              f'"sensor_id"])'):
+        yield r["_measurement"], r["sensor_id"], _ms(r["_time"]), float(r["_value"])
 
 
 def _ms(rfc3339: str) -> int:
@@ -703,9 +790,23 @@ def lane_logs(lane: Lane) -> list[Path]:
     return [*lane.dir.glob("*.log"), *(p for h in homes for p in (h / "logs").glob("*.log"))]
 
 
-def all_rows(record: Path, probe: Probe) -> list[dict[str, Any]]:
-    """The recording followed by the canary's rows (separate entities: order is immaterial)."""
-    return [*read_recording(record), *probe.rows]
+class Published:
+    """The messages a run published: the simulator's recording, read from its file at each
+    pass (a soak's millions do not fit in memory as dicts), then the canary's rows (separate
+    entities: order is immaterial)."""
+
+    def __init__(self, record: Path, canary: list[dict[str, Any]]) -> None:
+        self.record = record
+        self.canary = canary
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        yield from iter_recording(self.record)
+        yield from self.canary
+
+
+def all_rows(record: Path, probe: Probe) -> Published:
+    """Every message the run published, read lazily (`Published`)."""
+    return Published(record, probe.rows)
 
 
 def settle(lane: Lane, probe: Probe, record: Path, capsys: pytest.CaptureFixture[str], *,
@@ -716,7 +817,7 @@ def settle(lane: Lane, probe: Probe, record: Path, capsys: pytest.CaptureFixture
     equal to the oracle (`KpiMismatch` otherwise). With `may_lose` (see `reconcile`) the
     messages it allowed and that were lost are left out of the oracle's input too: the KPIs
     must equal those of what the pipeline was given. Returns the reconciliation."""
-    rows = all_rows(record, probe)
+    rows = list(all_rows(record, probe))  # the same row objects at each pass (`kept`)
     deadline = time.monotonic() + timeout
     while True:
         result = reconcile(lane, rows, exact_counters=exact_counters, may_lose=may_lose)

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,8 +112,19 @@ class KafkaDump:
 def read_kafka(bootstrap: str, topics: list[str], *, timeout: float = 30.0) -> dict[str, list[
         tuple[bytes | None, bytes]]]:
     """Every record currently in `topics`, from the beginning to the end offsets."""
+    out: dict[str, list[tuple[bytes | None, bytes]]] = {t: [] for t in topics}
+    scan_kafka(bootstrap, topics, lambda topic, key, value: out[topic].append((key, value)),
+               timeout=timeout)
+    return out
 
-    async def run() -> dict[str, list[tuple[bytes | None, bytes]]]:
+
+def scan_kafka(bootstrap: str, topics: list[str],
+               on_record: Callable[[str, bytes | None, bytes], None], *,
+               timeout: float = 30.0) -> None:
+    """Call `on_record(topic, key, value)` for every record currently in `topics`, from the
+    beginning to the end offsets, without keeping them (a soak's millions)."""
+
+    async def run() -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         await consumer.start()
@@ -124,9 +135,8 @@ def read_kafka(bootstrap: str, topics: list[str], *, timeout: float = 30.0) -> d
                 await consumer._client.force_metadata_update()
                 parts = [TopicPartition(t, p) for t in topics
                          for p in (consumer.partitions_for_topic(t) or set())]
-            out: dict[str, list[tuple[bytes | None, bytes]]] = {t: [] for t in topics}
             if not parts:
-                return out
+                return
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             end = await consumer.end_offsets(parts)
@@ -136,15 +146,14 @@ def read_kafka(bootstrap: str, topics: list[str], *, timeout: float = 30.0) -> d
                 batch = await consumer.getmany(timeout_ms=500)
                 for tp, records in batch.items():
                     for r in records:
-                        out[tp.topic].append((r.key, r.value))
+                        on_record(tp.topic, r.key, r.value)
                     if await consumer.position(tp) >= end[tp]:
                         remaining.discard(tp)
             assert not remaining, f"could not read to the end of {remaining}"
-            return out
         finally:
             await consumer.stop()
 
-    return asyncio.run(run())
+    asyncio.run(run())
 
 
 def kafka_contents(stack: Stack) -> KafkaDump:
@@ -313,9 +322,9 @@ def start_of_run(hours_back: float = 20.0) -> str:
 
 
 def oracle_points(recording: Path | Iterable[dict[str, Any]]) -> dict[Point, dict[str, Any]]:
-    """The oracle's KPI points for a recording (a JSONL path or its rows)."""
+    """The oracle's KPI points for a recording (a JSONL path or its rows, read once)."""
     from models.city import load_city
     from tests.oracle import compute_kpis
 
     horizon = load_city(CITY).windows.horizon_s
-    return compute_kpis(recording, CITY, horizon_s=horizon).points
+    return compute_kpis(recording, CITY, horizon_s=horizon, keep_readings=False).points

@@ -227,12 +227,15 @@ def load_city(path: Path | str) -> dict[str, Any]:
 
 def read_recording(path: Path | str) -> list[dict[str, Any]]:
     """The rows of a recording JSONL file, in file (publish) order; blank lines skipped."""
-    rows: list[dict[str, Any]] = []
+    return list(iter_recording(path))
+
+
+def iter_recording(path: Path | str) -> Iterator[dict[str, Any]]:
+    """The rows of a recording JSONL file one at a time, in file (publish) order."""
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
-                rows.append(json.loads(line))
-    return rows
+                yield json.loads(line)
 
 
 def _ratio_pct(actual: float, baseline: float) -> float:
@@ -418,9 +421,11 @@ def _check_payload(kind: str, payload: Mapping[str, Any], where: str) -> None:
 
 
 class _Engine:
-    def __init__(self, city: _City, check_duplicate_labels: bool) -> None:
+    def __init__(self, city: _City, check_duplicate_labels: bool,
+                 keep_readings: bool = True) -> None:
         self.city = city
         self.check_labels = check_duplicate_labels
+        self.keep_readings = keep_readings
         self.result = OracleResult()
         self.seen: set[tuple[str, int]] = set()
         self.watermarks: dict[tuple[str, ...], int] = {}
@@ -472,10 +477,11 @@ class _Engine:
         w_start = window_start(ts_ms, WINDOW_S[item.kind])
         w_end = w_start + WINDOW_S[item.kind] * 1000
         late = wm is not None and wm > w_end + self.city.grace_s * 1000
-        res.valid_readings.append(Reading(
-            index=index, seq=item.seq, topic=item.topic, district=item.district,
-            kind=item.kind, sensor_id=sensor_id, ts_ms=ts_ms, data=payload,
-            late=late, beyond_horizon=beyond))
+        if self.keep_readings:
+            res.valid_readings.append(Reading(
+                index=index, seq=item.seq, topic=item.topic, district=item.district,
+                kind=item.kind, sensor_id=sensor_id, ts_ms=ts_ms, data=payload,
+                late=late, beyond_horizon=beyond))
         if late:
             res.late += 1
         if beyond:
@@ -702,11 +708,13 @@ def _recording_inputs(rows: Iterable[Mapping[str, Any]], res: OracleResult) -> I
 
 def compute_kpis(recording: Path | str | Iterable[Mapping[str, Any]], city_toml: Path | str, *,
                  grace_s: int | None = None, horizon_s: int | None = None,
-                 check_duplicate_labels: bool = True) -> OracleResult:
-    """Expected KPI points (and counters) for a simulator recording and a city file."""
+                 check_duplicate_labels: bool = True, keep_readings: bool = True,
+                 ) -> OracleResult:
+    """Expected KPI points (and counters) for a simulator recording and a city file. Without
+    `keep_readings`, `valid_readings` stays empty (a recording of millions, read lazily)."""
     rows = read_recording(recording) if isinstance(recording, Path | str) else recording
     engine = _Engine(_City.build(load_city(city_toml), grace_s, horizon_s),
-                     check_duplicate_labels)
+                     check_duplicate_labels, keep_readings)
     for item in _recording_inputs(rows, engine.result):
         engine.feed(item)
     return engine.finish()
