@@ -144,27 +144,28 @@ class KindEngine:
         changes nothing, and the first such batch of an entity since its state was read from
         the store emits the entity's final windows again (the records of the batches applied
         before a crash may not have reached Kafka); later ones emit only their alerts and
-        quality records.
+        quality records. A caller that could not send what `process` returned calls
+        `forget_all`, so that the next such batch emits them again.
         """
         out = Outcome()
         by_entity: dict[str, list[Any]] = {}
         for r in readings:
             by_entity.setdefault(self.entity(r), []).append(r)
-        for entity, items in by_entity.items():
-            ent = self._state(store, entity)
-            if offset is not None and offset <= ent.off:
+        try:
+            for entity, items in by_entity.items():
+                ent = self._state(store, entity)
+                if offset is None or offset > ent.off:
+                    self._process_entity(entity, items, ent, store, out, offset)
+                    continue
                 out.duplicates += len(items)
+                out.alerts.extend(alerts_of_batch(store, entity, offset))
+                out.quality.extend(quality_of_batch(store, entity, offset))
                 if ent.resent_off != ent.off:
                     out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
                     ent.resent_off = ent.off
-                out.alerts.extend(alerts_of_batch(store, entity, offset))
-                out.quality.extend(quality_of_batch(store, entity, offset))
-                continue
-            try:
-                self._process_entity(entity, items, ent, store, out, offset)
-            except BaseException:
-                self._forget(store)  # memory may be ahead of what reached the store
-                raise
+        except BaseException:
+            self._forget(store)  # memory may be ahead of the store, or of what was sent again
+            raise
         return out
 
     def _process_entity(self, entity: str, items: list[Any], ent: Entity, store: Store,

@@ -161,8 +161,9 @@ class DrainingBuffer(ProducerBuffer):
     def install(cls, producer: Any) -> None:
         """Called once when the app is built, before the producer starts: replaces its
         buffer."""
-        buffer = cls(loop=producer.buffer.loop, beacon=producer.buffer.beacon)
-        buffer.app = producer.buffer.app
+        assert not producer.app.conf.producer_threaded, "a threaded producer has its own queue"
+        buffer = cls(loop=producer.loop, beacon=producer.beacon)
+        buffer.app = producer.app
         producer.buffer = buffer
 
     async def _send_pending(self, fut: Any) -> None:
@@ -176,18 +177,19 @@ class DrainingBuffer(ProducerBuffer):
         if max_messages is not None:
             return await super().flush_atmost(max_messages)
         sent = 0
-        while self.size or self.in_flight:
-            if self.state != "running":
-                if self.size:
-                    raise RuntimeError("Cannot flush: Producer not Running")
-                break
+        while True:
+            if self.crashed:  # a write failed: the commit waiting on this must not go on
+                raise RuntimeError(f"Cannot flush: the buffer crashed ({self.crash_reason!r})")
+            if not (self.size or self.in_flight):
+                return sent
+            if self.state != "running" and self.size:
+                raise RuntimeError("Cannot flush: Producer not Running")
             self.message_sent.clear()
             try:
                 await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
                 sent += 1
             except TimeoutError:
                 continue
-        return sent
 
 
 class SendFailures(faust.Sensor):
@@ -230,6 +232,7 @@ class CrashExitingWorker(faust.Worker):
         reason = self.crash_reason or self.app.crash_reason
         if reason is not None:
             self.exit_now(f"the Faust app crashed: {reason!r}")
+        super().on_worker_shutdown()
 
 
 async def exit_if_crashed(app: faust.Service, exit_now: Callable[[str], NoReturn]) -> None:

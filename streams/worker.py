@@ -434,18 +434,22 @@ class Worker:
             await self.dead_letter(topic, partition, offset, value, "engine_error", exc)
             mark_applied(tables.state, partition, offset)
             return
-        mark_applied(tables.state, partition, offset)
-        self.counters.accepted += outcome.accepted
-        self.counters.duplicates += outcome.duplicates
-        self.counters.late += outcome.late + outcome.beyond_horizon
-        now = self.clock()
-        where = f"p{partition}".encode()
-        for entity in {engine.entity(reading) for reading in readings}:
-            self.activity[(kind, entity)] = now
-            if tables.entities.get(entity) != where:
-                tables.entities[entity] = where
-        for record in [*outcome.records, *outcome.quality, *outcome.alerts]:
-            await self.kpi_topic.send(key=_key_of(record), value=record_to_json(record))
+        try:
+            mark_applied(tables.state, partition, offset)
+            self.counters.accepted += outcome.accepted
+            self.counters.duplicates += outcome.duplicates
+            self.counters.late += outcome.late + outcome.beyond_horizon
+            now = self.clock()
+            where = f"p{partition}".encode()
+            for entity in {engine.entity(reading) for reading in readings}:
+                self.activity[(kind, entity)] = now
+                if tables.entities.get(entity) != where:
+                    tables.entities[entity] = where
+            for record in [*outcome.records, *outcome.quality, *outcome.alerts]:
+                await self.kpi_topic.send(key=_key_of(record), value=record_to_json(record))
+        except BaseException:
+            engine.forget_all()  # what it sent again for a redelivered record may not have left
+            raise
         self.counters.emitted += len(outcome.records) + len(outcome.quality)
         for alert in outcome.alerts:
             self.alerts.publish(alert)

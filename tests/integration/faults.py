@@ -550,8 +550,8 @@ def reconcile(lane: Lane, rows: Iterable[dict[str, Any]], *, exact_counters: boo
 
     `rows` is read a few times, one row at a time (a soak's recording is read from its file
     at each pass); Kafka's records and InfluxDB's points are streamed into arrays of
-    `reading_key`s, so millions of readings fit in memory. With `may_lose`, `rows` must be the
-    same row objects at each pass (a list)."""
+    `reading_key`s, so millions of readings fit in memory. With `may_lose` the rows are held
+    in a list (`lost` names row objects)."""
     prefix = lane.prefix
     letters = f"{prefix}telemetry.deadletter"
     kind_of = {f"{prefix}telemetry.{k}": k for k in city_kinds()}
@@ -573,6 +573,8 @@ def reconcile(lane: Lane, rows: Iterable[dict[str, Any]], *, exact_counters: boo
                timeout=600)
     kafka_readings = len(keys)
     in_kafka = np.unique(np.array(keys, dtype=np.int64))
+    if may_lose is not None:
+        rows = list(rows)  # `lost` names row objects: the same ones at each pass
     lost = _lost(rows, may_lose, in_kafka, dead) if may_lose is not None else []
     if lost:
         gone = {id(row) for row in lost}

@@ -152,6 +152,23 @@ def test_a_full_flush_waits_for_every_table_write_in_faust_s_buffer(
         assert taken == []
 
 
+def test_a_flush_after_a_table_write_failed_raises_rather_than_let_the_commit_go_on() -> None:
+    class Refusing(SlowChannel):
+        async def publish_message(self, fut: Any, wait: bool = False) -> None:
+            raise KafkaTimeoutError("no leader")
+
+    async def run() -> None:
+        buffer = DrainingBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+        await buffer.start()
+        buffer.put(SimpleNamespace(n=0, message=SimpleNamespace(channel=Refusing())))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        with pytest.raises(RuntimeError, match=r"the buffer crashed.*no leader"):
+            await asyncio.wait_for(buffer.flush(), 5)
+
+    asyncio.run(run())
+
+
 def test_the_app_s_producer_uses_the_draining_buffer(tmp_path: Path) -> None:
     host = FaustHost(Settings(), WorkerOptions(data_dir=tmp_path, store="memory://"))
     assert type(host.app.producer.buffer) is DrainingBuffer
@@ -169,6 +186,8 @@ def test_a_crash_even_during_start_up_ends_the_process_without_faust_s_clean_sto
 
     worker = Exiting(app, loglevel="info", quiet=True)
     worker.on_worker_shutdown()  # stopped: Faust's clean stop follows
-    app._crash(RuntimeError("table recovery failed"))
+    recovery = app.tables  # a service of the app, as Faust's table recovery is
+    asyncio.run(recovery.crash(RuntimeError("table recovery failed")))
+    assert app.crash_reason is not None, "the crash reaches the app through the beacon"
     with pytest.raises(Ended, match="the Faust app crashed: RuntimeError"):
         worker.on_worker_shutdown()

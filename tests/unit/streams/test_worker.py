@@ -526,3 +526,30 @@ def test_a_record_kafka_did_not_take_restarts_the_worker() -> None:
     worker, _host, _clock = build(restart=restart)
     with pytest.raises(Restarted, match="Kafka did not take a record: KafkaTimeoutError"):
         worker.on_send_failed(KafkaTimeoutError())
+
+
+def test_windows_sent_again_for_a_redelivered_record_are_sent_again_if_that_send_failed(
+        ) -> None:
+    """A redelivered record sends its entity's final windows again once (kpi.engine); when
+    that send raised, the next redelivered record sends them again."""
+    worker, host, _ = build()
+    for offset in range(40):  # a reading every 5 minutes: windows become final
+        asyncio.run(worker.handle("water", WATER, 0, offset, water(ts_ms=TS + offset * 300_000)))
+    engine = worker.engines["water"]
+    engine.forget_all()  # as a restarted worker: state read back from the tables
+    topic = host.topics[TOPICS.kpi_records]
+
+    def fail() -> None:
+        raise RuntimeError("not sent")
+
+    topic.after_send = fail
+    with pytest.raises(RuntimeError):
+        asyncio.run(worker.handle("water", WATER, 0, 30, water(ts_ms=TS + 30 * 300_000)))
+    topic.after_send = None
+    before = len(kpi_sent(host))
+    asyncio.run(worker.handle("water", WATER, 0, 31, water(ts_ms=TS + 31 * 300_000)))
+    again = len(kpi_sent(host)) - before
+    assert again > 1, "the windows whose send failed were not sent again"
+    before = len(kpi_sent(host))
+    asyncio.run(worker.handle("water", WATER, 0, 32, water(ts_ms=TS + 32 * 300_000)))
+    assert len(kpi_sent(host)) == before, "sent once, not for every redelivered record"
