@@ -489,9 +489,20 @@ class Expected:
         for kind, _district, item in valid_items(counted(rows)):
             keys.append(reading_key(kind, item["sensor_id"], parse_ts(item["ts"])))
             values.append(float(item[key_fields[kind]]))
-        out.unique, first = np.unique(np.array(keys, dtype=np.int64), return_index=True)
-        out.values = np.array(values, dtype=np.float64)[first]
+        out.unique, out.values = _distinct(keys, values)
         return out
+
+
+def _distinct(keys: array[int], values: array[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys, sorted, and the value of each one's first occurrence."""
+    unique, first = np.unique(np.array(keys, dtype=np.int64), return_index=True)
+    return unique, np.array(values, dtype=np.float64)[first]
+
+
+def _published_names(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[str, str, int]]:
+    """(kind, sensor_id, ts_ms) of every valid reading published."""
+    for kind, _district, item in valid_items(rows):
+        yield kind, item["sensor_id"], parse_ts(item["ts"])
 
 
 @dataclass
@@ -606,8 +617,9 @@ def reconcile(lane: Lane, rows: Iterable[dict[str, Any]], *, exact_counters: boo
                                           return_indices=True)
     differ = expected.values[mine] != values[theirs]
     if missing.size or extra.size or differ.any():
-        named = _names(missing[:3], rows) | _names(common[differ][:3], rows)
-        named_extra = _names(extra[:3], telemetry_readings(lane.influx, lane.telemetry_bucket))
+        named = _names([*missing[:3], *common[differ][:3]], _published_names(rows))
+        named_extra = _names(extra[:3], ((kind, sensor_id, ts_ms) for kind, sensor_id, ts_ms, _
+                                         in _telemetry(lane.influx, lane.telemetry_bucket)))
         wrong = [(named.get(int(k)), float(v), float(w)) for k, v, w in zip(
             common[differ][:3], values[theirs][differ][:3], expected.values[mine][differ][:3],
             strict=True)]
@@ -638,24 +650,18 @@ def reconcile(lane: Lane, rows: Iterable[dict[str, Any]], *, exact_counters: boo
                           problems, lost)
 
 
-def _names(keys: np.ndarray, readings: Iterable[tuple[str, str, dict[str, Any]]] | Iterable[
-        dict[str, Any]]) -> dict[int, tuple[str, str, int]]:
-    """(kind, sensor_id, ts_ms) of a few `reading_key`s, found in published rows or in
-    (kind, sensor_id, ts_ms) triples: for the examples a problem names."""
+def _names(keys: Iterable[int], names: Iterable[tuple[str, str, int]],
+           ) -> dict[int, tuple[str, str, int]]:
+    """`reading_key` -> (kind, sensor_id, ts_ms) for a few keys, looked up in `names`: for the
+    examples a problem names."""
     wanted = {int(k) for k in keys}
     found: dict[int, tuple[str, str, int]] = {}
-    if not wanted:
-        return found
-    for entry in readings:
-        if isinstance(entry, dict):  # a published row
-            for kind, _district, item in valid_items([entry]):
-                name = (kind, item["sensor_id"], parse_ts(item["ts"]))
-                if hash(name) in wanted:
-                    found[hash(name)] = name
-        elif hash(entry) in wanted:
-            found[hash(entry)] = entry  # type: ignore[assignment]
-        if len(found) == len(wanted):
-            break
+    for name in names if wanted else ():
+        key = reading_key(*name)
+        if key in wanted:
+            found[key] = name
+            if len(found) == len(wanted):
+                break
     return found
 
 
@@ -718,12 +724,6 @@ def flux_rows(stack: Stack, query: str) -> Iterator[dict[str, str]]:
                 yield row
 
 
-def telemetry_readings(stack: Stack, bucket: str) -> Iterator[tuple[str, str, int]]:
-    """(kind, sensor_id, ts_ms) of every raw point in `bucket`."""
-    for kind, sensor_id, ts_ms, _value in _telemetry(stack, bucket):
-        yield kind, sensor_id, ts_ms
-
-
 def telemetry_points(stack: Stack, bucket: str) -> tuple[np.ndarray, np.ndarray]:
     """The `reading_key`s of the raw points in `bucket`, sorted and distinct, and each one's
     key field (`_key_fields`)."""
@@ -731,8 +731,7 @@ def telemetry_points(stack: Stack, bucket: str) -> tuple[np.ndarray, np.ndarray]
     for kind, sensor_id, ts_ms, value in _telemetry(stack, bucket):
         keys.append(reading_key(kind, sensor_id, ts_ms))
         values.append(value)
-    unique, first = np.unique(np.array(keys, dtype=np.int64), return_index=True)
-    return unique, np.array(values, dtype=np.float64)[first]
+    return _distinct(keys, values)
 
 
 def _telemetry(stack: Stack, bucket: str) -> Iterator[tuple[str, str, int, float]]:
