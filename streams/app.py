@@ -19,6 +19,7 @@ from models.city import City
 from models.settings import Settings
 from streams import lease
 from streams.offsets import OffsetLookupError
+from streams.store import ChangelogPrefixTable
 from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
 __all__ = ["CrashExitingWorker", "DrainingBuffer", "FaustHost", "SendFailures", "WorkerFactory",
@@ -94,9 +95,12 @@ class FaustHost:
         DrainingBuffer.install(self.app.producer)
 
     def table(self, name: str) -> MutableMapping[bytes, bytes]:
-        return self.app.Table(name, key_type=bytes, value_type=bytes,
-                              partitions=self.settings.kafka.partitions,
-                              options=self.store_options)
+        table = ChangelogPrefixTable(
+            self.app, name=name, key_type=bytes, value_type=bytes,
+            beacon=self.app.tables.beacon, partitions=self.settings.kafka.partitions,
+            options=self.store_options)
+        self.app.tables.add(table)
+        return table
 
     def topic(self, name: str, *, partitions: int | None = None) -> Output:
         return self.app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions)

@@ -48,8 +48,8 @@ def worker(**values: Any) -> None:
     (they share the partitions of each topic; the partition count bounds parallelism).
 
     A worker that Kafka's group coordinator has not answered for 80 % of --session-timeout
-    sends nothing more, and restarts itself in place (same pid; state rebuilt from the
-    changelogs) if it still holds undelivered records: by then the group may have given its
+    sends nothing more, and restarts itself in place (same pid; its tables brought up to
+    date from the changelogs) if it still holds undelivered records: by then the group may have given its
     partitions to another worker, which must not see them overwritten (docs/cluster.md).
 
     \b

@@ -13,8 +13,8 @@ moment it was sent, a lower bound of when the coordinator received it) and by ev
 group join. A lease unrenewed for `LEASE_FRACTION` of the session timeout has *lapsed*: the
 partitions may be another member's by the time anything sent now arrives. The worker
 (streams/worker.py) then sends nothing more, and if its producer still holds undelivered records
-it restarts in place (`restart_in_place`: the buffers die with the old process image, the state
-is rebuilt from the changelogs), before the coordinator can have moved the partitions. A member
+it restarts in place (`restart_in_place`: the buffers die with the old process image, the tables
+are brought up to date from the changelogs), before the coordinator can have moved the partitions. A member
 between the revocation of its partitions and the end of its join owns nothing and sends nothing
 (Faust flushed its producer when the partitions were revoked), so its lease does not lapse then.
 
@@ -150,11 +150,11 @@ def _flush_logs() -> None:
 
 def exit_crashed(reason: str) -> NoReturn:
     """End this process at once with `EXIT_CRASHED`, for its supervisor to start it again: no
-    clean shutdown runs (it could hang on what crashed), so no clean-shutdown mark is left and
-    the next start rebuilds the state from the changelogs. Not a restart in place: a crash
+    clean shutdown runs (it could hang on what crashed); the next start brings the tables up to
+    date from the changelogs (streams/store.py). Not a restart in place: a crash
     that recurs at every start would then loop without the supervisor's back-off."""
     log.critical("%s: exiting with status %d for the supervisor to start the worker again "
-                 "(the state is rebuilt from the changelogs)", reason, EXIT_CRASHED)
+                 "(its tables are brought up to date from the changelogs)", reason, EXIT_CRASHED)
     _flush_logs()
     os._exit(EXIT_CRASHED)
 
@@ -162,9 +162,9 @@ def exit_crashed(reason: str) -> NoReturn:
 def restart_in_place(reason: str) -> NoReturn:
     """Replace this process by a fresh run of the same command line (same pid, same
     environment, same log streams): every buffer, socket and thread of the old image is gone,
-    and with no clean-shutdown mark the worker rebuilds its state from the changelogs."""
+    and the worker brings its tables up to date from the changelogs."""
     log.critical("%s: restarting in place so that nothing this process holds is delivered "
-                 "after the new owner's writes (the state is rebuilt from the changelogs)",
+                 "after the new owner's writes (its tables are brought up to date from the changelogs)",
                  reason)
     _flush_logs()
     os.environ[RESTARTED] = reason

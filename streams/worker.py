@@ -118,6 +118,9 @@ class WorkerOptions:
 
 
 CLEAN_MARK = ".clean-shutdown"
+PREFIX_MARK = ".changelog-prefix"
+"""Marks a state directory whose stores hold only what their changelogs have (streams/store.py);
+stores written before that may hold writes the changelog never got."""
 REJECTED_TABLE = "quality-rejected"
 """The table of `rejected` counts: `<kind>|<district>|<sensor_id>` -> its last 48 hours."""
 
@@ -126,23 +129,32 @@ def recover_state_dir(options: WorkerOptions) -> None:
     """The crash-recovery rule. Called once at start, before the Faust app is built, with
     `mark_clean_shutdown` called when the worker has stopped.
 
-    Local RocksDB may hold writes that never reached the changelog (a crash between the two):
-    unless the state directory carries the `.clean-shutdown` mark of a worker that stopped
-    normally, it is deleted and Faust rebuilds the tables from the changelogs. The mark is then
-    removed, so that a crash of this run is noticed by the next. On return the directory is
-    absent, empty, or holds only the stores of a clean shutdown."""
+    The stores are kept after any stop: each is a prefix of its changelog (streams/store.py),
+    and Faust replays the rest. Only a directory written by an earlier version (no
+    `.changelog-prefix` mark) that did not stop cleanly (no `.clean-shutdown` mark) may hold
+    writes that never reached the changelog: it is deleted and Faust rebuilds the tables from
+    the changelogs. On return the directory exists with the prefix mark and without the clean
+    mark, so that an earlier version started on it after a crash of this run rebuilds."""
     state_dir = options.state_dir
-    clean_mark = state_dir / CLEAN_MARK
-    if state_dir.exists() and not clean_mark.exists() and any(state_dir.iterdir()):
-        log.warning("worker %s did not shut down cleanly: rebuilding its state from the "
-                    "Kafka changelogs", options.instance)
+    clean_mark, prefix_mark = state_dir / CLEAN_MARK, state_dir / PREFIX_MARK
+    if state_dir.exists() and not clean_mark.exists() and not prefix_mark.exists() \
+            and any(state_dir.iterdir()):
+        log.warning("worker %s: its stores were written by an earlier version that did not shut "
+                    "down cleanly; rebuilding its state from the Kafka changelogs",
+                    options.instance)
         shutil.rmtree(state_dir)
+    elif state_dir.exists() and not clean_mark.exists() and any(state_dir.iterdir()):
+        log.warning("worker %s did not shut down cleanly: keeping its stores, which hold only "
+                    "what the changelogs have; Faust replays the changelogs past them",
+                    options.instance)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    prefix_mark.touch()
     clean_mark.unlink(missing_ok=True)
 
 
 def mark_clean_shutdown(options: WorkerOptions) -> None:
     """Called when the Faust worker has returned or raised (never after a kill -9): Faust
-    stopped its tables in order, so the next start keeps the local stores."""
+    stopped its tables in order, so an earlier version started next keeps the stores too."""
     if options.state_dir.exists():
         (options.state_dir / CLEAN_MARK).touch()
 
@@ -616,8 +628,8 @@ class Worker:
         """Called when Kafka did not take a record the worker sent or wrote to a table (its
         leader unreachable or under `min.insync.replicas` for longer than the send timeout).
         The offset it belongs to may be committed next, so rather than go on without it the
-        worker restarts in place: the tables are rebuilt from the changelogs and the records
-        after the last commit are read again."""
+        worker restarts in place: the tables are brought up to date from the changelogs and the
+        records after the last commit are read again."""
         self.restart(f"worker {self.options.instance}: Kafka did not take a record: {error!r}")
 
     def fence_if_cut_off(self) -> None:

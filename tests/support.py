@@ -177,8 +177,8 @@ class WorkerProcess(IngestProcess):
     """`citystream worker` as `IngestProcess` runs ingest, its RocksDB state under `log_dir`."""
 
     component = "worker"
-    # After a crash a worker rebuilds its tables from the changelogs first: on a busy machine
-    # that alone has taken more than 90 s.
+    # A worker replays the changelogs past its stores first (all of them, when it has none):
+    # on a busy machine a full rebuild alone has taken more than 90 s.
     start_timeout_s = 300.0
 
     def argv(self) -> list[str]:

@@ -402,7 +402,7 @@ def test_start_and_close_drive_the_alert_publisher_and_the_reader() -> None:
     assert worker.alerts.started and worker.reader.closed  # type: ignore[attr-defined]
 
 
-def test_state_without_a_clean_shutdown_mark_is_deleted(tmp_path: Path) -> None:
+def test_stores_of_an_earlier_version_are_deleted_after_a_crash(tmp_path: Path) -> None:
     options = WorkerOptions(data_dir=tmp_path, instance="3")
     options.state_dir.mkdir()
     (options.state_dir / "db").write_text("x")
@@ -410,10 +410,23 @@ def test_state_without_a_clean_shutdown_mark_is_deleted(tmp_path: Path) -> None:
     recover_state_dir(options)
     assert (options.state_dir / "db").exists(), "kept after a clean shutdown"
     assert not (options.state_dir / ".clean-shutdown").exists(), "a crash of this run shows"
+    (options.state_dir / ".changelog-prefix").unlink()
     recover_state_dir(options)
-    assert not options.state_dir.exists(), "deleted after a crash"
+    assert not (options.state_dir / "db").exists(), "deleted after a crash"
+    assert (options.state_dir / ".changelog-prefix").exists()
+
+
+def test_stores_of_this_version_are_kept_after_a_crash(tmp_path: Path) -> None:
+    options = WorkerOptions(data_dir=tmp_path, instance="3")
+    recover_state_dir(options)
+    assert (options.state_dir / ".changelog-prefix").exists(), "a fresh directory is marked"
+    (options.state_dir / "db").write_text("x")
+    recover_state_dir(options)
+    assert (options.state_dir / "db").exists(), "kept after a crash: a prefix of the changelog"
     mark_clean_shutdown(options)
-    assert not options.state_dir.exists()
+    recover_state_dir(options)
+    assert (options.state_dir / "db").exists()
+    assert not (options.state_dir / ".clean-shutdown").exists()
 
 
 def test_the_command_line_takes_every_default_from_worker_options() -> None:
