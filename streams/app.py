@@ -6,12 +6,14 @@ streams/worker.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.exceptions import ProducerSendError
+from faust.exceptions import ConsistencyError, ProducerSendError
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
@@ -20,11 +22,13 @@ from models.settings import Settings
 from streams import lease
 from streams.offsets import OffsetLookupError
 from streams.store import ChangelogPrefixTable
-from streams.worker import REJECTED_TABLE, Host, Output, Worker, WorkerOptions
+from streams.worker import PREFIX_MARK, REJECTED_TABLE, Host, Output, Worker, WorkerOptions
 
 __all__ = ["CrashExitingWorker", "DrainingBuffer", "FaustHost", "SendFailures", "WorkerFactory",
-           "create_app", "exit_if_crashed", "handled", "rocksdb_options", "worker_group",
-           "worker_topics"]
+           "create_app", "exit_if_crashed", "forget_stores_ahead_of_changelog", "handled",
+           "rocksdb_options", "worker_group", "worker_topics"]
+
+log = logging.getLogger(__name__)
 
 WorkerFactory = Callable[[Settings, City, WorkerOptions, Host], Worker]
 
@@ -235,6 +239,7 @@ class CrashExitingWorker(faust.Worker):
         stops the app."""
         reason = self.crash_reason or self.app.crash_reason
         if reason is not None:
+            forget_stores_ahead_of_changelog(self.app, reason)
             self.exit_now(f"the Faust app crashed: {reason!r}")
         super().on_worker_shutdown()
 
@@ -247,7 +252,20 @@ async def exit_if_crashed(app: faust.Service, exit_now: Callable[[str], NoReturn
     worker acts on it, so this runs first."""
     await app.wait_until_stopped()
     if app.crashed:
+        forget_stores_ahead_of_changelog(app, app.crash_reason)
         exit_now(f"the Faust app crashed: {app.crash_reason!r}")
+
+
+def forget_stores_ahead_of_changelog(app: Any, reason: BaseException | None) -> None:
+    """Called before a crash exit. Faust's recovery raises `ConsistencyError` when a store's
+    persisted offset is past its changelog's end: the changelog topic was recreated or lost
+    records. The stores must not be trusted then: without the `.changelog-prefix` mark the
+    next start deletes them and rebuilds the tables from the changelogs."""
+    conf = getattr(app, "conf", None)
+    if isinstance(reason, ConsistencyError) and conf is not None:
+        log.error("a table store is ahead of its changelog (was the topic recreated?): the "
+                  "next start rebuilds the worker's tables from the changelogs")
+        (Path(conf.datadir) / PREFIX_MARK).unlink(missing_ok=True)
 
 
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,

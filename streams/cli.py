@@ -49,8 +49,9 @@ def worker(**values: Any) -> None:
 
     A worker that Kafka's group coordinator has not answered for 80 % of --session-timeout
     sends nothing more, and restarts itself in place (same pid; its tables brought up to
-    date from the changelogs) if it still holds undelivered records: by then the group may have given its
-    partitions to another worker, which must not see them overwritten (docs/cluster.md).
+    date from the changelogs) if it still holds undelivered records: by then the group may
+    have given its partitions to another worker, which must not see them overwritten
+    (docs/cluster.md).
 
     \b
     Settings (env): CITYSTREAM_KAFKA__BOOTSTRAP, __PARTITIONS, __REPLICATION_FACTOR,

@@ -13,10 +13,11 @@ moment it was sent, a lower bound of when the coordinator received it) and by ev
 group join. A lease unrenewed for `LEASE_FRACTION` of the session timeout has *lapsed*: the
 partitions may be another member's by the time anything sent now arrives. The worker
 (streams/worker.py) then sends nothing more, and if its producer still holds undelivered records
-it restarts in place (`restart_in_place`: the buffers die with the old process image, the tables
-are brought up to date from the changelogs), before the coordinator can have moved the partitions. A member
-between the revocation of its partitions and the end of its join owns nothing and sends nothing
-(Faust flushed its producer when the partitions were revoked), so its lease does not lapse then.
+it restarts in place (`restart_in_place`: the buffers die with the old process image, the
+tables are brought up to date from the changelogs), before the coordinator can have moved the
+partitions. A member between the revocation of its partitions and the end of its join owns
+nothing and sends nothing (Faust flushed its producer when the partitions were revoked), so its
+lease does not lapse then.
 
 What this cannot fence: a process paused longer than the lease (SIGSTOP, a swap storm), which
 may deliver what it buffered before it looks at its lease again. Kafka transactions fence that
@@ -164,8 +165,8 @@ def restart_in_place(reason: str) -> NoReturn:
     environment, same log streams): every buffer, socket and thread of the old image is gone,
     and the worker brings its tables up to date from the changelogs."""
     log.critical("%s: restarting in place so that nothing this process holds is delivered "
-                 "after the new owner's writes (its tables are brought up to date from the changelogs)",
-                 reason)
+                 "after the new owner's writes (its tables are brought up to date from the "
+                 "changelogs)", reason)
     _flush_logs()
     os.environ[RESTARTED] = reason
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

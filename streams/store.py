@@ -14,9 +14,9 @@ which replays the changelog from there, brings it up to date after any stop or c
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -24,6 +24,8 @@ from faust.streams import current_event
 from faust.types import TP, EventT, StoreT
 from faust.types.tuples import FutureMessage
 from yarl import URL
+
+from streams import lease
 
 __all__ = ["ChangelogPrefixStore", "ChangelogPrefixTable", "PendingWrites", "Write"]
 
@@ -56,18 +58,24 @@ class PendingWrites:
     def acked(self, partition: int, write: Write, offset: int) -> list[Write]:
         """Called when Kafka acknowledged `write`'s record at `offset`. Returns the writes now
         due for the store, oldest first: those acknowledged with no unacknowledged one before
-        them. A write that is never acknowledged (its send failed) holds back every later
-        write of its partition, so the store stays a prefix of the changelog."""
+        them; they stay pending (and seen by reads) until `stored`. A write that is never
+        acknowledged (its send failed) holds back every later write of its partition, so the
+        store stays a prefix of the changelog."""
         write.offset = offset
-        queue = self._queues.get(partition)
         due: list[Write] = []
-        while queue and queue[0].offset is not None:
+        for queued in self._queues.get(partition, ()):
+            if queued.offset is None:
+                break
+            due.append(queued)
+        return due
+
+    def stored(self, partition: int, count: int) -> None:
+        """Called when the first `count` writes due for `partition` are in the store."""
+        queue, newest = self._queues[partition], self._newest[partition]
+        for _ in range(count):
             done = queue.popleft()
-            due.append(done)
-            newest = self._newest[partition]
             if newest.get(done.key) is done:
                 del newest[done.key]
-        return due
 
     def lookup(self, partition: int | None, key: bytes) -> Write | None:
         """The newest pending change of `key` (in `partition`, or in any if None)."""
@@ -107,6 +115,8 @@ class ChangelogPrefixStore(RocksDBStore):
     """Faust's RocksDB store, written only with changes Kafka acknowledged in the changelog
     (module docstring). Reads see the changes still pending."""
 
+    on_store_failed: Callable[[str], NoReturn] = staticmethod(lease.exit_crashed)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pending = PendingWrites()
@@ -124,7 +134,9 @@ class ChangelogPrefixStore(RocksDBStore):
 
     def on_changelog_sent(self, fut: FutureMessage) -> None:
         """Called when Kafka acknowledged a changelog record this store expected: writes the
-        changes now due to RocksDB with the offset of the last, in one batch."""
+        changes now due to RocksDB with the offset of the last, in one batch. If RocksDB fails
+        (a full disk), the changes stay pending and the process ends (`on_store_failed`):
+        the store is behind its changelog, which the next start replays."""
         partition, write = self._writes.pop(fut)
         if write.dropped:
             return
@@ -139,7 +151,13 @@ class ChangelogPrefixStore(RocksDBStore):
             else:
                 batch.put(done.key, done.value)
         batch.put(self.offset_key, str(due[-1].offset).encode())
-        db.write(batch)
+        try:
+            db.write(batch)
+        except Exception as exc:
+            self.on_store_failed(f"RocksDB did not take table {self.table_name!r}'s writes "
+                                 f"of partition {partition}: {exc!r}")
+        else:
+            self.pending.stored(partition, len(due))
 
     def _write_batch(self) -> Any:
         import rocksdict

@@ -154,9 +154,11 @@ def recover_state_dir(options: WorkerOptions) -> None:
 
 def mark_clean_shutdown(options: WorkerOptions) -> None:
     """Called when the Faust worker has returned or raised (never after a kill -9): Faust
-    stopped its tables in order, so an earlier version started next keeps the stores too."""
+    stopped its tables in order, so an earlier version started next keeps the stores too. The
+    prefix mark goes: that version's writes could get ahead of the changelog."""
     if options.state_dir.exists():
         (options.state_dir / CLEAN_MARK).touch()
+        (options.state_dir / PREFIX_MARK).unlink(missing_ok=True)
 
 
 @dataclass

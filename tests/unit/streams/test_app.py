@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import faust
 import pytest
 from aiokafka.errors import KafkaTimeoutError
-from faust.exceptions import ProducerSendError
+from faust.exceptions import ConsistencyError, ProducerSendError
 from faust.transport.producer import ProducerBuffer
 
 from models.city import load_city
@@ -23,9 +23,10 @@ from streams.app import (
     SendFailures,
     create_app,
     exit_if_crashed,
+    forget_stores_ahead_of_changelog,
     handled,
 )
-from streams.worker import WorkerOptions
+from streams.worker import WorkerOptions, recover_state_dir
 
 
 class Ended(Exception):
@@ -191,3 +192,18 @@ def test_a_crash_even_during_start_up_ends_the_process_without_faust_s_clean_sto
     assert app.crash_reason is not None, "the crash reaches the app through the beacon"
     with pytest.raises(Ended, match="the Faust app crashed: RuntimeError"):
         worker.on_worker_shutdown()
+
+
+def test_a_store_ahead_of_its_changelog_is_rebuilt_after_the_crash(tmp_path: Path) -> None:
+    """Faust's recovery raises ConsistencyError for a store past its changelog's end (the topic
+    was recreated): the crash exit drops the prefix mark, so the next start rebuilds."""
+    options = WorkerOptions(data_dir=tmp_path)
+    recover_state_dir(options)
+    (options.state_dir / "db").write_text("x")
+    app = SimpleNamespace(conf=SimpleNamespace(datadir=options.state_dir))
+    forget_stores_ahead_of_changelog(app, RuntimeError("a timer raised"))
+    recover_state_dir(options)
+    assert (options.state_dir / "db").exists(), "other crashes keep the stores"
+    forget_stores_ahead_of_changelog(app, ConsistencyError("persisted offset > highwater"))
+    recover_state_dir(options)
+    assert not (options.state_dir / "db").exists()

@@ -218,9 +218,36 @@ def test_a_revoked_partition_forgets_its_pending_changes(tmp_path: Path) -> None
     run(body)
 
 
+def test_a_failed_rocksdb_write_keeps_the_changes_pending_and_ends_the_process(
+        tmp_path: Path) -> None:
+    log = Changelog(tmp_path)
+    ended: list[str] = []
+
+    def end(why: str) -> Any:
+        ended.append(why)
+
+    class Broken:
+        def write(self, batch: Any) -> None:
+            raise OSError("No space left on device")
+
+    def body() -> None:
+        log.change(0, b"a", b"1")
+        log.store.on_store_failed = end  # type: ignore[method-assign]
+        working, log.store._dbs[0] = log.store._dbs[0], Broken()
+        log.ack(0)
+        assert ended and "No space left" in ended[0]
+        log.store._dbs[0] = working
+        with event_of(0):
+            assert log.store[b"a"] == b"1", "still pending: reads see it"
+        assert log.stored(0) == {} and log.recovered(0) == {b"a": b"1"}
+    run(body)
+
+
 def test_pending_writes_are_released_in_the_order_they_were_sent() -> None:
     pending = PendingWrites()
     first, second = pending.sent(0, b"k", b"1"), pending.sent(0, b"k", b"2")
     assert pending.acked(0, second, 7) == [], "waits for the first"
     assert pending.acked(0, first, 6) == [first, second]
+    assert pending.lookup(0, b"k") is second, "pending until stored"
+    pending.stored(0, 2)
     assert pending.lookup(0, b"k") is None and pending.count() == 0

@@ -424,6 +424,7 @@ def test_stores_of_this_version_are_kept_after_a_crash(tmp_path: Path) -> None:
     recover_state_dir(options)
     assert (options.state_dir / "db").exists(), "kept after a crash: a prefix of the changelog"
     mark_clean_shutdown(options)
+    assert not (options.state_dir / ".changelog-prefix").exists(), "an earlier version may run"
     recover_state_dir(options)
     assert (options.state_dir / "db").exists()
     assert not (options.state_dir / ".clean-shutdown").exists()
