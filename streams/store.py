@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import faust
+import rocksdict
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.streams import current_event
 from faust.types import TP, EventT, StoreT
@@ -160,8 +161,6 @@ class ChangelogPrefixStore(RocksDBStore):
             self.pending.stored(partition, len(due))
 
     def _write_batch(self) -> Any:
-        import rocksdict
-
         assert self.use_rocksdict, "the worker's stores use rocksdict"
         return rocksdict.WriteBatch(raw_mode=True)
 
