@@ -137,13 +137,13 @@ def recover_state_dir(options: WorkerOptions) -> None:
     mark, so that an earlier version started on it after a crash of this run rebuilds."""
     state_dir = options.state_dir
     clean_mark, prefix_mark = state_dir / CLEAN_MARK, state_dir / PREFIX_MARK
-    if state_dir.exists() and not clean_mark.exists() and not prefix_mark.exists() \
-            and any(state_dir.iterdir()):
+    crashed = state_dir.exists() and not clean_mark.exists() and any(state_dir.iterdir())
+    if crashed and not prefix_mark.exists():
         log.warning("worker %s: its stores were written by an earlier version that did not shut "
                     "down cleanly; rebuilding its state from the Kafka changelogs",
                     options.instance)
         shutil.rmtree(state_dir)
-    elif state_dir.exists() and not clean_mark.exists() and any(state_dir.iterdir()):
+    elif crashed:
         log.warning("worker %s did not shut down cleanly: keeping its stores, which hold only "
                     "what the changelogs have; Faust replays the changelogs past them",
                     options.instance)
