@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import faust
+from aiokafka import TopicPartition as AIOKafkaTP
 from aiokafka.errors import KafkaError
 from faust.exceptions import ConsistencyError, ProducerSendError
 from faust.transport.producer import ProducerBuffer
@@ -140,6 +142,28 @@ class FaustHost:
 
     async def seek(self, tp: TP, offset: int) -> None:
         await self.app.consumer.seek_wait({tp: offset})
+
+    def fetch_state(self, tp: TP) -> str:
+        try:
+            return _fetch_state(self.app.consumer, tp)
+        except Exception as exc:  # a diagnostic: it never fails the check that logs it
+            return f"unknown ({exc!r})"
+
+
+def _fetch_state(consumer: Any, tp: TP) -> str:
+    """Faust's and aiokafka's view of `tp`: paused or not, read offset, position, last fetch."""
+    faust_view = ("paused" if tp in consumer._paused_partitions else
+                  "active" if tp in consumer._active_partitions else "not active")
+    assignment = consumer._thread._ensure_consumer()._fetcher._subscriptions.subscription.assignment
+    state = assignment.state_value(AIOKafkaTP(tp.topic, tp.partition))
+    if state is None:
+        return f"Faust {faust_view}, not in aiokafka's assignment"
+    position = state.position if state.has_valid_position else "awaiting reset"
+    fetched = ("never" if state.timestamp is None
+               else f"{time.time() - state.timestamp / 1000:.0f} s ago")
+    return (f"Faust {faust_view}, read offset {consumer._read_offset.get(tp)}; aiokafka "
+            f"{'paused' if state.paused else 'fetching'}, position {position}, highwater "
+            f"{state.highwater}, last fetch {fetched}")
 
 
 async def _looked_up(lookup: Awaitable[Mapping[TP, int]], which: str) -> Mapping[TP, int]:

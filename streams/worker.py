@@ -109,6 +109,7 @@ class WorkerOptions:
     commit_interval_s: float = 1.0  # Faust's offset commit interval
     rewind_check_s: float = 5.0  # how often idle partitions are looked at
     rewind_idle_s: float = 30.0  # idle this long, a partition is checked for skipped records
+    rewinds_before_restart: int = 3  # rewinds in a row that delivered nothing, then a restart
     lease_check_s: float = 0.25  # how often a lapsed group lease is looked for
 
     @property
@@ -231,6 +232,10 @@ class Host(Protocol):
 
     async def seek(self, tp: TP, offset: int) -> None:
         """Make the consumer deliver `tp` again from `offset`."""
+        ...
+
+    def fetch_state(self, tp: TP) -> str:
+        """How the consumer holds `tp` (paused, fetching, its position), for the log."""
         ...
 
 
@@ -413,6 +418,8 @@ class Worker:
         # (topic, partition) -> (applied offset, when records after it were first seen in Kafka)
         self.pending: dict[tuple[str, int], tuple[int | None, float]] = {}
         self.pending_generation: int | None = None
+        # (topic, partition) -> (applied offset when last rewound, rewinds in a row since)
+        self.rewound: dict[tuple[str, int], tuple[int | None, int]] = {}
         self.sinks: list[InfluxSink] = []
 
     # -- agents ------------------------------------------------------------------------------
@@ -551,12 +558,18 @@ class Worker:
         Faust still held it in its stream buffer. The seek resets Faust's read offset, so the
         buffered copy and the fetched one would both reach the agent (counted twice). Nothing
         is sought once the group has rebalanced or the app is stopping (its tables then read
-        as empty: a seek to the partition's first record)."""
+        as empty: a seek to the partition's first record).
+
+        A seek cannot help a partition the consumer does not fetch at all (faust-streaming
+        leaves one unfetched after some rebalances, its issue 629): after
+        `rewinds_before_restart` rewinds in a row with nothing applied since, the worker
+        restarts in place rather than stall the partition until the next rebalance."""
         if not self.host.settled():
             return
         generation = self.host.generation()
         if generation != self.pending_generation:
             self.pending.clear()
+            self.rewound.clear()
             self.pending_generation = generation
         tps = [tp for tp in self.host.assignment() if tp.topic in self.kind_of_topic]
         if not tps:
@@ -572,6 +585,8 @@ class Worker:
         owned = {(tp.topic, tp.partition) for tp in tps}
         for key in [key for key in self.pending if key not in owned]:
             del self.pending[key]
+        for key in [key for key in self.rewound if key not in owned]:
+            del self.rewound[key]
         for tp in tps:
             if not self.host.settled() or self.host.generation() != generation:
                 return
@@ -582,6 +597,7 @@ class Worker:
             target = rewind_to(applied, firsts.get(tp) or 0, ends.get(tp) or 0)
             if target is None:
                 self.pending.pop(key, None)
+                self.rewound.pop(key, None)
                 continue
             was_applied, since = self.pending.get(key, (None, None))
             if since is None or was_applied != applied:
@@ -590,9 +606,18 @@ class Worker:
             if (now - since < self.options.rewind_idle_s
                     or now - self.seen.setdefault(key, since) < self.options.rewind_idle_s):
                 continue
+            was_rewound_at, in_a_row = self.rewound.get(key, (None, 0))
+            in_a_row = in_a_row + 1 if in_a_row and was_rewound_at == applied else 1
+            if in_a_row > self.options.rewinds_before_restart:
+                self.restart(f"worker {self.options.instance}: {tp.topic}[{tp.partition}]: "
+                             f"{in_a_row - 1} rewinds to {target} delivered nothing (consumer: "
+                             f"{self.host.fetch_state(tp)}); the consumer is not fetching the "
+                             "partition: restarting in place")
             log.warning("%s[%d]: records %d-%d were never delivered to the agent (last applied: "
-                        "%s) and nothing came after them; rewinding the consumer to %d",
-                        tp.topic, tp.partition, target, ends[tp] - 1, applied, target)
+                        "%s) and nothing came after them; rewinding the consumer to %d (rewind "
+                        "%d in a row; consumer: %s)", tp.topic, tp.partition, target,
+                        ends[tp] - 1, applied, target, in_a_row, self.host.fetch_state(tp))
+            self.rewound[key] = (applied, in_a_row)
             self.seen[key] = now
             self.pending.pop(key, None)
             self.counters.rewinds += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,10 @@ def test_records_the_group_committed_but_never_applied_are_caught_up(lane: Lane,
     #    partitions' consumers are rewound.
     worker, logged = away(worker, 8, 14)
     lane.wait_equal(want(), timeout=300)
-    assert "rewinding the consumer" in worker.log.read_text()[logged:]
+    log = worker.log.read_text()[logged:]
+    assert "rewinding the consumer" in log
+    held = r"consumer: Faust (active|paused|not active), read offset .*; aiokafka "
+    assert re.search(held, log), "the rewind's log says how Faust and aiokafka hold the partition"
 
     # 3. The same, then new records arrive: caught up at the next record of each partition.
     worker, logged = away(worker, 9, 8)

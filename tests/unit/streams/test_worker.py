@@ -93,6 +93,9 @@ class FakeHost:
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
 
+    def fetch_state(self, tp: TP) -> str:
+        return "fake"
+
 
 class Clock:
     def __init__(self) -> None:
@@ -304,6 +307,45 @@ def test_an_idle_partition_with_records_after_the_applied_one_is_rewound() -> No
     clock.now += 30
     asyncio.run(worker.rewind_skipped_tails())
     assert len(host.seeks) == 1, "nothing after the applied offset"
+
+
+def test_a_partition_rewinds_do_not_bring_back_restarts_the_worker_in_place() -> None:
+    """soak at 1,000 msg/s with kept stores: after a restart in place Faust fetched nothing of
+    three partitions until the next rebalance ten minutes later, and a rewind every 30 s did
+    not change that (a seek cannot move a partition the consumer does not fetch)."""
+    worker, host, clock = build(restart=restart)
+    tp = TP(WATER, 0)
+    host.owned, host.ends = {tp}, {tp: 5}
+    mark_applied(worker.tables["water"].state, 0, 2)
+
+    def rounds_until_a_rewind() -> None:
+        seeks = len(host.seeks)
+        while len(host.seeks) == seeks:
+            clock.now += 5
+            asyncio.run(worker.rewind_skipped_tails())
+
+    for _ in range(3):
+        rounds_until_a_rewind()
+    assert host.seeks == [(tp, 3)] * 3
+    with pytest.raises(Restarted, match=r"3 rewinds to 3 delivered nothing"):
+        rounds_until_a_rewind()
+
+
+def test_rewinds_that_bring_records_back_never_add_up_to_a_restart() -> None:
+    worker, host, clock = build(restart=restart)
+    tp = TP(WATER, 0)
+    host.owned, host.ends = {tp}, {tp: 5}
+    state = worker.tables["water"].state
+    mark_applied(state, 0, 2)
+    for applied in range(3, 9):
+        clock.now += 35
+        asyncio.run(worker.rewind_skipped_tails())
+        clock.now += 35
+        asyncio.run(worker.rewind_skipped_tails())
+        assert host.seeks[-1] == (tp, applied)
+        mark_applied(state, 0, applied)  # the rewind delivered one record
+        host.ends = {tp: applied + 3}
+    assert worker.counters.rewinds == 6
 
 
 def test_a_long_quiet_partition_is_not_rewound_when_its_next_record_lands() -> None:
