@@ -140,8 +140,9 @@ def recover_state_dir(options: WorkerOptions) -> None:
     clean_mark, prefix_mark = state_dir / CLEAN_MARK, state_dir / PREFIX_MARK
     crashed = state_dir.exists() and not clean_mark.exists() and any(state_dir.iterdir())
     if crashed and not prefix_mark.exists():
-        log.warning("worker %s: its stores were written by an earlier version that did not shut "
-                    "down cleanly; rebuilding its state from the Kafka changelogs",
+        log.warning("worker %s did not shut down cleanly and its stores may hold what their "
+                    "changelogs lack (written by an earlier version, or found ahead of a "
+                    "recreated changelog): rebuilding its state from the Kafka changelogs",
                     options.instance)
         shutil.rmtree(state_dir)
     elif crashed:
