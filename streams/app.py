@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import faust
 from aiokafka import TopicPartition as AIOKafkaTP
 from aiokafka.errors import KafkaError
+from faust.assignor.client_assignment import ClientAssignment
 from faust.exceptions import ConsistencyError, ProducerSendError
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
@@ -292,6 +293,43 @@ def forget_stores_ahead_of_changelog(app: Any, reason: BaseException | None) -> 
         (Path(conf.datadir) / PREFIX_MARK).unlink(missing_ok=True)
 
 
+ASSIGNMENT_FILE = "last-assignment.json"
+"""In a worker's state directory: the partitions it owned last (Faust's `ClientAssignment`)."""
+
+
+def remember_assignment(app: Any) -> None:
+    """Called after each rebalance's assignment: keeps the partitions this worker now owns in
+    its state directory, for `claim_last_assignment` at its next start."""
+    path = Path(app.conf.datadir) / ASSIGNMENT_FILE
+    spare = path.with_suffix(".tmp")
+    spare.write_bytes(app.assignor._assignment.dumps())
+    spare.replace(path)
+
+
+def claim_last_assignment(app: Any, partitions: int) -> None:
+    """Called once at start, before the worker joins its group. Faust's assignor is sticky: it
+    keeps each member's partitions as the member reports them when it joins. A restarted
+    worker reports none and is handed partitions afresh, so it replays whole changelog
+    partitions another worker wrote meanwhile while the store of one it owned lies idle
+    (docs/operations.md, "Soak"). Reporting the partitions it owned last gets them back when
+    no one else holds them; a claim another member also makes is settled by the assignor as
+    any conflict (one owner per partition), so a stale claim costs nothing."""
+    path = Path(app.conf.datadir) / ASSIGNMENT_FILE
+    try:
+        last = ClientAssignment.loads(path.read_bytes())
+    except FileNotFoundError:
+        return
+    except Exception as exc:  # a torn or foreign file: join as a new member
+        log.warning("ignoring %s (%r): the worker joins without claiming its partitions", path,
+                    exc)
+        return
+    app.assignor._assignment = ClientAssignment(
+        actives={topic: [p for p in owned if p < partitions]
+                 for topic, owned in last.actives.items()},
+        standbys={topic: [p for p in owned if p < partitions]
+                  for topic, owned in last.standbys.items()})
+
+
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,
                make_worker: WorkerFactory = Worker) -> faust.App:
     """Build the Faust app of a `Worker` (made by `make_worker`, to inject its collaborators):
@@ -300,6 +338,7 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     lease.install()
     host = FaustHost(settings, options)
     app = host.app
+    claim_last_assignment(app, settings.kafka.partitions)
     worker = make_worker(settings, city, options, host)
     app.sensors.add(SendFailures(app, worker.on_send_failed, lease.exit_crashed))
     for kind, tables in worker.tables.items():
@@ -320,8 +359,8 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
         worker.on_partitions_revoked(args[0] if args else set())
 
     @app.on_partitions_assigned.connect
-    async def release_memory_after_rebalance(sender: Any, /, *args: Any, signal: Any,
-                                             **kwargs: Any) -> None:
+    async def after_assignment(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        remember_assignment(app)
         worker.on_partitions_assigned()
 
     @app.on_rebalance_complete.connect

@@ -11,20 +11,24 @@ from typing import Any, NoReturn
 import faust
 import pytest
 from aiokafka.errors import KafkaTimeoutError
+from faust.assignor.client_assignment import ClientAssignment
 from faust.exceptions import ConsistencyError, ProducerSendError
 from faust.transport.producer import ProducerBuffer
 
 from models.city import load_city
 from models.settings import Settings
 from streams.app import (
+    ASSIGNMENT_FILE,
     CrashExitingWorker,
     DrainingBuffer,
     FaustHost,
     SendFailures,
+    claim_last_assignment,
     create_app,
     exit_if_crashed,
     forget_stores_ahead_of_changelog,
     handled,
+    remember_assignment,
 )
 from streams.worker import WorkerOptions, recover_state_dir
 
@@ -207,3 +211,29 @@ def test_a_store_ahead_of_its_changelog_is_rebuilt_after_the_crash(tmp_path: Pat
     forget_stores_ahead_of_changelog(app, ConsistencyError("persisted offset > highwater"))
     recover_state_dir(options)
     assert not (options.state_dir / "db").exists()
+
+
+def test_a_restarted_worker_claims_the_partitions_it_owned_last(tmp_path: Path) -> None:
+    options = WorkerOptions(data_dir=tmp_path, store="memory://")
+    before = FaustHost(Settings(), options).app
+    before.assignor._assignment = ClientAssignment(
+        actives={"telemetry.water": [1, 3, 9], "telemetry.energy": [1, 3]},
+        standbys={"telemetry.water": [0]})
+    remember_assignment(before)
+    after = FaustHost(Settings(), options).app
+    assert after.assignor._assignment.actives == {}
+    claim_last_assignment(after, partitions=8)
+    claimed = after.assignor._assignment
+    assert claimed.actives == {"telemetry.water": [1, 3], "telemetry.energy": [1, 3]}, (
+        "a partition the topics no longer have is not claimed")
+    assert claimed.standbys == {"telemetry.water": [0]}
+
+
+def test_a_worker_without_a_usable_last_assignment_joins_as_a_new_member(tmp_path: Path) -> None:
+    options = WorkerOptions(data_dir=tmp_path, store="memory://")
+    app = FaustHost(Settings(), options).app
+    claim_last_assignment(app, partitions=8)  # no file
+    assert app.assignor._assignment.actives == {}
+    (options.state_dir / ASSIGNMENT_FILE).write_bytes(b'{"actives": ')  # torn write
+    claim_last_assignment(app, partitions=8)
+    assert app.assignor._assignment.actives == {}
