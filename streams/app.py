@@ -114,7 +114,7 @@ class FaustHost:
 
     def settled(self) -> bool:
         return (not self.app.rebalancing and not self.app.in_recovery
-                and self.app.flow_control.is_active())
+                and self.app.flow_control.is_active() and not self.app.should_stop)
 
     def lease_lapsed_s(self) -> float | None:
         return lease.lapsed(self.app.conf.id)
@@ -299,11 +299,16 @@ ASSIGNMENT_FILE = "last-assignment.json"
 
 def remember_assignment(app: Any) -> None:
     """Called after each rebalance's assignment: keeps the partitions this worker now owns in
-    its state directory, for `claim_last_assignment` at its next start."""
+    its state directory, for `claim_last_assignment` at its next start. Best effort: a file it
+    cannot write only costs the next start its claim."""
     path = Path(app.conf.datadir) / ASSIGNMENT_FILE
     spare = path.with_suffix(".tmp")
-    spare.write_bytes(app.assignor._assignment.dumps())
-    spare.replace(path)
+    try:
+        spare.write_bytes(app.assignor._assignment.dumps())
+        spare.replace(path)
+    except OSError as exc:
+        log.warning("cannot keep this worker's partitions in %s (%r): its next start will not "
+                    "claim them", path, exc)
 
 
 def claim_last_assignment(app: Any, partitions: int) -> None:
@@ -315,19 +320,21 @@ def claim_last_assignment(app: Any, partitions: int) -> None:
     no one else holds them; a claim another member also makes is settled by the assignor as
     any conflict (one owner per partition), so a stale claim costs nothing."""
     path = Path(app.conf.datadir) / ASSIGNMENT_FILE
+
+    def kept(owned: Mapping[str, list[int]]) -> dict[str, list[int]]:
+        return {str(topic): [p for p in numbers if type(p) is int and 0 <= p < partitions]
+                for topic, numbers in owned.items()}
+
     try:
         last = ClientAssignment.loads(path.read_bytes())
+        claim = ClientAssignment(actives=kept(last.actives), standbys=kept(last.standbys))
     except FileNotFoundError:
         return
     except Exception as exc:  # a torn or foreign file: join as a new member
         log.warning("ignoring %s (%r): the worker joins without claiming its partitions", path,
                     exc)
         return
-    app.assignor._assignment = ClientAssignment(
-        actives={topic: [p for p in owned if p < partitions]
-                 for topic, owned in last.actives.items()},
-        standbys={topic: [p for p in owned if p < partitions]
-                  for topic, owned in last.standbys.items()})
+    app.assignor._assignment = claim
 
 
 def create_app(settings: Settings, city: City, options: WorkerOptions, *,
@@ -360,8 +367,8 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
 
     @app.on_partitions_assigned.connect
     async def after_assignment(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        remember_assignment(app)
         worker.on_partitions_assigned()
+        remember_assignment(app)
 
     @app.on_rebalance_complete.connect
     async def release_memory_after_recovery(sender: Any, /, *args: Any, signal: Any,

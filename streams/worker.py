@@ -199,8 +199,8 @@ class Host(Protocol):
         ...
 
     def settled(self) -> bool:
-        """No rebalance or table recovery under way and the consumer is not paused: the
-        assignment is what it says."""
+        """No rebalance or table recovery under way, the consumer not paused and the app not
+        stopping: the assignment is what it says."""
         ...
 
     def generation(self) -> int:
@@ -419,8 +419,9 @@ class Worker:
         # (topic, partition) -> (applied offset, when records after it were first seen in Kafka)
         self.pending: dict[tuple[str, int], tuple[int | None, float]] = {}
         self.pending_generation: int | None = None
-        # (topic, partition) -> (applied offset when last rewound, rewinds in a row since)
-        self.rewound: dict[tuple[str, int], tuple[int | None, int]] = {}
+        # (topic, partition) -> (applied offset when last rewound, rewinds in a row since,
+        # readings received when the first of them was made)
+        self.rewound: dict[tuple[str, int], tuple[int | None, int, int]] = {}
         self.sinks: list[InfluxSink] = []
 
     # -- agents ------------------------------------------------------------------------------
@@ -564,7 +565,9 @@ class Worker:
         A seek cannot help a partition the consumer does not fetch at all (faust-streaming
         leaves one unfetched after some rebalances, its issue 629): after
         `rewinds_before_restart` rewinds in a row with nothing applied since, the worker
-        restarts in place rather than stall the partition until the next rebalance."""
+        restarts in place rather than stall the partition until the next rebalance; only while
+        other partitions delivered readings meanwhile (a worker that gets nothing at all is
+        slow or blocked, which a restart does not cure)."""
         if not self.host.settled():
             return
         generation = self.host.generation()
@@ -607,9 +610,12 @@ class Worker:
             if (now - since < self.options.rewind_idle_s
                     or now - self.seen.setdefault(key, since) < self.options.rewind_idle_s):
                 continue
-            was_rewound_at, in_a_row = self.rewound.get(key, (None, 0))
-            in_a_row = in_a_row + 1 if in_a_row and was_rewound_at == applied else 1
-            if in_a_row > self.options.rewinds_before_restart:
+            was_rewound_at, in_a_row, received = self.rewound.get(key, (None, 0, 0))
+            if not in_a_row or was_rewound_at != applied:
+                in_a_row, received = 0, self.counters.received
+            in_a_row += 1
+            if (in_a_row > self.options.rewinds_before_restart
+                    and self.counters.received > received):
                 self.restart(f"worker {self.options.instance}: {tp.topic}[{tp.partition}]: "
                              f"{in_a_row - 1} rewinds to {target} delivered nothing (consumer: "
                              f"{self.host.fetch_state(tp)}); the consumer is not fetching the "
@@ -618,7 +624,7 @@ class Worker:
                         "%s) and nothing came after them; rewinding the consumer to %d (rewind "
                         "%d in a row; consumer: %s)", tp.topic, tp.partition, target,
                         ends[tp] - 1, applied, target, in_a_row, self.host.fetch_state(tp))
-            self.rewound[key] = (applied, in_a_row)
+            self.rewound[key] = (applied, in_a_row, received)
             self.seen[key] = now
             self.pending.pop(key, None)
             self.counters.rewinds += 1

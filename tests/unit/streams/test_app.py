@@ -237,3 +237,38 @@ def test_a_worker_without_a_usable_last_assignment_joins_as_a_new_member(tmp_pat
     (options.state_dir / ASSIGNMENT_FILE).write_bytes(b'{"actives": ')  # torn write
     claim_last_assignment(app, partitions=8)
     assert app.assignor._assignment.actives == {}
+
+
+def test_the_app_keeps_each_assignment_for_the_next_start(tmp_path: Path) -> None:
+    options = WorkerOptions(data_dir=tmp_path, store="memory://")
+    assigned: list[bool] = []
+    fake = SimpleNamespace(tables={}, on_send_failed=None,
+                           on_partitions_assigned=lambda: assigned.append(True))
+    app = create_app(Settings(), load_city(), options,
+                     make_worker=lambda *_: fake)  # type: ignore[arg-type]
+    app.assignor._assignment = ClientAssignment(actives={"telemetry.water": [2]}, standbys={})
+    asyncio.run(app.on_partitions_assigned.send(set()))
+    assert assigned == [True]
+    again = create_app(Settings(), load_city(), options,
+                       make_worker=lambda *_: fake)  # type: ignore[arg-type]
+    assert again.assignor._assignment.actives == {"telemetry.water": [2]}
+
+
+def test_a_last_assignment_of_the_wrong_shape_is_not_claimed(tmp_path: Path) -> None:
+    options = WorkerOptions(data_dir=tmp_path, store="memory://")
+    app = FaustHost(Settings(), options).app
+    (options.state_dir / ASSIGNMENT_FILE).write_bytes(b'{"actives": null, "standbys": {}}')
+    claim_last_assignment(app, partitions=8)
+    assert app.assignor._assignment.actives == {}
+    (options.state_dir / ASSIGNMENT_FILE).write_bytes(
+        b'{"actives": {"telemetry.water": ["1", 2, -1]}, "standbys": {}}')
+    claim_last_assignment(app, partitions=8)
+    assert app.assignor._assignment.actives == {"telemetry.water": [2]}
+
+
+def test_a_state_directory_that_cannot_be_written_costs_only_the_claim(tmp_path: Path) -> None:
+    options = WorkerOptions(data_dir=tmp_path, store="memory://")
+    app = FaustHost(Settings(), options).app
+    (options.state_dir / "last-assignment.tmp").mkdir()  # the write fails with an OSError
+    remember_assignment(app)
+    assert not (options.state_dir / ASSIGNMENT_FILE).exists()

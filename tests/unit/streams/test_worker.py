@@ -309,6 +309,20 @@ def test_an_idle_partition_with_records_after_the_applied_one_is_rewound() -> No
     assert len(host.seeks) == 1, "nothing after the applied offset"
 
 
+def rounds_until_a_rewind(worker: Worker, host: FakeHost, clock: Clock,
+                          others_delivered: int = 0) -> None:
+    """Run the rewind check every 5 s until it seeks once more, while the worker's other
+    partitions deliver `others_delivered` readings per round."""
+    seeks = len(host.seeks)
+    for _ in range(20):
+        clock.now += 5
+        worker.counters.received += others_delivered
+        asyncio.run(worker.rewind_skipped_tails())
+        if len(host.seeks) > seeks:
+            return
+    raise AssertionError("no rewind in 100 s")
+
+
 def test_a_partition_rewinds_do_not_bring_back_restarts_the_worker_in_place() -> None:
     """soak at 1,000 msg/s with kept stores: after a restart in place Faust fetched nothing of
     three partitions until the next rebalance ten minutes later, and a rewind every 30 s did
@@ -317,18 +331,23 @@ def test_a_partition_rewinds_do_not_bring_back_restarts_the_worker_in_place() ->
     tp = TP(WATER, 0)
     host.owned, host.ends = {tp}, {tp: 5}
     mark_applied(worker.tables["water"].state, 0, 2)
-
-    def rounds_until_a_rewind() -> None:
-        seeks = len(host.seeks)
-        while len(host.seeks) == seeks:
-            clock.now += 5
-            asyncio.run(worker.rewind_skipped_tails())
-
     for _ in range(3):
-        rounds_until_a_rewind()
+        rounds_until_a_rewind(worker, host, clock, others_delivered=100)
     assert host.seeks == [(tp, 3)] * 3
     with pytest.raises(Restarted, match=r"3 rewinds to 3 delivered nothing"):
-        rounds_until_a_rewind()
+        rounds_until_a_rewind(worker, host, clock, others_delivered=100)
+
+
+def test_a_worker_that_gets_nothing_at_all_rewinds_but_does_not_restart() -> None:
+    """Nothing delivered from any partition is a slow or blocked worker, not one partition
+    left unfetched: a restart would not help."""
+    worker, host, clock = build(restart=restart)
+    tp = TP(WATER, 0)
+    host.owned, host.ends = {tp}, {tp: 5}
+    mark_applied(worker.tables["water"].state, 0, 2)
+    for _ in range(6):
+        rounds_until_a_rewind(worker, host, clock)
+    assert host.seeks == [(tp, 3)] * 6
 
 
 def test_rewinds_that_bring_records_back_never_add_up_to_a_restart() -> None:
