@@ -587,10 +587,9 @@ class Worker:
             return
         now = self.clock()
         owned = {(tp.topic, tp.partition) for tp in tps}
-        for key in [key for key in self.pending if key not in owned]:
-            del self.pending[key]
-        for key in [key for key in self.rewound if key not in owned]:
-            del self.rewound[key]
+        for by_partition in (self.pending, self.rewound):
+            for key in [key for key in by_partition if key not in owned]:
+                del by_partition[key]
         for tp in tps:
             if not self.host.settled() or self.host.generation() != generation:
                 return
