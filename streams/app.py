@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,11 +25,19 @@ from models.settings import Settings
 from streams import lease
 from streams.offsets import OffsetLookupError
 from streams.store import ChangelogPrefixTable
-from streams.worker import PREFIX_MARK, REJECTED_TABLE, Host, Output, Worker, WorkerOptions
+from streams.worker import (
+    PREFIX_MARK,
+    REJECTED_TABLE,
+    Host,
+    Output,
+    TableMemory,
+    Worker,
+    WorkerOptions,
+)
 
 __all__ = ["CrashExitingWorker", "DrainingBuffer", "FaustHost", "SendFailures", "WorkerFactory",
            "create_app", "exit_if_crashed", "forget_stores_ahead_of_changelog", "handled",
-           "rocksdb_options", "worker_group", "worker_topics"]
+           "rocksdb_options", "table_memory", "worker_group", "worker_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +94,7 @@ class FaustHost:
             datadir=str(data_dir),
             topic_partitions=settings.kafka.partitions,
             topic_replication_factor=settings.kafka.replication_factor,
-            table_standby_replicas=0,
+            table_standby_replicas=options.standby_replicas,
             producer_acks=-1,
             broker_commit_interval=options.commit_interval_s,
             broker_session_timeout=options.session_timeout_s,
@@ -149,6 +157,24 @@ class FaustHost:
             return _fetch_state(self.app.consumer, tp)
         except Exception as exc:  # a diagnostic: it never fails the check that logs it
             return f"unknown ({exc!r})"
+
+    def table_memory(self) -> TableMemory:
+        return table_memory(self.app.tables.values())
+
+
+ROCKSDB_MEMORY = ("rocksdb.cur-size-all-mem-tables", "rocksdb.block-cache-usage",
+                  "rocksdb.estimate-table-readers-mem")
+
+
+def table_memory(tables: Iterable[Any]) -> TableMemory:
+    """RocksDB's memory properties summed over the open partitions of Faust `tables`."""
+    partitions, used = 0, [0, 0, 0]
+    for table in tables:
+        for db in list(getattr(table.data, "_dbs", {}).values()):
+            partitions += 1
+            for i, name in enumerate(ROCKSDB_MEMORY):
+                used[i] += db.property_int_value(name) or 0
+    return TableMemory(partitions, *used)
 
 
 def _fetch_state(consumer: Any, tp: TP) -> str:

@@ -30,6 +30,8 @@ def worker_options(command: Callable[..., None]) -> Callable[..., None]:
             kind = click.Path(path_type=Path)
         elif isinstance(default, float):
             kind = float if flag.min is None else click.FloatRange(flag.min)
+        elif isinstance(default, int) and not isinstance(default, bool):
+            kind = int if flag.min is None else click.IntRange(int(flag.min))
         elif isinstance(default, str):
             kind = str
         command = click.option(flag.name, spec.name, default=default, type=kind,

@@ -27,6 +27,7 @@ import ctypes
 import functools
 import gc
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -104,6 +105,10 @@ class WorkerOptions:
         "--table-memory-mb", "RocksDB memory per table partition (memtables and block cache). "
                              "A worker opens 8 x the partitions it owns (8 tables); all 8 "
                              "partitions: 64 x this.", min=0.25))
+    standby_replicas: int = field(default=0, metadata=_flag(
+        "--standby-replicas", "Other workers that keep a copy of each table partition up to "
+                              "date from its changelog, so a worker taking a partition over "
+                              "replays only its tail (costs their CPU and memory).", min=0))
     timer_interval_s: float = 2.0  # how often the quiet windows are looked for
     counters_interval_s: float = 5.0  # how often `pipeline` counters are published and logged
     commit_interval_s: float = 1.0  # Faust's offset commit interval
@@ -238,6 +243,36 @@ class Host(Protocol):
     def fetch_state(self, tp: TP) -> str:
         """How the consumer holds `tp` (paused, fetching, its position), for the log."""
         ...
+
+    def table_memory(self) -> TableMemory:
+        """What the open table partitions hold in memory, by their stores' own accounting;
+        called with the counters."""
+        ...
+
+
+@dataclass(frozen=True)
+class TableMemory:
+    """Bytes the table stores hold in memory (RocksDB's properties; 0 for memory:// stores):
+    memtables and block cache are bounded by `--table-memory-mb` per partition, the readers'
+    index and filter blocks grow with the data on disk."""
+
+    partitions: int = 0
+    memtables: int = 0
+    block_cache: int = 0
+    readers: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.memtables + self.block_cache + self.readers
+
+
+def process_rss() -> int:
+    """This process's resident memory in bytes (0 where /proc is not there)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 class Engine(Protocol):
@@ -647,6 +682,12 @@ class Worker:
                  "caught up, %d rewinds", self.options.instance, counters.received,
                  counters.accepted, counters.duplicates, counters.late, counters.rejected,
                  counters.emitted, record.written, counters.caught_up, counters.rewinds)
+        memory, mb = self.host.table_memory(), 2**20
+        log.info("worker %s memory: RSS %.0f MB, of which table stores %.0f MB in %d partitions "
+                 "(memtables %.0f, block cache %.0f: at most %.0f; index and filter blocks %.0f)",
+                 self.options.instance, process_rss() / mb, memory.total / mb, memory.partitions,
+                 memory.memtables / mb, memory.block_cache / mb,
+                 memory.partitions * self.options.table_memory_mb, memory.readers / mb)
 
     def restart_if_cut_off(self, why: str) -> None:
         """Called before anything that sends: a worker whose group lease lapsed may no longer

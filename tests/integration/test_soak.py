@@ -27,11 +27,13 @@ import itertools
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -104,12 +106,17 @@ def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              duration_s=time.monotonic() - t, timeout=300)
 
     def rebalance() -> None:
-        t = probe.mark("rebalance 2 -> 1 -> 2 (worker 1 stopped for 30 s)")
+        """Timed from when worker 1 has left the group (a canary published while it stops
+        may pass worker 0 before the rebalance begins), and again from its return."""
+        probe.mark("rebalance 2 -> 1 -> 2 (worker 1 stopped for 30 s)")
         workers[1].stop()
+        gone = probe.mark("worker 1 gone: rebalance 2 -> 1")
         time.sleep(30)
         workers[1].start()
-        end = probe.mark("worker 1 back")
-        probe.wait_recovered(t, "rebalance 2 -> 1 -> 2", duration_s=end - t, timeout=300)
+        back = probe.mark("worker 1 back: rebalance 1 -> 2")
+        probe.wait_recovered(gone, "rebalance 2 -> 1 (worker 1 away 30 s)",
+                             duration_s=back - gone, timeout=300)
+        probe.wait_recovered(back, "rebalance 1 -> 2", timeout=300)
 
     faults = [restart_mosquitto, kill(ingest, "ingest 0"), outage("kafka", 20),
               kill(workers[1], "worker 1"), outage("influxdb", 60), rebalance]
@@ -152,6 +159,10 @@ def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    f"{span / 60:.0f} min (limit {limit:.0f})")
         if grown > limit:
             problems.append(f"RSS of {name} grows: {verdicts[f'rss {name}']}")
+    for what, per_worker in memory_split(probe, workers).items():
+        grown = sum(growth([(t, v) for t, v in each if t >= WARM_UP_S]) * span
+                    for each in per_worker)
+        verdicts[f"rss workers, {what}"] = f"trend {grown:+.0f} MB over {span / 60:.0f} min"
     floors = lag_floors(probe, samples)
     for stage, values in floors.items():
         if len(values) < 2:
@@ -235,6 +246,30 @@ def rate_line(ran: SimRun, size: float, speed: float, per_sim_s: float) -> str:
             f"{ran.messages:,} messages, {ran.readings:,} readings in {ran.elapsed_s:.0f} s; "
             f"sim {' '.join(pacing(size, speed))} (~{per_sim_s:.1f} messages per simulated "
             f"s), simulated clock {ran.sim_speed:.1f} s per wall s")
+
+
+MEMORY_LINE = re.compile(r"^(\S+ \S+) INFO streams\.worker: worker \S+ memory: RSS (\d+) MB, "
+                         r"of which table stores (\d+) MB")
+
+
+def memory_split(probe: Probe, workers: Sequence[IngestProcess]
+                 ) -> dict[str, list[list[tuple[float, float]]]]:
+    """Per worker, from its log's memory lines (probe seconds, MB): its table stores (RocksDB's
+    own accounting, bounded by --table-memory-mb per partition) and the rest of its RSS."""
+    wall0 = time.time() - probe.now()
+    out: dict[str, list[list[tuple[float, float]]]] = {"table stores": [], "outside them": []}
+    for worker in workers:
+        stores: list[tuple[float, float]] = []
+        rest: list[tuple[float, float]] = []
+        for line in worker.log.read_text(errors="replace").splitlines():
+            if (m := MEMORY_LINE.match(line)) is None:
+                continue
+            t = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0
+            stores.append((t, float(m[3])))
+            rest.append((t, float(m[2]) - float(m[3])))
+        out["table stores"].append(stores)
+        out["outside them"].append(rest)
+    return out
 
 
 def lag_floors(probe: Probe, samples: list[Sample]) -> dict[str, list[tuple[float, float]]]:

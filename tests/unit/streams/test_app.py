@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import faust
 import pytest
+import rocksdict
 from aiokafka.errors import KafkaTimeoutError
 from faust.assignor.client_assignment import ClientAssignment
 from faust.exceptions import ConsistencyError, ProducerSendError
@@ -29,6 +30,7 @@ from streams.app import (
     forget_stores_ahead_of_changelog,
     handled,
     remember_assignment,
+    table_memory,
 )
 from streams.worker import WorkerOptions, recover_state_dir
 
@@ -272,3 +274,20 @@ def test_a_state_directory_that_cannot_be_written_costs_only_the_claim(tmp_path:
     (options.state_dir / "last-assignment.tmp").mkdir()  # the write fails with an OSError
     remember_assignment(app)
     assert not (options.state_dir / ASSIGNMENT_FILE).exists()
+
+
+def test_table_memory_sums_rocksdb_s_accounting_over_the_open_partitions(tmp_path: Path) -> None:
+    dbs = {p: rocksdict.Rdict(str(tmp_path / str(p))) for p in (0, 3)}
+    try:
+        for i in range(5_000):
+            dbs[0][f"entity-{i}".encode()] = b"x" * 200
+        stores = [SimpleNamespace(data=SimpleNamespace(_dbs=dbs)),
+                  SimpleNamespace(data={})]  # a memory:// table holds no RocksDB
+        memory = table_memory(stores)
+        assert memory.partitions == 2
+        assert 5_000 * 200 <= memory.memtables == sum(
+            db.property_int_value("rocksdb.cur-size-all-mem-tables") for db in dbs.values())
+        assert memory.total == memory.memtables + memory.block_cache + memory.readers
+    finally:
+        for db in dbs.values():
+            db.close()

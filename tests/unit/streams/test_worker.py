@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from streams import cli
 from streams.app import _looked_up, create_app, rocksdb_options
 from streams.offsets import MemoryRangeReader, OffsetLookupError, applied_offset, mark_applied
 from streams.worker import (
+    TableMemory,
     Worker,
     WorkerOptions,
     mark_clean_shutdown,
@@ -95,6 +98,9 @@ class FakeHost:
 
     def fetch_state(self, tp: TP) -> str:
         return "fake"
+
+    def table_memory(self) -> TableMemory:
+        return TableMemory(partitions=2, memtables=3 * 2**20, block_cache=2**20)
 
 
 class Clock:
@@ -628,3 +634,14 @@ def test_windows_sent_again_for_a_redelivered_record_are_sent_again_if_that_send
     before = len(kpi_sent(host))
     asyncio.run(worker.handle("water", WATER, 0, 32, water(ts_ms=TS + 32 * 300_000)))
     assert len(kpi_sent(host)) == before, "sent once, not for every redelivered record"
+
+
+def test_the_counters_log_the_worker_s_memory_with_its_table_stores_share(
+        caplog: pytest.LogCaptureFixture) -> None:
+    worker, _, _ = build()
+    with caplog.at_level(logging.INFO, logger="streams.worker"):
+        asyncio.run(worker.publish_counters())
+    line = next(r.getMessage() for r in caplog.records if "memory" in r.getMessage())
+    assert re.fullmatch(r"worker 0 memory: RSS [1-9]\d* MB, of which table stores 4 MB in 2 "
+                        r"partitions \(memtables 3, block cache 1: at most 8; index and filter "
+                        r"blocks 0\)", line), line
