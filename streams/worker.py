@@ -29,6 +29,7 @@ import gc
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -684,10 +685,11 @@ class Worker:
                  counters.emitted, record.written, counters.caught_up, counters.rewinds)
         memory, mb = self.host.table_memory(), 2**20
         log.info("worker %s memory: RSS %.0f MB, of which table stores %.0f MB in %d partitions "
-                 "(memtables %.0f, block cache %.0f: at most %.0f; index and filter blocks %.0f)",
-                 self.options.instance, process_rss() / mb, memory.total / mb, memory.partitions,
-                 memory.memtables / mb, memory.block_cache / mb,
-                 memory.partitions * self.options.table_memory_mb, memory.readers / mb)
+                 "(memtables %.0f, block cache %.0f: at most %.0f; index and filter blocks %.0f); "
+                 "%d Python objects", self.options.instance, process_rss() / mb,
+                 memory.total / mb, memory.partitions, memory.memtables / mb,
+                 memory.block_cache / mb, memory.partitions * self.options.table_memory_mb,
+                 memory.readers / mb, sys.getallocatedblocks())
 
     def restart_if_cut_off(self, why: str) -> None:
         """Called before anything that sends: a worker whose group lease lapsed may no longer

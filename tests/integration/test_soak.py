@@ -162,7 +162,7 @@ def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     for what, per_worker in memory_split(probe, workers).items():
         grown = sum(growth([(t, v) for t, v in each if t >= WARM_UP_S]) * span
                     for each in per_worker)
-        verdicts[f"rss workers, {what}"] = f"trend {grown:+.0f} MB over {span / 60:.0f} min"
+        verdicts[f"workers' {what}"] = f"trend {grown:+,.0f} over {span / 60:.0f} min"
     floors = lag_floors(probe, samples)
     for stage, values in floors.items():
         if len(values) < 2:
@@ -248,27 +248,29 @@ def rate_line(ran: SimRun, size: float, speed: float, per_sim_s: float) -> str:
             f"s), simulated clock {ran.sim_speed:.1f} s per wall s")
 
 
-MEMORY_LINE = re.compile(r"^(\S+ \S+) INFO streams\.worker: worker \S+ memory: RSS (\d+) MB, "
-                         r"of which table stores (\d+) MB")
+MEMORY_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+).* worker \S+ memory: RSS "
+                         r"(\d+) MB, of which table stores (\d+) MB.*; (\d+) Python objects")
 
 
 def memory_split(probe: Probe, workers: Sequence[IngestProcess]
                  ) -> dict[str, list[list[tuple[float, float]]]]:
-    """Per worker, from its log's memory lines (probe seconds, MB): its table stores (RocksDB's
-    own accounting, bounded by --table-memory-mb per partition) and the rest of its RSS."""
+    """Per worker, from its log's memory lines (probe seconds, value): its table stores in MB
+    (RocksDB's own accounting, bounded by --table-memory-mb per partition), the rest of its RSS
+    in MB, and its Python objects in thousands (what the engine's state in memory grows)."""
     wall0 = time.time() - probe.now()
-    out: dict[str, list[list[tuple[float, float]]]] = {"table stores": [], "outside them": []}
+    names = ("table stores, MB", "outside them, MB", "Python objects, thousands")
+    out: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in names}
     for worker in workers:
-        stores: list[tuple[float, float]] = []
-        rest: list[tuple[float, float]] = []
+        series: list[list[tuple[float, float]]] = [[], [], []]
         for line in worker.log.read_text(errors="replace").splitlines():
-            if (m := MEMORY_LINE.match(line)) is None:
+            if (m := MEMORY_LINE.search(line)) is None:
                 continue
             t = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0
-            stores.append((t, float(m[3])))
-            rest.append((t, float(m[2]) - float(m[3])))
-        out["table stores"].append(stores)
-        out["outside them"].append(rest)
+            rss, stores, objects = float(m[2]), float(m[3]), float(m[4])
+            for each, value in zip(series, (stores, rss - stores, objects / 1000), strict=True):
+                each.append((t, value))
+        for name, each in zip(names, series, strict=True):
+            out[name].append(each)
     return out
 
 

@@ -644,4 +644,4 @@ def test_the_counters_log_the_worker_s_memory_with_its_table_stores_share(
     line = next(r.getMessage() for r in caplog.records if "memory" in r.getMessage())
     assert re.fullmatch(r"worker 0 memory: RSS [1-9]\d* MB, of which table stores 4 MB in 2 "
                         r"partitions \(memtables 3, block cache 1: at most 8; index and filter "
-                        r"blocks 0\)", line), line
+                        r"blocks 0\); [1-9]\d* Python objects", line), line
