@@ -21,6 +21,7 @@ import csv
 import functools
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -101,6 +102,7 @@ class Probe:
         self.in_kafka: dict[int, tuple[int, float]] = {}  # ts_ms -> (offset, monotonic)
         self.committed: dict[str, list[tuple[float, int]]] = {"worker": [], "influxdb": []}
         self.samples: list[Sample] = []
+        self.cpu_s: dict[tuple[str, int], float] = {}  # (component, pid) -> CPU s, last seen
         self.events: list[Event] = []
         self.recoveries: list[Recovery] = []
         self._stop = threading.Event()
@@ -276,13 +278,32 @@ class Probe:
             if mb is not None:
                 out[proc.component] = out.get(proc.component, 0.0) + mb
                 each[f"{proc.component} {proc.instance}"] = mb
+            self._note_cpu(proc.component, proc.proc.pid)
         if self.services:
             for name in self.lane.stack.SERVICES:
                 svc = self.lane.stack.services[name]
-                mb = rss_mb(svc.pid) if svc.pid is not None and svc.running() else None
-                if mb is not None:
+                pid = svc.pid if svc.running() else None
+                mb = rss_mb(pid) if pid is not None else None
+                if pid is not None and mb is not None:
                     out[name] = mb
+                    self._note_cpu(name, pid)
         return out, each
+
+    def _note_cpu(self, component: str, pid: int) -> None:
+        used = cpu_s(pid)
+        if used is not None:
+            with self._lock:
+                self.cpu_s[(component, pid)] = used
+
+    def cpu_by_component(self) -> dict[str, float]:
+        """CPU seconds (user + system) each component's processes used, as last sampled: a
+        process that ended counts up to its last sample, one started before the probe from its
+        start."""
+        out: dict[str, float] = {}
+        with self._lock:
+            for (component, _), used in self.cpu_s.items():
+                out[component] = out.get(component, 0.0) + used
+        return out
 
     # -- recovery ------------------------------------------------------------------------------
 
@@ -335,6 +356,16 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[Top
         if time.monotonic() > deadline:
             raise AssertionError(f"topics without metadata: {known}")
         await asyncio.sleep(0.5)
+
+
+def cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks: int = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def rss_mb(pid: int) -> float | None:

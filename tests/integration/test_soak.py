@@ -159,6 +159,10 @@ def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                    f"{span / 60:.0f} min (limit {limit:.0f})")
         if grown > limit:
             problems.append(f"RSS of {name} grows: {verdicts[f'rss {name}']}")
+    cpu = probe.cpu_by_component()
+    for name, used in sorted(cpu.items()):
+        verdicts[f"cpu {name}"] = (f"{used:,.0f} s, {1000 * used / max(1, ran.readings):.2f} s "
+                                   "per 1,000 readings published")
     for what, per_worker in memory_split(probe, workers).items():
         grown = sum(growth([(t, v) for t, v in each if t >= WARM_UP_S]) * span
                     for each in per_worker)
@@ -185,7 +189,7 @@ def test_soak(stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         "minutes": MINUTES, "rate": RATE, "achieved_rate": round(ran.rate, 1),
         "sim": {"args": pacing(size, speed), "messages_per_sim_s": round(per_sim_s, 2),
                 "achieved_sim_speed": round(ran.sim_speed, 2), **ran.__dict__},
-        "fault_every_s": EVERY_S, "verdicts": verdicts,
+        "fault_every_s": EVERY_S, "verdicts": verdicts, "cpu_s": cpu,
         "recoveries": [r.__dict__ for r in probe.recoveries],
         "reconciliation": result.table(), "reconciliation_problems": result.problems,
         "kpi_differences": differences[:50], "kpi_points": len(want),
