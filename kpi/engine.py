@@ -52,7 +52,7 @@ from models.readings import BaseReading
 from models.records import Alert, Kpi
 
 DAY_MS = 86_400_000
-__all__ = ["DAY_MS", "KindEngine", "Outcome", "engines_for"]
+__all__ = ["DAY_MS", "Held", "KindEngine", "Outcome", "engines_for"]
 
 
 @dataclass
@@ -66,6 +66,20 @@ class Outcome:
     duplicates: int = 0
     late: int = 0
     beyond_horizon: int = 0
+
+
+@dataclass(frozen=True)
+class Held:
+    """What an engine keeps in memory: entities read from their stores, the windows and the
+    sensors those hold (windows grow with event time up to the horizon plus a day)."""
+
+    entities: int = 0
+    windows: int = 0
+    sensors: int = 0
+
+    def __add__(self, other: Held) -> Held:
+        return Held(self.entities + other.entities, self.windows + other.windows,
+                    self.sensors + other.sensors)
 
 
 SEEN_CACHE_WINDOWS = 256
@@ -353,6 +367,12 @@ class KindEngine:
         ent = Entity.read(store, entity)
         self._entities[key] = ent
         return ent
+
+    def held(self) -> Held:
+        """What this engine holds in memory now; called with the worker's counters."""
+        entities = list(self._entities.values())
+        return Held(len(entities), sum(len(e.wins) for e in entities),
+                    sum(len(e.sensors) for e in entities))
 
     def forget_all(self) -> None:
         """Drop every entity cached in memory (state is read back from the store when next

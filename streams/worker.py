@@ -27,6 +27,7 @@ import ctypes
 import functools
 import gc
 import logging
+import operator
 import os
 import shutil
 import sys
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from kpi.alerts import AlertRules, AlertSettings
+from kpi.engine import Held
 from kpi.quality import add_rejected, rejected_hour
 from models import kinds
 from models.city import City
@@ -289,6 +291,8 @@ class Engine(Protocol):
     def due(self, entity: str, store: MutableMapping[str, bytes]) -> list[Kpi]: ...
 
     def forget_all(self) -> None: ...
+
+    def held(self) -> Held: ...
 
 
 class Alerts(Protocol):
@@ -684,12 +688,14 @@ class Worker:
                  counters.accepted, counters.duplicates, counters.late, counters.rejected,
                  counters.emitted, record.written, counters.caught_up, counters.rewinds)
         memory, mb = self.host.table_memory(), 2**20
+        held = functools.reduce(operator.add, (e.held() for e in self.engines.values()), Held())
         log.info("worker %s memory: RSS %.0f MB, of which table stores %.0f MB in %d partitions "
                  "(memtables %.0f, block cache %.0f: at most %.0f; index and filter blocks %.0f); "
-                 "%d Python objects", self.options.instance, process_rss() / mb,
-                 memory.total / mb, memory.partitions, memory.memtables / mb,
-                 memory.block_cache / mb, memory.partitions * self.options.table_memory_mb,
-                 memory.readers / mb, sys.getallocatedblocks())
+                 "%d Python objects; engines hold %d entities with %d windows and %d sensors",
+                 self.options.instance, process_rss() / mb, memory.total / mb, memory.partitions,
+                 memory.memtables / mb, memory.block_cache / mb,
+                 memory.partitions * self.options.table_memory_mb, memory.readers / mb,
+                 sys.getallocatedblocks(), held.entities, held.windows, held.sensors)
 
     def restart_if_cut_off(self, why: str) -> None:
         """Called before anything that sends: a worker whose group lease lapsed may no longer

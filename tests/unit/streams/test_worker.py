@@ -18,6 +18,7 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from faust.types import TP
 
+from kpi.engine import Held
 from models import kinds
 from models.city import load_city
 from models.kinds import engines_for, reading_types
@@ -138,6 +139,9 @@ class ForgetfulEngine:
 
     def forget_all(self) -> None:
         self.forgotten += 1
+
+    def held(self) -> Held:
+        return Held()
 
 
 def build(**collaborators: Any) -> tuple[Worker, FakeHost, Clock]:
@@ -638,10 +642,13 @@ def test_windows_sent_again_for_a_redelivered_record_are_sent_again_if_that_send
 
 def test_the_counters_log_the_worker_s_memory_with_its_table_stores_share(
         caplog: pytest.LogCaptureFixture) -> None:
-    worker, _, _ = build()
+    worker, host, _ = build()
+    host.owned = {TP(WATER, 0)}
+    asyncio.run(worker.handle("water", WATER, 0, 0, water()))
     with caplog.at_level(logging.INFO, logger="streams.worker"):
         asyncio.run(worker.publish_counters())
     line = next(r.getMessage() for r in caplog.records if "memory" in r.getMessage())
     assert re.fullmatch(r"worker 0 memory: RSS [1-9]\d* MB, of which table stores 4 MB in 2 "
                         r"partitions \(memtables 3, block cache 1: at most 8; index and filter "
-                        r"blocks 0\); [1-9]\d* Python objects", line), line
+                        r"blocks 0\); [1-9]\d* Python objects; engines hold 1 entities with "
+                        r"1 windows and 1 sensors", line), line
