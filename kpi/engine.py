@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import orjson
@@ -71,15 +71,17 @@ class Outcome:
 @dataclass(frozen=True)
 class Held:
     """What an engine keeps in memory: entities read from their stores, the windows and the
-    sensors those hold (windows grow with event time up to the horizon plus a day)."""
+    sensors those hold (windows grow with event time up to the horizon plus a day), and the
+    dedupe cache's windows (at most `SEEN_CACHE_WINDOWS`) with their (sensor, ts) pairs."""
 
     entities: int = 0
     windows: int = 0
     sensors: int = 0
+    dedupe_windows: int = 0
+    dedupe_pairs: int = 0
 
     def __add__(self, other: Held) -> Held:
-        return Held(self.entities + other.entities, self.windows + other.windows,
-                    self.sensors + other.sensors)
+        return Held(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 SEEN_CACHE_WINDOWS = 256
@@ -372,7 +374,8 @@ class KindEngine:
         """What this engine holds in memory now; called with the worker's counters."""
         entities = list(self._entities.values())
         return Held(len(entities), sum(len(e.wins) for e in entities),
-                    sum(len(e.sensors) for e in entities))
+                    sum(len(e.sensors) for e in entities), len(self._seen),
+                    sum(len(seen.pairs) for seen in self._seen.values()))
 
     def forget_all(self) -> None:
         """Drop every entity cached in memory (state is read back from the store when next

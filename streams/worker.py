@@ -691,11 +691,13 @@ class Worker:
         held = functools.reduce(operator.add, (e.held() for e in self.engines.values()), Held())
         log.info("worker %s memory: RSS %.0f MB, of which table stores %.0f MB in %d partitions "
                  "(memtables %.0f, block cache %.0f: at most %.0f; index and filter blocks %.0f); "
-                 "%d Python objects; engines hold %d entities with %d windows and %d sensors",
+                 "%d Python objects; engines hold %d entities with %d windows and %d sensors, "
+                 "and %d (sensor, time) pairs of %d windows to tell duplicates",
                  self.options.instance, process_rss() / mb, memory.total / mb, memory.partitions,
                  memory.memtables / mb, memory.block_cache / mb,
                  memory.partitions * self.options.table_memory_mb, memory.readers / mb,
-                 sys.getallocatedblocks(), held.entities, held.windows, held.sensors)
+                 sys.getallocatedblocks(), held.entities, held.windows, held.sensors,
+                 held.dedupe_pairs, held.dedupe_windows)
 
     def restart_if_cut_off(self, why: str) -> None:
         """Called before anything that sends: a worker whose group lease lapsed may no longer

@@ -258,9 +258,10 @@ class Probe:
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(admin.close(), 5)
                     admin = None
+                rss = self._rss()  # takes the lock itself
                 with self._lock:
                     self.samples.append(Sample(seen - self.t0, lags["worker"], lags["influxdb"],
-                                               *self._rss()))
+                                               *rss))
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), 10)

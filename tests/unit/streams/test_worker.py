@@ -644,11 +644,13 @@ def test_the_counters_log_the_worker_s_memory_with_its_table_stores_share(
         caplog: pytest.LogCaptureFixture) -> None:
     worker, host, _ = build()
     host.owned = {TP(WATER, 0)}
-    asyncio.run(worker.handle("water", WATER, 0, 0, water()))
+    asyncio.run(worker.handle("water", WATER, 0, 0, water(ts_ms=TS + 60_000)))
+    asyncio.run(worker.handle("water", WATER, 0, 1, water()))  # out of order: deduped by pairs
     with caplog.at_level(logging.INFO, logger="streams.worker"):
         asyncio.run(worker.publish_counters())
     line = next(r.getMessage() for r in caplog.records if "memory" in r.getMessage())
     assert re.fullmatch(r"worker 0 memory: RSS [1-9]\d* MB, of which table stores 4 MB in 2 "
                         r"partitions \(memtables 3, block cache 1: at most 8; index and filter "
                         r"blocks 0\); [1-9]\d* Python objects; engines hold 1 entities with "
-                        r"1 windows and 1 sensors", line), line
+                        r"1 windows and 1 sensors, and 2 \(sensor, time\) pairs of 1 windows "
+                        r"to tell duplicates", line), line
