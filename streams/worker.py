@@ -27,7 +27,6 @@ import ctypes
 import functools
 import gc
 import logging
-import operator
 import os
 import shutil
 import sys
@@ -249,7 +248,7 @@ class Host(Protocol):
 
     def table_memory(self) -> TableMemory:
         """What the open table partitions hold in memory, by their stores' own accounting;
-        called with the counters."""
+        called with the counters (an error is logged, never raised to the app)."""
         ...
 
 
@@ -672,7 +671,7 @@ class Worker:
     async def publish_counters(self) -> None:
         """Called by a timer every `counters_interval_s`: a `pipeline` record (component
         `worker`) to `pipeline.counters` (not while cut off the group: nothing is sent then),
-        and the counters in the log."""
+        and the counters and the worker's memory in the log."""
         counters = self.counters
         record = PipelineCounters(component="worker", instance=self.options.instance,
                                   ts_ms=int(time.time() * 1000), received=counters.received,
@@ -687,11 +686,19 @@ class Worker:
                  "caught up, %d rewinds", self.options.instance, counters.received,
                  counters.accepted, counters.duplicates, counters.late, counters.rejected,
                  counters.emitted, record.written, counters.caught_up, counters.rewinds)
+        try:
+            self.log_memory()
+        except Exception as exc:  # a diagnostic: it never crashes the app
+            log.warning("worker %s: could not measure its memory: %r", self.options.instance, exc)
+
+    def log_memory(self) -> None:
+        """Called with the counters: where the worker's memory is (RSS, the table stores'
+        share by RocksDB's own accounting, small Python allocations, the engines' state)."""
         memory, mb = self.host.table_memory(), 2**20
-        held = functools.reduce(operator.add, (e.held() for e in self.engines.values()), Held())
+        held = sum((e.held() for e in self.engines.values()), Held())
         log.info("worker %s memory: RSS %.0f MB, of which table stores %.0f MB in %d partitions "
                  "(memtables %.0f, block cache %.0f: at most %.0f; index and filter blocks %.0f); "
-                 "%d Python objects; engines hold %d entities with %d windows and %d sensors, "
+                 "%d pymalloc blocks; engines hold %d entities with %d windows and %d sensors, "
                  "and %d (sensor, time) pairs of %d windows to tell duplicates",
                  self.options.instance, process_rss() / mb, memory.total / mb, memory.partitions,
                  memory.memtables / mb, memory.block_cache / mb,

@@ -102,7 +102,8 @@ class Probe:
         self.in_kafka: dict[int, tuple[int, float]] = {}  # ts_ms -> (offset, monotonic)
         self.committed: dict[str, list[tuple[float, int]]] = {"worker": [], "influxdb": []}
         self.samples: list[Sample] = []
-        self.cpu_s: dict[tuple[str, int], float] = {}  # (component, pid) -> CPU s, last seen
+        # (component, pid) -> CPU seconds at its first and its last sample
+        self.cpu_s: dict[tuple[str, int], tuple[float, float]] = {}
         self.events: list[Event] = []
         self.recoveries: list[Recovery] = []
         self._stop = threading.Event()
@@ -279,7 +280,7 @@ class Probe:
             if mb is not None:
                 out[proc.component] = out.get(proc.component, 0.0) + mb
                 each[f"{proc.component} {proc.instance}"] = mb
-            self._note_cpu(proc.component, proc.proc.pid)
+            self._note_cpu(proc.component, proc.proc.pid, since_start=True)
         if self.services:
             for name in self.lane.stack.SERVICES:
                 svc = self.lane.stack.services[name]
@@ -287,23 +288,25 @@ class Probe:
                 mb = rss_mb(pid) if pid is not None else None
                 if pid is not None and mb is not None:
                     out[name] = mb
-                    self._note_cpu(name, pid)
+                    self._note_cpu(name, pid, since_start=False)
         return out, each
 
-    def _note_cpu(self, component: str, pid: int) -> None:
+    def _note_cpu(self, component: str, pid: int, *, since_start: bool) -> None:
         used = cpu_s(pid)
         if used is not None:
             with self._lock:
-                self.cpu_s[(component, pid)] = used
+                first = self.cpu_s.get((component, pid), (0.0 if since_start else used, 0.0))[0]
+                self.cpu_s[(component, pid)] = (first, used)
 
     def cpu_by_component(self) -> dict[str, float]:
-        """CPU seconds (user + system) each component's processes used, as last sampled: a
-        process that ended counts up to its last sample, one started before the probe from its
-        start."""
+        """CPU seconds (user + system) each component's processes used while the probe ran: a
+        lane process from its start (it starts with the lane), a service (shared with earlier
+        tests) from the probe's first sample of it; a process that ended up to its last
+        sample."""
         out: dict[str, float] = {}
         with self._lock:
-            for (component, _), used in self.cpu_s.items():
-                out[component] = out.get(component, 0.0) + used
+            for (component, _), (first, last) in self.cpu_s.items():
+                out[component] = out.get(component, 0.0) + last - first
         return out
 
     # -- recovery ------------------------------------------------------------------------------

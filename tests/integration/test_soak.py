@@ -253,16 +253,16 @@ def rate_line(ran: SimRun, size: float, speed: float, per_sim_s: float) -> str:
 
 
 MEMORY_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+).* worker \S+ memory: RSS "
-                         r"(\d+) MB, of which table stores (\d+) MB.*; (\d+) Python objects")
+                         r"(\d+) MB, of which table stores (\d+) MB.*; (\d+) pymalloc blocks")
 
 
 def memory_split(probe: Probe, workers: Sequence[IngestProcess]
                  ) -> dict[str, list[list[tuple[float, float]]]]:
     """Per worker, from its log's memory lines (probe seconds, value): its table stores in MB
     (RocksDB's own accounting, bounded by --table-memory-mb per partition), the rest of its RSS
-    in MB, and its Python objects in thousands (what the engine's state in memory grows)."""
+    in MB, and its pymalloc blocks (Python's allocations of 512 bytes or less) in thousands."""
     wall0 = time.time() - probe.now()
-    names = ("table stores, MB", "outside them, MB", "Python objects, thousands")
+    names = ("table stores, MB", "outside them, MB", "pymalloc blocks, thousands")
     out: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in names}
     for worker in workers:
         series: list[list[tuple[float, float]]] = [[], [], []]

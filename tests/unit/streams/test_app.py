@@ -283,11 +283,23 @@ def test_table_memory_sums_rocksdb_s_accounting_over_the_open_partitions(tmp_pat
             dbs[0][f"entity-{i}".encode()] = b"x" * 200
         stores = [SimpleNamespace(data=SimpleNamespace(_dbs=dbs)),
                   SimpleNamespace(data={})]  # a memory:// table holds no RocksDB
+        for i in range(0, 5_000, 7):  # reads fill the block cache once a flush made files
+            assert dbs[0][f"entity-{i}".encode()] == b"x" * 200
         memory = table_memory(stores)
+
+        def summed(name: str) -> int:
+            return sum(db.property_int_value(f"rocksdb.{name}") for db in dbs.values())
+
         assert memory.partitions == 2
-        assert 5_000 * 200 <= memory.memtables == sum(
-            db.property_int_value("rocksdb.cur-size-all-mem-tables") for db in dbs.values())
-        assert memory.total == memory.memtables + memory.block_cache + memory.readers
+        assert memory.memtables == summed("cur-size-all-mem-tables") >= 5_000 * 200
+        assert memory.block_cache == summed("block-cache-usage")
+        assert memory.readers == summed("estimate-table-readers-mem")
     finally:
         for db in dbs.values():
             db.close()
+
+
+def test_standby_replicas_reach_faust(tmp_path: Path) -> None:
+    app = create_app(Settings(), load_city(), WorkerOptions(data_dir=tmp_path, store="memory://",
+                                                            standby_replicas=1))
+    assert app.conf.table_standby_replicas == 1

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.errors import KafkaTimeoutError
+from click.testing import CliRunner
 from faust.types import TP
 
 from kpi.engine import Held
@@ -151,10 +152,10 @@ def build(**collaborators: Any) -> tuple[Worker, FakeHost, Clock]:
     return Worker(SETTINGS, CITY, WorkerOptions(quiet_s=10), host, **collaborators), host, clock
 
 
-def water(district: str = "bletchley", ts_ms: int = TS) -> bytes:
+def water(district: str = "bletchley", ts_ms: int = TS, sensor_id: str | None = None) -> bytes:
     reading = reading_types()["water"].model_validate(
-        {"district": district, "kind": "water", "sensor_id": f"wm-{district}", "ts_ms": ts_ms,
-         "volume_m3": 1.0})
+        {"district": district, "kind": "water", "sensor_id": sensor_id or f"wm-{district}",
+         "ts_ms": ts_ms, "volume_m3": 1.0})
     return b"[" + reading.to_json() + b"]"
 
 
@@ -505,7 +506,12 @@ def test_the_command_line_takes_every_default_from_worker_options() -> None:
     flagged = {f.name: f.default for f in fields(WorkerOptions) if "flag" in f.metadata}
     assert {p.name: p.default for p in cli.worker.params} == flagged
     assert set(flagged) >= {"instance", "data_dir", "store", "quiet_s", "sink",
-                            "session_timeout_s", "table_memory_mb"}
+                            "session_timeout_s", "table_memory_mb", "standby_replicas"}
+
+
+def test_a_negative_count_of_standby_replicas_is_refused_before_anything_starts() -> None:
+    done = CliRunner().invoke(cli.worker, ["--standby-replicas", "-1"])
+    assert done.exit_code == 2 and "--standby-replicas" in done.output, done.output
 
 
 def test_rocksdb_options_split_the_budget() -> None:
@@ -644,13 +650,31 @@ def test_the_counters_log_the_worker_s_memory_with_its_table_stores_share(
         caplog: pytest.LogCaptureFixture) -> None:
     worker, host, _ = build()
     host.owned = {TP(WATER, 0)}
-    asyncio.run(worker.handle("water", WATER, 0, 0, water(ts_ms=TS + 60_000)))
-    asyncio.run(worker.handle("water", WATER, 0, 1, water()))  # out of order: deduped by pairs
+    window = 900_000
+    for offset, (sensor, ts) in enumerate([("a", TS + 60_000), ("a", TS), ("b", TS + 30_000),
+                                           ("b", TS + 2 * window), ("b", TS + 4 * window),
+                                           ("b", TS + 6 * window)]):  # 2 and 3 out of order
+        asyncio.run(worker.handle("water", WATER, 0, offset, water(ts_ms=ts, sensor_id=sensor)))
     with caplog.at_level(logging.INFO, logger="streams.worker"):
         asyncio.run(worker.publish_counters())
     line = next(r.getMessage() for r in caplog.records if "memory" in r.getMessage())
     assert re.fullmatch(r"worker 0 memory: RSS [1-9]\d* MB, of which table stores 4 MB in 2 "
                         r"partitions \(memtables 3, block cache 1: at most 8; index and filter "
-                        r"blocks 0\); [1-9]\d* Python objects; engines hold 1 entities with "
-                        r"1 windows and 1 sensors, and 2 \(sensor, time\) pairs of 1 windows "
+                        r"blocks 0\); [1-9]\d* pymalloc blocks; engines hold 1 entities with "
+                        r"4 windows and 2 sensors, and 3 \(sensor, time\) pairs of 1 windows "
                         r"to tell duplicates", line), line
+
+
+def test_a_memory_line_that_fails_is_a_warning_not_a_crash(
+        caplog: pytest.LogCaptureFixture) -> None:
+    worker, host, _ = build()
+
+    def broken() -> TableMemory:
+        raise RuntimeError("DB instance already closed")
+
+    host.table_memory = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="streams.worker"):
+        asyncio.run(worker.publish_counters())
+    assert any("could not measure its memory" in r.getMessage() and "already closed" in
+               r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert any("readings received" in r.getMessage() for r in caplog.records)
