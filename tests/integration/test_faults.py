@@ -336,12 +336,15 @@ def test_influxdb_disk_read_only_then_repaired(stack: Stack, tmp_path: Path,
 
 
 
-@pytest.mark.slow
-def test_rebalances_under_backlog_lose_nothing(plain_lane: Lane, tmp_path: Path) -> None:
+@pytest.mark.parametrize("standby_replicas", [0, 1])
+def test_rebalances_under_backlog_lose_nothing(plain_lane: Lane, tmp_path: Path,
+                                               standby_replicas: int) -> None:
     """Workers joining and leaving while a backlog is being processed: every reading still
     counts exactly once (faust-streaming acks events it skips at a rebalance; the worker's own
-    offsets catch them up, streams/offsets.py)."""
+    offsets catch them up, streams/offsets.py), also while each worker keeps a standby copy of
+    the other's table partitions (deploy/k8s runs them so)."""
     lane = plain_lane
+    lane.env["CITYSTREAM_WORKER_STANDBY_REPLICAS"] = str(standby_replicas)
     lane.ingest()
     first = lane.worker("0")
     record = tmp_path / "run.jsonl"
@@ -354,3 +357,9 @@ def test_rebalances_under_backlog_lose_nothing(plain_lane: Lane, tmp_path: Path)
         second.start()
     assert first.proc is not None and first.proc.poll() is None
     lane.wait_equal(oracle_points(record), timeout=400)
+    def stores(instance: str) -> set[str]:
+        return {p.name for p in (lane.dir / "worker-state" / instance).rglob("water-state-*.db")}
+
+    every = stores("0")  # worker 0 started alone: it opened every partition
+    assert (stores("1") == every) == bool(standby_replicas), (
+        f"worker 1 holds the stores of {sorted(stores('1'))}, of {sorted(every)}")
