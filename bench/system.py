@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,28 @@ class CpuMeter:
         self.sample()
         assert self._start is not None and self._last is not None
         return {name: max(0.0, self._last[name] - self._start[name]) for name in self.pids}
+
+
+WORKER_MEMORY_LINE = re.compile(
+    r"(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+).* worker \S+ memory: RSS (?P<rss_mb>\d+) MB, "
+    r"of which table stores (?P<table_mb>\d+) MB in (?P<partitions>\d+) partitions.*; "
+    r"(?P<pymalloc_blocks>\d+) pymalloc blocks; engines hold (?P<entities>\d+) entities with "
+    r"(?P<windows>\d+) windows and (?P<sensors>\d+) sensors, and (?P<dedupe_pairs>\d+) ")
+
+
+def worker_memory_lines(log: str) -> list[dict[str, float]]:
+    """The memory lines a worker logs with its counters (`Worker.log_memory`), in order: `at`
+    (epoch s of the log's timestamp), `rss_mb`, `table_mb` (RocksDB's own accounting),
+    `partitions`, `pymalloc_blocks`, and what the engines hold (`entities`, `windows`, `sensors`,
+    `dedupe_pairs`)."""
+    out = []
+    for line in log.splitlines():
+        if (m := WORKER_MEMORY_LINE.search(line)) is None:
+            continue
+        row = {key: float(value) for key, value in m.groupdict().items() if key != "at"}
+        row["at"] = datetime.strptime(m["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        out.append(row)
+    return out
 
 
 def loadavg() -> list[float]:

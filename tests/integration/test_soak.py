@@ -27,17 +27,16 @@ import itertools
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from bench.system import worker_memory_lines
 from deploy.local.stack import Stack
 from tests.integration.faults import (
     BackgroundSim,
@@ -252,29 +251,21 @@ def rate_line(ran: SimRun, size: float, speed: float, per_sim_s: float) -> str:
             f"s), simulated clock {ran.sim_speed:.1f} s per wall s")
 
 
-MEMORY_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+).* worker \S+ memory: RSS "
-                         r"(\d+) MB, of which table stores (\d+) MB.*; (\d+) pymalloc blocks")
-
-
 def memory_split(probe: Probe, workers: Sequence[IngestProcess]
                  ) -> dict[str, list[list[tuple[float, float]]]]:
     """Per worker, from its log's memory lines (probe seconds, value): its table stores in MB
     (RocksDB's own accounting, bounded by --table-memory-mb per partition), the rest of its RSS
     in MB, and its pymalloc blocks (Python's allocations of 512 bytes or less) in thousands."""
     wall0 = time.time() - probe.now()
-    names = ("table stores, MB", "outside them, MB", "pymalloc blocks, thousands")
-    out: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in names}
+    out: dict[str, list[list[tuple[float, float]]]] = {
+        "table stores, MB": [], "outside them, MB": [], "pymalloc blocks, thousands": []}
     for worker in workers:
-        series: list[list[tuple[float, float]]] = [[], [], []]
-        for line in worker.log.read_text(errors="replace").splitlines():
-            if (m := MEMORY_LINE.search(line)) is None:
-                continue
-            t = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - wall0
-            rss, stores, objects = float(m[2]), float(m[3]), float(m[4])
-            for each, value in zip(series, (stores, rss - stores, objects / 1000), strict=True):
-                each.append((t, value))
-        for name, each in zip(names, series, strict=True):
-            out[name].append(each)
+        lines = worker_memory_lines(worker.log.read_text(errors="replace"))
+        out["table stores, MB"].append([(m["at"] - wall0, m["table_mb"]) for m in lines])
+        out["outside them, MB"].append(
+            [(m["at"] - wall0, m["rss_mb"] - m["table_mb"]) for m in lines])
+        out["pymalloc blocks, thousands"].append(
+            [(m["at"] - wall0, m["pymalloc_blocks"] / 1000) for m in lines])
     return out
 
 

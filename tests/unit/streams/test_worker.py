@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaTimeoutError
 from click.testing import CliRunner
 from faust.types import TP
 
+from bench.system import worker_memory_lines
 from kpi.engine import Held
 from models import kinds
 from models.city import load_city
@@ -657,12 +658,20 @@ def test_the_counters_log_the_worker_s_memory_with_its_table_stores_share(
         asyncio.run(worker.handle("water", WATER, 0, offset, water(ts_ms=ts, sensor_id=sensor)))
     with caplog.at_level(logging.INFO, logger="streams.worker"):
         asyncio.run(worker.publish_counters())
-    line = next(r.getMessage() for r in caplog.records if "memory" in r.getMessage())
+    record = next(r for r in caplog.records if "memory" in r.getMessage())
+    line = record.getMessage()
     assert re.fullmatch(r"worker 0 memory: RSS [1-9]\d* MB, of which table stores 4 MB in 2 "
                         r"partitions \(memtables 3, block cache 1: at most 8; index and filter "
                         r"blocks 0\); [1-9]\d* pymalloc blocks; engines hold 1 entities with "
                         r"4 windows and 2 sensors, and 3 \(sensor, time\) pairs of 1 windows "
                         r"to tell duplicates", line), line
+    as_logged = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s").format(record)
+    [parsed] = worker_memory_lines(f"other line\n{as_logged}\n")  # as the soak and bench read it
+    assert parsed["at"] == pytest.approx(record.created, abs=0.001)
+    assert {k: v for k, v in parsed.items() if k not in ("at", "rss_mb", "pymalloc_blocks")} == {
+        "table_mb": 4, "partitions": 2, "entities": 1, "windows": 4, "sensors": 2,
+        "dedupe_pairs": 3}
+    assert parsed["rss_mb"] > 0 and parsed["pymalloc_blocks"] > 0
 
 
 def test_a_memory_line_that_fails_is_a_warning_not_a_crash(
