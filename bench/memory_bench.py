@@ -31,6 +31,7 @@ from bench.load import CITY_MESSAGES_PER_MINUTE, record_city
 from bench.procs import BenchStack, Namespace, citystream
 from bench.system import memory_mb, worker_memory_lines
 from ingest.mqtt_source import Delivery
+from models.city import load_city
 from models.settings import KafkaSettings
 from tests.support import Process
 
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-results/memory"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    load_city()  # its declared feeds become kinds here too, as in ingest and the worker
     with tempfile.TemporaryDirectory(prefix="citystream-memory-") as tmp_name:
         tmp = Path(tmp_name)
         path = tmp / "run.jsonl"

@@ -37,8 +37,9 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-__all__ = ["EXIT_CRASHED", "LEASE_FRACTION", "RESTARTED", "Lease", "exit_crashed", "install",
-           "lapsed", "restart_in_place"]
+__all__ = ["EXIT_CRASHED", "LEASE_FRACTION", "MAX_RESTARTS_IN_PLACE", "RESTARTED",
+           "RESTARTS_IN_PLACE", "RESTART_WINDOW_S", "Lease", "exit_crashed", "install", "lapsed",
+           "restart_in_place"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ _now = time.monotonic
 RESTARTED = "CITYSTREAM_RESTARTED_IN_PLACE"
 """Set (to the reason) in the environment of a process `restart_in_place` started: it waits
 for Kafka however long that takes rather than give up at start."""
+
+RESTARTS_IN_PLACE = "CITYSTREAM_RESTARTS_IN_PLACE"
+"""The wall-clock times (epoch s) of this process's recent restarts in place, kept in its
+environment across them (a supervisor's fresh start has none)."""
+
+MAX_RESTARTS_IN_PLACE = 5
+RESTART_WINDOW_S = 900.0
+"""At most `MAX_RESTARTS_IN_PLACE` restarts in place in `RESTART_WINDOW_S`: a partition that
+stalls again after each restart would otherwise restart the worker every two minutes for ever."""
 
 EXIT_CRASHED = 70
 """The exit status of a worker whose Faust app crashed (EX_SOFTWARE)."""
@@ -160,13 +170,28 @@ def exit_crashed(reason: str) -> NoReturn:
     os._exit(EXIT_CRASHED)
 
 
-def restart_in_place(reason: str) -> NoReturn:
+def restart_in_place(reason: str, now: float | None = None) -> NoReturn:
     """Replace this process by a fresh run of the same command line (same pid, same
     environment, same log streams): every buffer, socket and thread of the old image is gone,
-    and the worker brings its tables up to date from the changelogs."""
+    and the worker brings its tables up to date from the changelogs. The `MAX_RESTARTS_IN_PLACE`
+    + 1st within `RESTART_WINDOW_S` exits with `EXIT_CRASHED` instead, so that a cause that
+    outlives every restart meets the supervisor's back-off and shows as a crash loop."""
+    at = time.time() if now is None else now
+    recent = [t for t in _restart_times() if at - t < RESTART_WINDOW_S]
+    if len(recent) >= MAX_RESTARTS_IN_PLACE:
+        exit_crashed(f"{reason}; restarted in place {len(recent)} times in the last "
+                     f"{RESTART_WINDOW_S / 60:.0f} minutes already, which did not cure it")
     log.critical("%s: restarting in place so that nothing this process holds is delivered "
                  "after the new owner's writes (its tables are brought up to date from the "
                  "changelogs)", reason)
     _flush_logs()
     os.environ[RESTARTED] = reason
+    os.environ[RESTARTS_IN_PLACE] = " ".join(f"{t:.0f}" for t in [*recent, at])
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def _restart_times() -> list[float]:
+    try:
+        return [float(t) for t in os.environ.get(RESTARTS_IN_PLACE, "").split()]
+    except ValueError:  # not ours to trust: start counting afresh
+        return []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from typing import Any
 
 import pytest
@@ -83,3 +84,59 @@ def test_install_renews_on_answered_heartbeats_and_joins(monkeypatch: pytest.Mon
     assert lease.lapsed("g1") == pytest.approx(11.0), "an unanswered heartbeat renews nothing"
     asyncio.run(wrapped.close(member))
     assert member.closed and lease.lapsed("g1") is None
+
+
+class Exec(Exception):
+    """What `os.execv` or `os._exit` would have done."""
+
+
+@pytest.fixture
+def no_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    def execv(path: str, argv: list[str]) -> None:
+        raise Exec("execv", argv)
+
+    def exit_now(status: int) -> None:
+        raise Exec("exit", status)
+
+    monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.delenv(lease.RESTARTED, raising=False)
+    monkeypatch.delenv(lease.RESTARTS_IN_PLACE, raising=False)
+
+
+@pytest.mark.usefixtures("no_exec")
+def test_a_restart_in_place_execs_the_same_command_and_remembers_when() -> None:
+    with pytest.raises(Exec) as done:
+        lease.restart_in_place("lease lapsed", now=1000.0)
+    assert done.value.args[0] == "execv"
+    assert os.environ[lease.RESTARTED] == "lease lapsed"
+    assert os.environ[lease.RESTARTS_IN_PLACE] == "1000"
+    with pytest.raises(Exec):
+        lease.restart_in_place("lease lapsed", now=1100.0)
+    assert os.environ[lease.RESTARTS_IN_PLACE] == "1000 1100"
+    with pytest.raises(Exec):
+        lease.restart_in_place("lease lapsed", now=1000.0 + lease.RESTART_WINDOW_S)
+    assert os.environ[lease.RESTARTS_IN_PLACE] == f"1100 {1000 + lease.RESTART_WINDOW_S:.0f}"
+
+
+@pytest.mark.usefixtures("no_exec")
+def test_restarts_in_place_that_do_not_cure_it_end_in_a_crash_for_the_supervisor(
+        caplog: pytest.LogCaptureFixture) -> None:
+    for i in range(lease.MAX_RESTARTS_IN_PLACE):
+        with pytest.raises(Exec) as done:
+            lease.restart_in_place("stalled", now=1000.0 + 120 * i)
+        assert done.value.args[0] == "execv"
+    with pytest.raises(Exec) as done:
+        lease.restart_in_place("stalled", now=1000.0 + 120 * lease.MAX_RESTARTS_IN_PLACE)
+    assert done.value.args == ("exit", lease.EXIT_CRASHED)
+    assert (f"stalled; restarted in place {lease.MAX_RESTARTS_IN_PLACE} times in the last 15 "
+            "minutes already") in caplog.text
+
+
+@pytest.mark.usefixtures("no_exec")
+def test_restart_times_that_are_not_numbers_count_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(lease.RESTARTS_IN_PLACE, "1000 soon")
+    with pytest.raises(Exec) as done:
+        lease.restart_in_place("lease lapsed", now=1100.0)
+    assert done.value.args[0] == "execv"
+    assert os.environ[lease.RESTARTS_IN_PLACE] == "1100"
