@@ -87,6 +87,9 @@ def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     ax.plot([r["event_hours"] for r in rows], [r["rss_mb"] for r in rows], marker=".",
             color="#1f77b4", label="worker RSS")
+    if all("table_mb" in r for r in rows):
+        ax.plot([r["event_hours"] for r in rows], [r["table_mb"] for r in rows], marker=".",
+                color="#ff7f0e", label="of which table stores (RocksDB's accounting)")
     ax.axvline(49, color="#999", linestyle="--", linewidth=1)
     ax.text(49.5, ax.get_ylim()[0], " windows kept: horizon 24 h + 24 h rolling", fontsize=8,
             color="#666", va="bottom")
