@@ -72,7 +72,7 @@ class Outcome:
 class Held:
     """What an engine keeps in memory: entities read from their stores, the windows and the
     sensors those hold (windows grow with event time up to the horizon plus a day), and the
-    dedupe cache's windows (at most `SEEN_CACHE_WINDOWS`) with their (sensor, ts) pairs."""
+    dedupe cache's windows with their (sensor, ts) pairs (`SEEN_CACHE_PAIRS`)."""
 
     entities: int = 0
     windows: int = 0
@@ -85,6 +85,10 @@ class Held:
 
 
 SEEN_CACHE_WINDOWS = 256
+SEEN_CACHE_PAIRS = 200_000
+"""The dedupe cache's bounds per engine: windows, and (sensor, ts) pairs (about 230 bytes
+each: 46 MB). Past either, the least recently used windows are dropped when a window is loaded;
+a dropped window is read back from its chunks when it next gets a reading out of order."""
 
 
 class KindEngine:
@@ -341,20 +345,28 @@ class KindEngine:
         key = (id(store), entity, start)
         seen = self._seen.get(key)
         chunks = 0 if acc is None else acc["c"]
+        loaded = seen is None
         if seen is None:
-            seen = Seen()
+            seen = self._seen[key] = Seen()
             for sid, ts in pending.get(start, ()):
                 seen.add(sid, ts)
-            self._seen[key] = seen
-            while len(self._seen) > SEEN_CACHE_WINDOWS:
-                self._seen.popitem(last=False)
         else:
             self._seen.move_to_end(key)
         while seen.count < chunks:  # chunks written since (by this worker or another one)
             for sid, ts in orjson.loads(store.get(ckey(entity, start, seen.count)) or b"[]"):
                 seen.add(sid, ts)
             seen.count += 1
+        if loaded:
+            self._bound_seen()
         return seen
+
+    def _bound_seen(self) -> None:
+        """Drop the least recently used windows of the dedupe cache past its bounds; the
+        newest stays, however many pairs it holds."""
+        pairs = sum(len(seen.pairs) for seen in self._seen.values())
+        while len(self._seen) > 1 and (len(self._seen) > SEEN_CACHE_WINDOWS or
+                                       pairs > SEEN_CACHE_PAIRS):
+            pairs -= len(self._seen.popitem(last=False)[1].pairs)
 
     def _state(self, store: Store, entity: str) -> Entity:
         """The entity's state: from memory while it matches the store, else read back."""

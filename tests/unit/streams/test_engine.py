@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kpi import engine as engine_module
 from kpi.engine import DAY_MS, KindEngine, engines_for
 from kpi.quality import DUPLICATES
 from kpi.state import Entity
@@ -404,3 +405,27 @@ def test_stored_values_are_right_sized(city: City) -> None:
         tracemalloc.stop()
     stored = sum(len(k) + len(v) for k, v in run.state.items())
     assert held < 4 * stored + 1_000_000, (held, stored, len(run.state))
+
+
+def test_the_dedupe_cache_is_bounded_in_pairs_and_a_dropped_window_still_tells_duplicates(
+        city: City, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "SEEN_CACHE_PAIRS", 20)
+    run = Run(engines_for(city)["water"])
+    in_order = [reading("water", "north", sensor_id=f"m{s}", ts_ms=MONDAY + k * MIN,
+                        volume_m3=float(k + s)) for k in range(0, 60, 2) for s in range(5)]
+    run.feed(in_order)
+    firsts = [w + w % 2 for w in range(0, 60, 15)]  # the first minute of a window with readings
+    late = [reading("water", "north", sensor_id="m0", ts_ms=MONDAY + (k + 1) * MIN,
+                    volume_m3=k + 0.5) for k in firsts]
+    again = [in_order[5 * (k // 2) + 1] for k in firsts]  # m1's first reading of each window
+    counts = []
+    for batch in ([*late, *again], [*again, *late]):  # the second: every window dropped since
+        out = run.engine.process(batch, run.state)
+        counts.append(out.duplicates)
+        run._keep(out.records)
+        held = run.engine.held()
+        assert held.dedupe_windows == 1, "40 pairs a window: only the newest window is kept"
+        assert held.dedupe_pairs <= 41
+    assert counts == [4, 8]
+    run.flush()
+    assert_same(run.points, oracle_points([*in_order, *late, *again, *again, *late]))
