@@ -32,6 +32,13 @@ order, by whichever member owns them now: a new assignment starts at the committ
 on partitions this sink keeps it seeks back to the dropped batch's first records (a rejoin may
 keep the positions). Offsets are committed only for partitions still assigned.
 
+A rebalance the sink does not hear of ends the batch too: a sink cut off Kafka does not learn
+that the group gave its partitions away, so it holds a lease (streams/lease.py), renewed by
+every heartbeat the group coordinator answers. Once it has lapsed nothing more of the batch is
+written (it is dropped as a stale one) and nothing is consumed until the coordinator answers
+again: a batch held through an InfluxDB outage is never written after the partitions' new
+owner wrote newer values, however long the network stays cut.
+
 Bad data is never retried forever and never dropped silently: a record or reading that cannot be
 decoded, and a line InfluxDB refuses (`PointsRejected`), goes to the `sink.deadletter` topic with
 the reason and is counted as rejected. InfluxDB 2.7 answers 400 when a line does not parse (then
@@ -52,8 +59,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -75,6 +84,7 @@ from models.errors import RecordError
 from models.records import record_from_json
 from models.settings import KafkaSettings, Settings
 from models.topics import DEFAULT, Topics
+from streams import lease
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +217,10 @@ class InfluxSink:
 
     def __init__(self, consumer: Consumer, writer: PointWriter, deadletters: Sink, *,
                  buckets: Buckets | None = None, topics: Topics = DEFAULT,
-                 options: SinkOptions | None = None) -> None:
+                 options: SinkOptions | None = None,
+                 lease_lapsed: Callable[[], float | None] = lambda: None) -> None:
         self.consumer = consumer
+        self.lease_lapsed = lease_lapsed
         self.writer = writer
         self.deadletters = deadletters
         self.buckets = buckets or Buckets()
@@ -228,11 +240,15 @@ class InfluxSink:
     @classmethod
     def from_settings(cls, settings: Settings, options: SinkOptions | None = None
                       ) -> InfluxSink:
-        """The production wiring: aiokafka consumer, `InfluxWriter`, Kafka dead letters."""
+        """The production wiring: aiokafka consumer with a group lease, `InfluxWriter`,
+        Kafka dead letters."""
+        lease.install()
+        group = f"{settings.kafka.topic_prefix}{GROUP_ID}"
         return cls(kafka_consumer(settings.kafka), InfluxWriter(settings.influx),
                    KafkaSink(settings.kafka, client_id="citystream-sink"),
                    buckets=Buckets(settings.influx.bucket_telemetry, settings.influx.bucket_kpi),
-                   topics=settings.kafka.topics, options=options)
+                   topics=settings.kafka.topics, options=options,
+                   lease_lapsed=functools.partial(lease.lapsed, group))
 
     def counters(self) -> dict[str, int]:
         """Cumulative counts since start: `received` points and undecodable items consumed,
@@ -277,6 +293,9 @@ class InfluxSink:
     async def step(self, stop: asyncio.Event) -> bool:
         """Consume one batch, write it, commit it. False if there was nothing to consume or
         `stop` was set before the batch could be written (then nothing is committed)."""
+        if self.lease_lapsed() is not None:  # cut off the group: wait until it answers
+            await asyncio.sleep(self.options.poll_timeout_ms / 1000)
+            return False
         batch = await self._fetch()
         if batch is None:
             return False
@@ -394,11 +413,18 @@ class InfluxSink:
 
     async def _write(self, batch: _Batch) -> bool:
         """Write what is left of the batch, request by request; False if a rebalance began
-        (the rest would race the partitions' next owner: a request takes up to 35 s)."""
+        or the group lease lapsed (the rest would race the partitions' next owner: a request
+        takes up to 35 s)."""
         size = self.options.batch_points
         for bucket, lines in batch.lines.items():
             while (start := batch.done.get(bucket, 0)) < len(lines):
                 if self._revoking:
+                    return False
+                if (lapsed := self.lease_lapsed()) is not None:
+                    log.warning("sink: Kafka's group coordinator last answered %.1f s ago, so "
+                                "the partitions may be another sink's by now; dropping %d "
+                                "points held, uncommitted (their owner writes them)", lapsed,
+                                batch.pending())
                     return False
                 chunk = lines[start:start + size]
                 refused = await asyncio.to_thread(write_isolating, self.writer, bucket, chunk)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from connectors.influxdb.write import MemoryWriter, PointsRejected, SinkBackpressure
@@ -21,7 +24,9 @@ from connectors.kafka import MemorySink
 from kinds.water import WaterKpi
 from models.errors import RecordError
 from models.records import Alert, record_to_json
+from models.settings import KafkaSettings, Settings
 from models.topics import KPI_RECORDS, PIPELINE_COUNTERS, SINK_DEADLETTER, TELEMETRY, Topics
+from streams import lease
 from streams.sink import InfluxSink, SinkOptions, kpi_line, write_isolating
 
 TS = 1_795_241_700_000
@@ -510,6 +515,49 @@ class TestRebalance:
         assert [line.split(",")[2].split(" ")[0] for line in writer.lines["telemetry"]] == [
             "sensor_id=a", "sensor_id=b"]
         assert consumer.commits == [{tp: 2}]
+
+    def test_a_batch_held_through_an_outage_is_dropped_once_the_group_lease_lapsed(
+            self, caplog: pytest.LogCaptureFixture) -> None:
+        """Cut off Kafka, the sink hears of no rebalance: its lease says when the partitions
+        may be another sink's, and then nothing is written or consumed until it is renewed."""
+        consumer = FakeConsumer()
+        consumer.produce(WATER, readings(water("a")))
+        writer = MemoryWriter(fail_next=10**9)
+        lapsed: list[float | None] = [None]
+        sink = InfluxSink(consumer, writer, MemorySink(), options=OPTIONS,
+                          lease_lapsed=lambda: lapsed[0])
+        tp = TopicPartition(WATER, 0)
+
+        async def cut_off() -> None:
+            lapsed[0] = 12.5
+            consumer.produce(WATER, readings(water("b")))
+
+        async def scenario() -> None:
+            with caplog.at_level(logging.WARNING, logger="streams.sink"):
+                assert await step_through_outage(sink, writer, cut_off) is False
+            polls = consumer.polls
+            assert await sink.step(asyncio.Event()) is False
+            assert consumer.polls == polls, "consumed while the lease had lapsed"
+            lapsed[0] = None  # the coordinator answers again
+            assert await sink.step(asyncio.Event())
+
+        asyncio.run(scenario())
+        assert "last answered 12.5 s ago" in caplog.text
+        assert sink.dropped_batches == 1
+        assert [line.split(",")[2].split(" ")[0] for line in writer.lines["telemetry"]] == [
+            "sensor_id=a", "sensor_id=b"]
+        assert consumer.commits == [{tp: 2}]
+
+    def test_the_production_sink_holds_a_lease_on_its_own_group(self) -> None:
+        async def build() -> InfluxSink:
+            sink = InfluxSink.from_settings(Settings(kafka=KafkaSettings(topic_prefix="t1.")))
+            await sink.close()
+            return sink
+
+        lapsed = asyncio.run(build()).lease_lapsed
+        assert isinstance(lapsed, functools.partial)
+        assert (lapsed.func, lapsed.args) == (lease.lapsed, ("t1.citystream-sink",))
+        assert GroupCoordinator._citystream_lease, "installed before the consumer starts"
 
     def test_revocation_waits_for_a_write_under_way(self) -> None:
         consumer = FakeConsumer()
