@@ -142,6 +142,9 @@ def main() -> None:
         finally:
             stack.close()
     print(f"\n{os.cpu_count()} CPUs; {len(rows)} h of event time; one worker")
+    if len(rows) < args.hours:
+        print(f"the recording ended after {len(rows)} of {args.hours} h: its last row is a "
+              "partial hour (the city made more messages an hour than assumed)")
     (args.out / "memory.json").write_text(json.dumps(rows, indent=1))
     plot(rows, args.out / "memory.png",
          f"citystream worker RSS over {len(rows)} h of event time, the shipped city at size "

@@ -87,8 +87,9 @@ class Held:
 SEEN_CACHE_WINDOWS = 256
 SEEN_CACHE_PAIRS = 200_000
 """The dedupe cache's bounds per engine: windows, and (sensor, ts) pairs (about 230 bytes
-each: 46 MB). Past either, the least recently used windows are dropped when a window is loaded;
-a dropped window is read back from its chunks when it next gets a reading out of order."""
+each: 46 MB). Past either, the least recently used windows are dropped when a window is loaded
+and after each batch; the most recently used stays, whatever its size. A dropped window is read
+back from its chunks when it next gets a reading out of order."""
 
 
 class KindEngine:
@@ -183,6 +184,8 @@ class KindEngine:
                 if ent.resent_off != ent.off:
                     out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
                     ent.resent_off = ent.off
+            if self._seen:  # windows in it grew with the batch's readings
+                self._bound_seen()
         except BaseException:
             self._forget(store)  # memory may be ahead of the store, or of what was sent again
             raise
@@ -361,8 +364,8 @@ class KindEngine:
         return seen
 
     def _bound_seen(self) -> None:
-        """Drop the least recently used windows of the dedupe cache past its bounds; the
-        newest stays, however many pairs it holds."""
+        """Drop the least recently used windows of the dedupe cache past its bounds; the most
+        recently used stays, however many pairs it holds."""
         pairs = sum(len(seen.pairs) for seen in self._seen.values())
         while len(self._seen) > 1 and (len(self._seen) > SEEN_CACHE_WINDOWS or
                                        pairs > SEEN_CACHE_PAIRS):

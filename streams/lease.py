@@ -50,8 +50,9 @@ RESTARTED = "CITYSTREAM_RESTARTED_IN_PLACE"
 for Kafka however long that takes rather than give up at start."""
 
 RESTARTS_IN_PLACE = "CITYSTREAM_RESTARTS_IN_PLACE"
-"""The wall-clock times (epoch s) of this process's recent restarts in place, kept in its
-environment across them (a supervisor's fresh start has none)."""
+"""The times (`time.monotonic`, system-wide on Linux, so they survive `execv`; unlike the wall
+clock, never stepped) of this process's recent restarts in place, kept in its environment
+across them (a supervisor's fresh start has none)."""
 
 MAX_RESTARTS_IN_PLACE = 5
 RESTART_WINDOW_S = 900.0
@@ -176,7 +177,7 @@ def restart_in_place(reason: str, now: float | None = None) -> NoReturn:
     and the worker brings its tables up to date from the changelogs. The `MAX_RESTARTS_IN_PLACE`
     + 1st within `RESTART_WINDOW_S` exits with `EXIT_CRASHED` instead, so that a cause that
     outlives every restart meets the supervisor's back-off and shows as a crash loop."""
-    at = time.time() if now is None else now
+    at = time.monotonic() if now is None else now
     recent = [t for t in _restart_times() if at - t < RESTART_WINDOW_S]
     if len(recent) >= MAX_RESTARTS_IN_PLACE:
         exit_crashed(f"{reason}; restarted in place {len(recent)} times in the last "

@@ -429,3 +429,25 @@ def test_the_dedupe_cache_is_bounded_in_pairs_and_a_dropped_window_still_tells_d
     assert counts == [4, 8]
     run.flush()
     assert_same(run.points, oracle_points([*in_order, *late, *again, *again, *late]))
+
+
+def test_the_dedupe_cache_drops_the_least_recently_used_window_first(
+        city: City, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "SEEN_CACHE_PAIRS", 40)
+    engine = engines_for(city)["water"]
+    state: dict[str, bytes] = {}
+
+    def water(sensor: str, minute: int) -> BaseReading:
+        return reading("water", "north", sensor_id=sensor, ts_ms=MONDAY + minute * MIN,
+                       volume_m3=float(minute))
+
+    def cached() -> list[int]:  # the windows' first minutes, least recently used first
+        return [(start - MONDAY) // MIN for _store, _entity, start in engine._seen]
+
+    engine.process([water(s, k) for k in range(0, 60, 2) for s in ("m0", "m1")], state)
+    for late, want in ((1, [0]), (17, [0, 15]), (3, [15, 0]), (31, [0, 30]), (47, [30, 45])):
+        engine.process([water("m0", late)], state)  # out of order: its window is loaded
+        assert cached() == want, f"after a reading at minute {late}"
+    engine.process([water(s, k) for k in range(46, 60, 2) for s in ("m2", "m3")], state)
+    assert cached() == [45], "the newest window grew in order past the bound: the other goes"
+    assert engine.process([water("m2", 48), water("m0", 33)], state).duplicates == 1

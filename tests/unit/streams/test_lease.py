@@ -100,8 +100,9 @@ def no_exec(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(os, "execv", execv)
     monkeypatch.setattr(os, "_exit", exit_now)
-    monkeypatch.delenv(lease.RESTARTED, raising=False)
-    monkeypatch.delenv(lease.RESTARTS_IN_PLACE, raising=False)
+    for name in (lease.RESTARTED, lease.RESTARTS_IN_PLACE):
+        monkeypatch.setenv(name, "")  # so that what restart_in_place sets is undone after
+        monkeypatch.delenv(name)
 
 
 @pytest.mark.usefixtures("no_exec")
