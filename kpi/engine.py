@@ -87,9 +87,9 @@ class Held:
 SEEN_CACHE_WINDOWS = 256
 SEEN_CACHE_PAIRS = 200_000
 """The dedupe cache's bounds per engine: windows, and (sensor, ts) pairs (about 230 bytes
-each: 46 MB). Past either, the least recently used windows are dropped when a window is loaded
-and after each batch; the most recently used stays, whatever its size. A dropped window is read
-back from its chunks when it next gets a reading out of order."""
+each: 46 MB). Past either, the least recently used windows are dropped after each batch; the
+most recently used stays, whatever its size. A dropped window is read back from its chunks when
+it next gets a reading out of order."""
 
 
 class KindEngine:
@@ -184,7 +184,7 @@ class KindEngine:
                 if ent.resent_off != ent.off:
                     out.records.extend(self._record_at(entity, s, ent) for s in ent.emitted)
                     ent.resent_off = ent.off
-            if self._seen:  # windows in it grew with the batch's readings
+            if self._seen:  # windows loaded, or grown by the batch's readings
                 self._bound_seen()
         except BaseException:
             self._forget(store)  # memory may be ahead of the store, or of what was sent again
@@ -348,7 +348,6 @@ class KindEngine:
         key = (id(store), entity, start)
         seen = self._seen.get(key)
         chunks = 0 if acc is None else acc["c"]
-        loaded = seen is None
         if seen is None:
             seen = self._seen[key] = Seen()
             for sid, ts in pending.get(start, ()):
@@ -359,8 +358,6 @@ class KindEngine:
             for sid, ts in orjson.loads(store.get(ckey(entity, start, seen.count)) or b"[]"):
                 seen.add(sid, ts)
             seen.count += 1
-        if loaded:
-            self._bound_seen()
         return seen
 
     def _bound_seen(self) -> None:
