@@ -19,6 +19,7 @@ from faust.assignor.client_assignment import ClientAssignment
 from faust.exceptions import ConsistencyError, ProducerSendError
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
+from mode import Service
 
 from models.city import City
 from models.settings import Settings
@@ -35,9 +36,9 @@ from streams.worker import (
     WorkerOptions,
 )
 
-__all__ = ["CrashExitingWorker", "DrainingBuffer", "FaustHost", "SendFailures", "WorkerFactory",
-           "create_app", "exit_if_crashed", "forget_stores_ahead_of_changelog", "handled",
-           "rocksdb_options", "table_memory", "worker_group", "worker_topics"]
+__all__ = ["CrashExitingWorker", "DrainingBuffer", "FaustHost", "RecoveryWatch", "SendFailures",
+           "WorkerFactory", "create_app", "exit_if_crashed", "forget_stores_ahead_of_changelog",
+           "handled", "rocksdb_options", "table_memory", "worker_group", "worker_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,15 @@ class FaustHost:
         except Exception as exc:  # a diagnostic: it never fails the check that logs it
             return f"unknown ({exc!r})"
 
+    def recovery_waiting(self) -> dict[TP, float]:
+        recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
+        started = recovery._recovery_started_at
+        if not self.app.in_recovery or started is None:
+            return {}
+        now, received = time.monotonic(), recovery._active_events_received_at
+        return {tp: now - received.get(tp, started)
+                for tp, left in recovery.active_remaining().items() if left > 0}
+
     def table_memory(self) -> TableMemory:
         return table_memory(self.app.tables.values())
 
@@ -178,19 +188,29 @@ def table_memory(tables: Iterable[Any]) -> TableMemory:
 
 
 def _fetch_state(consumer: Any, tp: TP) -> str:
-    """Faust's and aiokafka's view of `tp`: paused or not, read offset, position, last fetch."""
+    """Faust's and aiokafka's view of `tp`: paused or not, read offset, position, last fetch,
+    records fetched and not consumed, and its leader with whether a request to it is in flight
+    (aiokafka sends one fetch per broker at a time)."""
     faust_view = ("paused" if tp in consumer._paused_partitions else
                   "active" if tp in consumer._active_partitions else "not active")
-    assignment = consumer._thread._ensure_consumer()._fetcher._subscriptions.subscription.assignment
-    state = assignment.state_value(AIOKafkaTP(tp.topic, tp.partition))
+    fetcher = consumer._thread._ensure_consumer()._fetcher
+    ours = AIOKafkaTP(tp.topic, tp.partition)
+    state = fetcher._subscriptions.subscription.assignment.state_value(ours)
     if state is None:
         return f"Faust {faust_view}, not in aiokafka's assignment"
-    position = state.position if state.has_valid_position else "awaiting reset"
+    position = (state.position if state.has_valid_position
+                else "awaiting reset" if state.awaiting_reset
+                else "none, waiting for its committed offset" if state._committed_futs
+                else "none")
     fetched = ("never" if state.timestamp is None
                else f"{time.time() - state.timestamp / 1000:.0f} s ago")
+    leader = fetcher._client.cluster.leader_for_partition(ours)
     return (f"Faust {faust_view}, read offset {consumer._read_offset.get(tp)}; aiokafka "
             f"{'paused' if state.paused else 'fetching'}, position {position}, highwater "
-            f"{state.highwater}, last fetch {fetched}")
+            f"{state.highwater}, last fetch {fetched}, "
+            f"{'records' if ours in fetcher._records else 'nothing'} fetched and not consumed, "
+            f"leader {leader} ({'a' if leader in fetcher._in_flight else 'no'} request to it in "
+            "flight)")
 
 
 async def _looked_up(lookup: Awaitable[Mapping[TP, int]], which: str) -> Mapping[TP, int]:
@@ -319,6 +339,26 @@ def forget_stores_ahead_of_changelog(app: Any, reason: BaseException | None) -> 
         (Path(conf.datadir) / PREFIX_MARK).unlink(missing_ok=True)
 
 
+class RecoveryWatch(Service):
+    """Calls `Worker.check_recovery` every `interval` seconds from the app's start. Faust's
+    timers start once the first table recovery is over, so they cannot watch that one (nor the
+    first after a restart in place)."""
+
+    def __init__(self, check: Callable[[], None], interval: float, **kwargs: Any) -> None:
+        self.check = check
+        self.interval = interval
+        super().__init__(**kwargs)
+
+    @Service.task
+    async def _watch(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            try:
+                self.check()
+            except Exception as exc:  # a watchdog: it never crashes the app
+                log.warning("could not check the table recovery: %r", exc)
+
+
 ASSIGNMENT_FILE = "last-assignment.json"
 """In a worker's state directory: the partitions it owned last (Faust's `ClientAssignment`)."""
 
@@ -416,6 +456,9 @@ def create_app(settings: Settings, city: City, options: WorkerOptions, *,
     @app.task
     async def exit_when_crashed() -> None:
         await exit_if_crashed(app, lease.exit_crashed)
+
+    app.add_dependency(RecoveryWatch(worker.check_recovery, options.recovery_check_s,
+                                     beacon=app.beacon))
 
     @app.timer(interval=options.lease_check_s)
     async def fence_if_cut_off() -> None:

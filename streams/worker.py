@@ -117,6 +117,8 @@ class WorkerOptions:
     rewind_check_s: float = 5.0  # how often idle partitions are looked at
     rewind_idle_s: float = 30.0  # idle this long, a partition is checked for skipped records
     rewinds_before_restart: int = 3  # rewinds in a row that delivered nothing, then a restart
+    recovery_check_s: float = 5.0  # how often a stalled table recovery is looked for
+    recovery_stall_s: float = 90.0  # a changelog partition silent this long in recovery: restart
     lease_check_s: float = 0.25  # how often a lapsed group lease is looked for
 
     @property
@@ -244,6 +246,12 @@ class Host(Protocol):
 
     def fetch_state(self, tp: TP) -> str:
         """How the consumer holds `tp` (paused, fetching, its position), for the log."""
+        ...
+
+    def recovery_waiting(self) -> Mapping[TP, float]:
+        """The changelog partitions the table recovery under way still needs records from,
+        each with the seconds since it last delivered one to the recovery (or since the
+        recovery started); empty when no recovery is under way."""
         ...
 
     def table_memory(self) -> TableMemory:
@@ -441,6 +449,7 @@ class Worker:
         self.release_memory = release_memory
         self.restart = restart
         self.clock = clock
+        self.answering_since: float | None = None  # since when the group lease held
         self.counters = WorkerCounters()
         topics = settings.kafka.topics
         self.kpi_topic = host.topic(topics.kpi_records, partitions=settings.kafka.partitions)
@@ -722,6 +731,34 @@ class Worker:
         worker restarts in place: the tables are brought up to date from the changelogs and the
         records after the last commit are read again."""
         self.restart(f"worker {self.options.instance}: Kafka did not take a record: {error!r}")
+
+    def check_recovery(self) -> None:
+        """Called every `recovery_check_s` from the app's start, its first table recovery
+        included. Faust replays every changelog partition a worker takes over up to its end
+        before the worker processes anything; one the consumer does not fetch holds the worker
+        there, all its partitions unprocessed, until the next rebalance (seen on the cluster:
+        every changelog partition led by one broker got nothing for minutes while the others
+        were replayed). When one has delivered nothing for `recovery_stall_s`, all that time
+        with Kafka's group coordinator answering (Kafka is up), the worker restarts in place:
+        a new consumer fetches it."""
+        now = self.clock()
+        if self.host.lease_lapsed_s() is not None:
+            self.answering_since = None
+            return
+        if self.answering_since is None:
+            self.answering_since = now
+        answering = now - self.answering_since
+        stalled = sorted((tp for tp, silent in self.host.recovery_waiting().items()
+                          if min(silent, answering) >= self.options.recovery_stall_s),
+                         key=lambda tp: (tp.topic, tp.partition))
+        if stalled:
+            shown = "; ".join(f"{tp.topic}[{tp.partition}]: {self.host.fetch_state(tp)}"
+                              for tp in stalled[:4])
+            more = f" and {len(stalled) - 4} more" if len(stalled) > 4 else ""
+            self.restart(f"worker {self.options.instance}: table recovery got nothing from "
+                         f"{len(stalled)} changelog partitions for "
+                         f"{self.options.recovery_stall_s:.0f} s while Kafka answered ({shown}"
+                         f"{more}): restarting in place")
 
     def fence_if_cut_off(self) -> None:
         """Called by a timer every `lease_check_s`. Once the group lease lapsed nothing more is

@@ -4,6 +4,8 @@ the app itself crashes."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
@@ -11,10 +13,15 @@ from typing import Any, NoReturn
 import faust
 import pytest
 import rocksdict
+from aiokafka import TopicPartition as AIOKafkaTP
+from aiokafka.client import AIOKafkaClient
+from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.errors import KafkaTimeoutError
 from faust.assignor.client_assignment import ClientAssignment
 from faust.exceptions import ConsistencyError, ProducerSendError
 from faust.transport.producer import ProducerBuffer
+from faust.types import TP
 
 from models.city import load_city
 from models.settings import Settings
@@ -23,7 +30,9 @@ from streams.app import (
     CrashExitingWorker,
     DrainingBuffer,
     FaustHost,
+    RecoveryWatch,
     SendFailures,
+    _fetch_state,
     claim_last_assignment,
     create_app,
     exit_if_crashed,
@@ -32,7 +41,7 @@ from streams.app import (
     remember_assignment,
     table_memory,
 )
-from streams.worker import WorkerOptions, recover_state_dir
+from streams.worker import Worker, WorkerOptions, recover_state_dir
 
 
 class Ended(Exception):
@@ -45,6 +54,12 @@ def ended(why: str) -> NoReturn:
 
 class App:
     should_stop = False
+
+
+def fake_worker(**methods: Any) -> SimpleNamespace:
+    """What `create_app` calls of a worker while it builds the app, and `methods`."""
+    return SimpleNamespace(**{"tables": {}, "on_send_failed": print,
+                              "check_recovery": lambda: None, **methods})
 
 
 def test_a_send_kafka_did_not_take_reaches_the_worker_and_while_stopping_ends_the_process(
@@ -95,7 +110,7 @@ def test_a_crashed_app_ends_the_process_and_a_stopped_one_does_not() -> None:
 def test_the_app_hands_failed_sends_to_its_worker_and_watches_for_its_own_crash(
         tmp_path: Path) -> None:
     failed: list[BaseException] = []
-    fake = SimpleNamespace(tables={}, on_send_failed=failed.append)
+    fake = fake_worker(on_send_failed=failed.append)
     app = create_app(Settings(), load_city(), WorkerOptions(data_dir=tmp_path, store="memory://"),
                      make_worker=lambda *_: fake)  # type: ignore[arg-type]
     sensors = [s for s in app.sensors if isinstance(s, SendFailures)]
@@ -186,7 +201,7 @@ def test_the_app_s_producer_uses_the_draining_buffer(tmp_path: Path) -> None:
 def test_a_crash_even_during_start_up_ends_the_process_without_faust_s_clean_stop(
         tmp_path: Path) -> None:
     app = create_app(Settings(), load_city(), WorkerOptions(data_dir=tmp_path, store="memory://"),
-                     make_worker=lambda *_: SimpleNamespace(tables={}, on_send_failed=print))  # type: ignore[arg-type]
+                     make_worker=lambda *_: fake_worker())  # type: ignore[arg-type]
 
     class Exiting(CrashExitingWorker):
         exit_now = staticmethod(ended)
@@ -244,8 +259,7 @@ def test_a_worker_without_a_usable_last_assignment_joins_as_a_new_member(tmp_pat
 def test_the_app_keeps_each_assignment_for_the_next_start(tmp_path: Path) -> None:
     options = WorkerOptions(data_dir=tmp_path, store="memory://")
     assigned: list[bool] = []
-    fake = SimpleNamespace(tables={}, on_send_failed=None,
-                           on_partitions_assigned=lambda: assigned.append(True))
+    fake = fake_worker(on_partitions_assigned=lambda: assigned.append(True))
     app = create_app(Settings(), load_city(), options,
                      make_worker=lambda *_: fake)  # type: ignore[arg-type]
     app.assignor._assignment = ClientAssignment(actives={"telemetry.water": [2]}, standbys={})
@@ -303,3 +317,81 @@ def test_standby_replicas_reach_faust(tmp_path: Path) -> None:
     app = create_app(Settings(), load_city(), WorkerOptions(data_dir=tmp_path, store="memory://",
                                                             standby_replicas=1))
     assert app.conf.table_standby_replicas == 1
+
+
+CHANGELOG = f"{Settings().kafka.topic_prefix}citystream-worker-water-state-changelog"
+
+
+def test_the_hosts_recovery_waits_for_partitions_behind_their_highwater(tmp_path: Path) -> None:
+    """`FaustHost.recovery_waiting` reads Faust's recovery (faust-streaming internals: this
+    test fails if they change)."""
+    host = FaustHost(Settings(), WorkerOptions(data_dir=tmp_path, store="memory://"))
+    recovery: Any = host.app.tables.recovery  # type: ignore[attr-defined]
+    behind, replayed, fresh = (TP(CHANGELOG, n) for n in range(3))
+    assert host.recovery_waiting() == {}
+    now = time.monotonic()
+    host.app.in_recovery = True
+    recovery._recovery_started_at = now - 100
+    recovery.active_highwaters = Counter({behind: 10, replayed: 5, fresh: 7})
+    recovery.active_offsets = Counter({behind: 4, replayed: 5, fresh: -1})
+    recovery._active_events_received_at = {behind: now - 30, replayed: now - 1}
+    waiting = host.recovery_waiting()
+    assert set(waiting) == {behind, fresh}
+    assert 30 <= waiting[behind] < 31 and 100 <= waiting[fresh] < 101
+    host.app.in_recovery = False
+    assert host.recovery_waiting() == {}
+
+
+def test_the_recovery_watch_runs_from_the_apps_start_and_outlives_its_errors(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    made: list[Worker] = []
+
+    def make_worker(*args: Any) -> Worker:
+        made.append(Worker(*args))
+        return made[0]
+
+    app = create_app(Settings(), load_city(), WorkerOptions(data_dir=tmp_path, store="memory://"),
+                     make_worker=make_worker)
+    [watch] = [child for child in app._children if isinstance(child, RecoveryWatch)]
+    assert watch.check == made[0].check_recovery and watch.interval == 5.0
+
+    checks: list[int] = []
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) == 1:
+            raise KeyError("gone")
+
+    async def run() -> None:
+        watch = RecoveryWatch(check, 0.01)
+        await watch.start()
+        await asyncio.sleep(0.2)
+        await watch.stop()
+
+    asyncio.run(run())
+    assert len(checks) >= 3
+    assert "could not check the table recovery: KeyError('gone')" in caplog.text
+
+
+def test_the_fetch_state_reads_aiokafkas_own_view_of_a_partition() -> None:
+    """`FaustHost.fetch_state` reads aiokafka's fetcher and subscriptions (internals: this
+    test fails if they change); the consumer around them stands for Faust's."""
+    tp = TP("telemetry.water", 0)
+
+    async def states() -> list[str]:
+        subscriptions = SubscriptionState()
+        subscriptions.assign_from_user({AIOKafkaTP(tp.topic, tp.partition)})
+        fetcher = Fetcher(AIOKafkaClient(bootstrap_servers="127.0.0.1:1"), subscriptions)
+        inner = SimpleNamespace(_fetcher=fetcher)
+        consumer = SimpleNamespace(_paused_partitions=set(), _active_partitions={tp},
+                                   _read_offset={tp: 4},
+                                   _thread=SimpleNamespace(_ensure_consumer=lambda: inner))
+        subscriptions.seek(AIOKafkaTP(tp.topic, tp.partition), 5)
+        seen = [_fetch_state(consumer, tp), _fetch_state(consumer, TP(tp.topic, 1))]
+        await fetcher.close()
+        return seen
+
+    assert asyncio.run(states()) == [
+        "Faust active, read offset 4; aiokafka fetching, position 5, highwater None, last fetch "
+        "never, nothing fetched and not consumed, leader None (no request to it in flight)",
+        "Faust not active, not in aiokafka's assignment"]

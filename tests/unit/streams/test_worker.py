@@ -68,6 +68,7 @@ class FakeHost:
         self.seeks: list[tuple[TP, int]] = []
         self.lapsed: float | None = None
         self.held = 0
+        self.waiting: dict[TP, float] = {}
 
     def table(self, name: str) -> dict[bytes, bytes]:
         return self.tables.setdefault(name, {})
@@ -101,6 +102,9 @@ class FakeHost:
 
     def fetch_state(self, tp: TP) -> str:
         return "fake"
+
+    def recovery_waiting(self) -> dict[TP, float]:
+        return dict(self.waiting)
 
     def table_memory(self) -> TableMemory:
         return TableMemory(partitions=2, memtables=3 * 2**20, block_cache=2**20)
@@ -612,6 +616,53 @@ def test_ingest_dead_letters_count_as_rejected_for_the_sensor_their_topic_names(
                      reader=Reader({}))
     asyncio.run(rebuilt.count_rejected(4, dead_letter(topic, None, received_at_ms=TS)))
     assert orjson.loads(kpi_sent(host2)[-1][1])["rejected"] == 3
+
+
+CHANGELOG = TP(f"{SETTINGS.kafka.topic_prefix}citystream-worker-water-state-changelog", 2)
+
+
+def silent_for(host: FakeHost, clock: Clock, seconds: float) -> None:
+    """Time passes with the recovery still waiting for `CHANGELOG`, silent all along."""
+    clock.now += seconds
+    host.waiting = {CHANGELOG: host.waiting.get(CHANGELOG, 0.0) + seconds}
+
+
+def test_a_table_recovery_that_gets_nothing_from_a_partition_restarts_the_worker() -> None:
+    """Cluster, worker 1 cut off: worker 0 took its partitions over and replayed their
+    changelogs except those led by one broker, which delivered nothing for five minutes."""
+    worker, host, clock = build(restart=restart)
+    worker.check_recovery()
+    silent_for(host, clock, 89)
+    worker.check_recovery()
+    host.waiting[TP(CHANGELOG.topic, 3)] = 5.0  # others deliver
+    silent_for(host, clock, 1)
+    with pytest.raises(Restarted, match=re.escape(
+            "table recovery got nothing from 1 changelog partitions for 90 s while Kafka "
+            f"answered ({CHANGELOG.topic}[2]: fake): restarting in place")):
+        worker.check_recovery()
+
+
+def test_a_table_recovery_waits_for_kafka_without_restarting() -> None:
+    """Nothing delivered while Kafka does not answer is an outage, which a restart does not
+    cure: the recovery's silence counts only from when the group coordinator answers again."""
+    worker, host, clock = build(restart=restart)
+    host.lapsed = 12.0
+    silent_for(host, clock, 200)
+    worker.check_recovery()
+    host.lapsed = None
+    worker.check_recovery()
+    silent_for(host, clock, 89)
+    worker.check_recovery()
+    silent_for(host, clock, 1)
+    with pytest.raises(Restarted):
+        worker.check_recovery()
+
+
+def test_no_recovery_under_way_restarts_nothing() -> None:
+    worker, _, clock = build(restart=restart)
+    for _ in range(100):
+        clock.now += 5
+        worker.check_recovery()
 
 
 def test_a_record_kafka_did_not_take_restarts_the_worker() -> None:
