@@ -189,28 +189,40 @@ def table_memory(tables: Iterable[Any]) -> TableMemory:
 
 def _fetch_state(consumer: Any, tp: TP) -> str:
     """Faust's and aiokafka's view of `tp`: paused or not, read offset, position, last fetch,
-    records fetched and not consumed, and its leader with whether a request to it is in flight
-    (aiokafka sends one fetch per broker at a time)."""
+    records fetched and not consumed; and its leader, whether a request to it is in flight and
+    which of its partitions have no position (aiokafka fetches nothing from a broker while a
+    request to it is in flight or one of its partitions, paused or not, waits for a position)."""
     faust_view = ("paused" if tp in consumer._paused_partitions else
                   "active" if tp in consumer._active_partitions else "not active")
     fetcher = consumer._thread._ensure_consumer()._fetcher
+    assignment = fetcher._subscriptions.subscription.assignment
     ours = AIOKafkaTP(tp.topic, tp.partition)
-    state = fetcher._subscriptions.subscription.assignment.state_value(ours)
+    state = assignment.state_value(ours)
     if state is None:
         return f"Faust {faust_view}, not in aiokafka's assignment"
-    position = (state.position if state.has_valid_position
-                else "awaiting reset" if state.awaiting_reset
-                else "none, waiting for its committed offset" if state._committed_futs
-                else "none")
     fetched = ("never" if state.timestamp is None
                else f"{time.time() - state.timestamp / 1000:.0f} s ago")
-    leader = fetcher._client.cluster.leader_for_partition(ours)
+    leader_of = fetcher._client.cluster.leader_for_partition
+    leader = leader_of(ours)
+    unplaced = [f"{other.topic}[{other.partition}]: {_position(assignment.state_value(other))}"
+                for other in sorted(assignment.tps) if leader_of(other) == leader
+                and not assignment.state_value(other).has_valid_position]
     return (f"Faust {faust_view}, read offset {consumer._read_offset.get(tp)}; aiokafka "
-            f"{'paused' if state.paused else 'fetching'}, position {position}, highwater "
-            f"{state.highwater}, last fetch {fetched}, "
-            f"{'records' if ours in fetcher._records else 'nothing'} fetched and not consumed, "
-            f"leader {leader} ({'a' if leader in fetcher._in_flight else 'no'} request to it in "
-            "flight)")
+            f"{'paused' if state.paused else 'fetching'}, position {_position(state)}, "
+            f"highwater {state.highwater}, last fetch {fetched}, "
+            f"{'records' if ours in fetcher._records else 'nothing'} fetched and not consumed; "
+            f"leader {leader}: {'a' if leader in fetcher._in_flight else 'no'} request in "
+            f"flight, {len(unplaced)} of its partitions without a position"
+            + (f" ({', '.join(unplaced[:3])}{', ...' if len(unplaced) > 3 else ''})"
+               if unplaced else ""))
+
+
+def _position(state: Any) -> object:
+    """An aiokafka partition state's position, or why it has none."""
+    return (state.position if state.has_valid_position
+            else "awaiting reset" if state.awaiting_reset
+            else "none, waiting for its committed offset" if state._committed_futs
+            else "none")
 
 
 async def _looked_up(lookup: Awaitable[Mapping[TP, int]], which: str) -> Mapping[TP, int]:

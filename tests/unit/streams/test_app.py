@@ -376,22 +376,23 @@ def test_the_recovery_watch_runs_from_the_apps_start_and_outlives_its_errors(
 def test_the_fetch_state_reads_aiokafkas_own_view_of_a_partition() -> None:
     """`FaustHost.fetch_state` reads aiokafka's fetcher and subscriptions (internals: this
     test fails if they change); the consumer around them stands for Faust's."""
-    tp = TP("telemetry.water", 0)
+    tp, other = TP("telemetry.water", 0), TP("telemetry.water", 1)
 
     async def states() -> list[str]:
         subscriptions = SubscriptionState()
-        subscriptions.assign_from_user({AIOKafkaTP(tp.topic, tp.partition)})
+        subscriptions.assign_from_user({AIOKafkaTP(t.topic, t.partition) for t in (tp, other)})
         fetcher = Fetcher(AIOKafkaClient(bootstrap_servers="127.0.0.1:1"), subscriptions)
         inner = SimpleNamespace(_fetcher=fetcher)
-        consumer = SimpleNamespace(_paused_partitions=set(), _active_partitions={tp},
+        consumer = SimpleNamespace(_paused_partitions={other}, _active_partitions={tp},
                                    _read_offset={tp: 4},
                                    _thread=SimpleNamespace(_ensure_consumer=lambda: inner))
         subscriptions.seek(AIOKafkaTP(tp.topic, tp.partition), 5)
-        seen = [_fetch_state(consumer, tp), _fetch_state(consumer, TP(tp.topic, 1))]
+        seen = [_fetch_state(consumer, tp), _fetch_state(consumer, TP(tp.topic, 2))]
         await fetcher.close()
         return seen
 
     assert asyncio.run(states()) == [
         "Faust active, read offset 4; aiokafka fetching, position 5, highwater None, last fetch "
-        "never, nothing fetched and not consumed, leader None (no request to it in flight)",
+        "never, nothing fetched and not consumed; leader None: no request in flight, 1 of its "
+        "partitions without a position (telemetry.water[1]: none)",
         "Faust not active, not in aiokafka's assignment"]
