@@ -162,7 +162,7 @@ class FaustHost:
     def recovery_waiting(self) -> dict[TP, float]:
         recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
         started = recovery._recovery_started_at
-        if not self.app.in_recovery or started is None:
+        if not self.app.in_recovery or started is None or self.app.should_stop:
             return {}
         now, received = time.monotonic(), recovery._active_events_received_at
         return {tp: now - received.get(tp, started)
@@ -363,12 +363,20 @@ class RecoveryWatch(Service):
 
     @Service.task
     async def _watch(self) -> None:
-        while not self.should_stop:
+        failed = False
+        while True:
             await self.sleep(self.interval)
+            if self.should_stop:
+                return
             try:
                 self.check()
             except Exception as exc:  # a watchdog: it never crashes the app
-                log.warning("could not check the table recovery: %r", exc)
+                if not failed:
+                    log.warning("could not check the table recovery (logged once until a "
+                                "check works again): %r", exc)
+                failed = True
+            else:
+                failed = False
 
 
 ASSIGNMENT_FILE = "last-assignment.json"

@@ -118,7 +118,9 @@ class WorkerOptions:
     rewind_idle_s: float = 30.0  # idle this long, a partition is checked for skipped records
     rewinds_before_restart: int = 3  # rewinds in a row that delivered nothing, then a restart
     recovery_check_s: float = 5.0  # how often a stalled table recovery is looked for
-    recovery_stall_s: float = 90.0  # a changelog partition silent this long in recovery: restart
+    recovery_stall_s: float = 120.0  # a changelog partition silent this long in recovery:
+    # restart (longer than the consumer's 90 s request timeout, which a fetch from a broker
+    # that is cut off but still running waits out before the partition moves)
     lease_check_s: float = 0.25  # how often a lapsed group lease is looked for
 
     @property
@@ -666,7 +668,7 @@ class Worker:
                 self.restart(f"worker {self.options.instance}: {tp.topic}[{tp.partition}]: "
                              f"{in_a_row - 1} rewinds to {target} delivered nothing (consumer: "
                              f"{self.host.fetch_state(tp)}); the consumer is not fetching the "
-                             "partition: restarting in place")
+                             "partition")
             log.warning("%s[%d]: records %d-%d were never delivered to the agent (last applied: "
                         "%s) and nothing came after them; rewinding the consumer to %d (rewind "
                         "%d in a row; consumer: %s)", tp.topic, tp.partition, target,
@@ -739,8 +741,8 @@ class Worker:
         there, all its partitions unprocessed, until the next rebalance (seen on the cluster:
         every changelog partition led by one broker got nothing for minutes while the others
         were replayed). When one has delivered nothing for `recovery_stall_s`, all that time
-        with Kafka's group coordinator answering (Kafka is up), the worker restarts in place:
-        a new consumer fetches it."""
+        with the group lease holding (Kafka's coordinator answering) and no rebalance under
+        way, the worker restarts in place: a new consumer fetches it."""
         now = self.clock()
         if self.host.lease_lapsed_s() is not None:
             self.answering_since = None
@@ -758,7 +760,7 @@ class Worker:
             self.restart(f"worker {self.options.instance}: table recovery got nothing from "
                          f"{len(stalled)} changelog partitions for "
                          f"{self.options.recovery_stall_s:.0f} s while Kafka answered ({shown}"
-                         f"{more}): restarting in place")
+                         f"{more})")
 
     def fence_if_cut_off(self) -> None:
         """Called by a timer every `lease_check_s`. Once the group lease lapsed nothing more is
@@ -779,6 +781,7 @@ class Worker:
         """Called when partitions are taken from this worker. The entities of revoked source
         partitions are another worker's now: the engines' caches are emptied (those of kept
         partitions are read back from the tables when next needed)."""
+        self.answering_since = None  # a recovery's silence counts again from the join
         if any(tp.topic in self.kind_of_topic for tp in revoked):
             for engine in self.engines.values():
                 engine.forget_all()
@@ -786,6 +789,7 @@ class Worker:
     def on_partitions_assigned(self) -> None:
         """Called after each rebalance's assignment, when Faust has closed the table
         partitions of its revocations: their memory goes back to the OS."""
+        self.answering_since = None
         self.release_memory()
 
     def on_rebalance_complete(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
@@ -15,7 +14,7 @@ import pytest
 import rocksdict
 from aiokafka import TopicPartition as AIOKafkaTP
 from aiokafka.client import AIOKafkaClient
-from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.fetcher import Fetcher, OffsetResetStrategy
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.errors import KafkaTimeoutError
 from faust.assignor.client_assignment import ClientAssignment
@@ -324,21 +323,25 @@ CHANGELOG = f"{Settings().kafka.topic_prefix}citystream-worker-water-state-chang
 
 def test_the_hosts_recovery_waits_for_partitions_behind_their_highwater(tmp_path: Path) -> None:
     """`FaustHost.recovery_waiting` reads Faust's recovery (faust-streaming internals: this
-    test fails if they change)."""
+    test fails if they change), started and ended by Faust's own transitions."""
     host = FaustHost(Settings(), WorkerOptions(data_dir=tmp_path, store="memory://"))
     recovery: Any = host.app.tables.recovery  # type: ignore[attr-defined]
     behind, replayed, fresh = (TP(CHANGELOG, n) for n in range(3))
     assert host.recovery_waiting() == {}
+    recovery._set_recovery_started()
+    recovery._recovery_started_at -= 100
+    recovery.active_highwaters.update({behind: 10, replayed: 5, fresh: 7})
+    recovery.active_offsets.update({behind: 4, replayed: 5, fresh: -1})
     now = time.monotonic()
-    host.app.in_recovery = True
-    recovery._recovery_started_at = now - 100
-    recovery.active_highwaters = Counter({behind: 10, replayed: 5, fresh: 7})
-    recovery.active_offsets = Counter({behind: 4, replayed: 5, fresh: -1})
-    recovery._active_events_received_at = {behind: now - 30, replayed: now - 1}
+    recovery._active_events_received_at.update({behind: now - 30, replayed: now - 1})
     waiting = host.recovery_waiting()
     assert set(waiting) == {behind, fresh}
     assert 30 <= waiting[behind] < 31 and 100 <= waiting[fresh] < 101
-    host.app.in_recovery = False
+    host.app._stopped.set()  # stopping: a stalled recovery is no cause to restart then
+    assert host.app.should_stop and host.recovery_waiting() == {}
+    host.app._stopped.clear()
+    assert host.recovery_waiting()
+    recovery._set_recovery_ended()
     assert host.recovery_waiting() == {}
 
 
@@ -359,40 +362,62 @@ def test_the_recovery_watch_runs_from_the_apps_start_and_outlives_its_errors(
 
     def check() -> None:
         checks.append(1)
-        if len(checks) == 1:
+        if len(checks) <= 2:
             raise KeyError("gone")
 
-    async def run() -> None:
+    async def run() -> int:
         watch = RecoveryWatch(check, 0.01)
         await watch.start()
         await asyncio.sleep(0.2)
         await watch.stop()
+        stopped_at = len(checks)
+        await asyncio.sleep(0.05)
+        return stopped_at
 
-    asyncio.run(run())
-    assert len(checks) >= 3
-    assert "could not check the table recovery: KeyError('gone')" in caplog.text
+    stopped_at = asyncio.run(run())
+    assert len(checks) >= 4, "checked on after its errors"
+    assert len(checks) == stopped_at, "nothing checked once stopped"
+    assert caplog.text.count("could not check the table recovery") == 1
+    assert "KeyError('gone')" in caplog.text
 
 
 def test_the_fetch_state_reads_aiokafkas_own_view_of_a_partition() -> None:
     """`FaustHost.fetch_state` reads aiokafka's fetcher and subscriptions (internals: this
     test fails if they change); the consumer around them stands for Faust's."""
-    tp, other = TP("telemetry.water", 0), TP("telemetry.water", 1)
+    water = [TP("telemetry.water", n) for n in range(4)]
+    ours = [AIOKafkaTP(tp.topic, tp.partition) for tp in water]
 
     async def states() -> list[str]:
         subscriptions = SubscriptionState()
-        subscriptions.assign_from_user({AIOKafkaTP(t.topic, t.partition) for t in (tp, other)})
+        subscriptions.assign_from_user(set(ours))
         fetcher = Fetcher(AIOKafkaClient(bootstrap_servers="127.0.0.1:1"), subscriptions)
+        await fetcher.close()  # its fetch routine left alone would act on what follows
         inner = SimpleNamespace(_fetcher=fetcher)
-        consumer = SimpleNamespace(_paused_partitions={other}, _active_partitions={tp},
-                                   _read_offset={tp: 4},
+        consumer = SimpleNamespace(_paused_partitions={water[1]}, _active_partitions={water[0]},
+                                   _read_offset={water[0]: 4},
                                    _thread=SimpleNamespace(_ensure_consumer=lambda: inner))
-        subscriptions.seek(AIOKafkaTP(tp.topic, tp.partition), 5)
-        seen = [_fetch_state(consumer, tp), _fetch_state(consumer, TP(tp.topic, 2))]
-        await fetcher.close()
+        seen = [_fetch_state(consumer, water[0])]
+        subscriptions.seek(ours[0], 5)
+        assignment = subscriptions.subscription.assignment
+        assignment.state_value(ours[1]).await_reset(OffsetResetStrategy.EARLIEST)
+        assignment.state_value(ours[2]).fetch_committed()
+        fetcher._client.cluster.leader_for_partition = lambda tp: 2 if tp.partition < 3 else 3
+        fetcher._in_flight.add(2)
+        fetcher._records[ours[0]] = object()
+        seen += [_fetch_state(consumer, water[0]), _fetch_state(consumer, water[3]),
+                 _fetch_state(consumer, TP("telemetry.water", 4))]
         return seen
 
     assert asyncio.run(states()) == [
+        "Faust active, read offset 4; aiokafka fetching, position none, highwater None, last "
+        "fetch never, nothing fetched and not consumed; leader None: no request in flight, 4 of "
+        "its partitions without a position (telemetry.water[0]: none, telemetry.water[1]: none, "
+        "telemetry.water[2]: none, ...)",
         "Faust active, read offset 4; aiokafka fetching, position 5, highwater None, last fetch "
-        "never, nothing fetched and not consumed; leader None: no request in flight, 1 of its "
-        "partitions without a position (telemetry.water[1]: none)",
+        "never, records fetched and not consumed; leader 2: a request in flight, 2 of its "
+        "partitions without a position (telemetry.water[1]: awaiting reset, "
+        "telemetry.water[2]: none, waiting for its committed offset)",
+        "Faust not active, read offset None; aiokafka fetching, position none, highwater None, "
+        "last fetch never, nothing fetched and not consumed; leader 3: no request in flight, 1 "
+        "of its partitions without a position (telemetry.water[3]: none)",
         "Faust not active, not in aiokafka's assignment"]

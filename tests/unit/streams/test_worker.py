@@ -632,26 +632,59 @@ def test_a_table_recovery_that_gets_nothing_from_a_partition_restarts_the_worker
     changelogs except those led by one broker, which delivered nothing for five minutes."""
     worker, host, clock = build(restart=restart)
     worker.check_recovery()
-    silent_for(host, clock, 89)
+    silent_for(host, clock, 119)
     worker.check_recovery()
     host.waiting[TP(CHANGELOG.topic, 3)] = 5.0  # others deliver
     silent_for(host, clock, 1)
     with pytest.raises(Restarted, match=re.escape(
-            "table recovery got nothing from 1 changelog partitions for 90 s while Kafka "
-            f"answered ({CHANGELOG.topic}[2]: fake): restarting in place")):
+            "table recovery got nothing from 1 changelog partitions for 120 s while Kafka "
+            f"answered ({CHANGELOG.topic}[2]: fake)")):
         worker.check_recovery()
+
+
+def test_the_restart_names_at_most_four_partitions() -> None:
+    worker, host, clock = build(restart=restart)
+    worker.check_recovery()
+    clock.now += 120
+    host.waiting = {TP(CHANGELOG.topic, n): 120.0 for n in range(6)}
+    with pytest.raises(Restarted) as restarted:
+        worker.check_recovery()
+    assert "from 6 changelog partitions" in str(restarted.value)
+    assert str(restarted.value).count(": fake") == 4
+    assert str(restarted.value).endswith("[3]: fake and 2 more)")
 
 
 def test_a_table_recovery_waits_for_kafka_without_restarting() -> None:
     """Nothing delivered while Kafka does not answer is an outage, which a restart does not
     cure: the recovery's silence counts only from when the group coordinator answers again."""
     worker, host, clock = build(restart=restart)
+    worker.check_recovery()
+    silent_for(host, clock, 100)
+    worker.check_recovery()
     host.lapsed = 12.0
-    silent_for(host, clock, 200)
+    silent_for(host, clock, 100)
     worker.check_recovery()
     host.lapsed = None
     worker.check_recovery()
-    silent_for(host, clock, 89)
+    silent_for(host, clock, 119)
+    worker.check_recovery()
+    silent_for(host, clock, 1)
+    with pytest.raises(Restarted):
+        worker.check_recovery()
+
+
+def test_a_rebalance_restarts_the_count_of_a_recoverys_silence() -> None:
+    """Between the revocation and the next recovery's start Faust keeps the old recovery's
+    figures, and a join takes as long as the slowest member: not silence to restart on."""
+    worker, host, clock = build(restart=restart, release_memory=lambda: None)
+    worker.check_recovery()
+    silent_for(host, clock, 100)
+    worker.on_partitions_revoked(set())
+    worker.check_recovery()
+    silent_for(host, clock, 100)
+    worker.on_partitions_assigned()
+    worker.check_recovery()
+    silent_for(host, clock, 119)
     worker.check_recovery()
     silent_for(host, clock, 1)
     with pytest.raises(Restarted):
