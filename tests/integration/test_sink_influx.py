@@ -5,6 +5,7 @@ server's 400 / 422 refusals end up in the dead-letter topic."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from pydantic import SecretStr
 
-from connectors.influxdb.write import InfluxWriter
+from connectors.influxdb.write import InfluxWriter, SinkBackpressure
 from connectors.kafka import KafkaSink, ensure_topics
 from deploy.local.stack import Stack
 from kinds.shuttle import ShuttleReading
@@ -27,6 +28,7 @@ from kinds.water import WaterKpi, WaterReading
 from models.records import Alert, record_to_json
 from models.settings import InfluxSettings, KafkaSettings
 from models.topics import Topics
+from streams import lease
 from streams.sink import (
     GROUP_ID,
     Buckets,
@@ -139,6 +141,10 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: 
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def caught_up(e: Env, ends: dict[TopicPartition, int]) -> Callable[[], Awaitable[bool]]:
@@ -412,3 +418,85 @@ def test_points_influxdb_refuses_go_to_the_dead_letter_topic(env: Env) -> None:
     assert "field type conflict" in ours["wm-conflict"]["detail"]
     assert "dropped=1" in ours["wm-conflict"]["detail"]
     assert "time outside range" in ours["wm-future"]["detail"]
+
+
+class CutOff:
+    """A sink's InfluxDB writer across a network that can be cut (then every write fails as
+    an unreachable InfluxDB does) and healed."""
+
+    def __init__(self, writer: InfluxWriter) -> None:
+        self.writer = writer
+        self.cut = False
+
+    def write(self, bucket: str, lines: list[str]) -> None:
+        if self.cut:
+            raise SinkBackpressure("InfluxDB unreachable (network cut)", 0.2)
+        self.writer.write(bucket, lines)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def test_a_sink_cut_off_kafka_and_influxdb_never_writes_what_it_held(env: Env) -> None:
+    """The zombie write the sink's group lease prevents (streams/sink.py), on a real group.
+    Sink A holds a batch through an InfluxDB it cannot reach; then its group coordinator stops
+    answering it (its requests made to hang, as across a network partition), the group gives
+    the partitions to sink B, and B writes those records and their corrections. When A reaches
+    InfluxDB again it must drop what it held: written then, it would overwrite B's newer
+    values with stale ones."""
+    lease.install()
+    ts = now_ms(50)
+    first, points_first = water_batch(env, ts, 100, "a")
+    held, _ = water_batch(env, ts, 100, "a")  # the same points again: what A holds
+    held = [(t, k, v.replace(b'"volume_m3":1', b'"volume_m3":2')) for t, k, v in held]
+    corrected = [(t, k, v.replace(b'"volume_m3":2', b'"volume_m3":3')) for t, k, v in held]
+    final = {key: {"volume_m3": fields["volume_m3"] + 200}
+             for key, fields in points_first.items()}
+
+    async def scenario() -> dict[str, Any]:
+        writer = CutOff(InfluxWriter(env.influx))
+        a = InfluxSink(kafka_consumer(env.kafka), writer,
+                       KafkaSink(env.kafka, client_id="citystream-sink-it"),
+                       buckets=Buckets(env.influx.bucket_telemetry, env.influx.bucket_kpi),
+                       topics=env.topics, options=SinkOptions(poll_timeout_ms=200,
+                                                              retry_initial_s=0.2,
+                                                              retry_max_s=1.0),
+                       lease_lapsed=functools.partial(lease.lapsed, env.group))
+        async with Running(a):
+            await until(caught_up(env, await produce(env, first)), 60, "A writes the first")
+            writer.cut = True
+            await produce(env, held)
+            await until(lambda: _true(a._held > 0), 30, "A to hold a batch it cannot write")
+            written = a.counters()["written"]
+
+            coordinator = a.consumer._coordinator  # type: ignore[attr-defined]
+            send, healed = coordinator._send_req, asyncio.Event()
+
+            async def unanswered(request: Any) -> Any:
+                await healed.wait()
+                return await send(request)
+
+            coordinator._send_req = unanswered
+            t0 = time.monotonic()
+            await until(lambda: _true(lease.lapsed(env.group) is not None), 30, "A's lease")
+            lapsed_after = time.monotonic() - t0
+            try:
+                async with Running(make_sink(env)):
+                    ends = await produce(env, corrected)
+                    await until(caught_up(env, ends), 90, "B to write the partitions' records")
+                    assert query(env, env.influx.bucket_telemetry) == final
+                    writer.cut = False  # A reaches InfluxDB again, still cut off Kafka
+                    await asyncio.sleep(5)  # its retries come every second at most
+                    zombie = a.counters()["written"] - written
+                    after = query(env, env.influx.bucket_telemetry)
+            finally:
+                coordinator._send_req = send
+                healed.set()
+        return {"lapsed_after": lapsed_after, "zombie": zombie, "after": after,
+                "dropped": a.dropped_batches}
+
+    figures = asyncio.run(scenario())
+    print({k: v for k, v in figures.items() if k != "after"})
+    assert figures["zombie"] == 0, "A wrote what it held after B's newer values"
+    assert figures["after"] == final
+    assert figures["dropped"] >= 1
