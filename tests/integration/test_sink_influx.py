@@ -1,6 +1,7 @@
 """The InfluxDB sink against the real Kafka and InfluxDB 2.7: exact points, idempotent replays,
-an InfluxDB outage with nothing lost and no offset committed ahead of the write, and how the
-server's 400 / 422 refusals end up in the dead-letter topic."""
+an InfluxDB outage with nothing lost and no offset committed ahead of the write, how the
+server's 400 / 422 refusals end up in the dead-letter topic, and a sink cut off its group that
+drops what it held rather than write it over the new owner's values."""
 
 from __future__ import annotations
 
