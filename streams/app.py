@@ -159,6 +159,12 @@ class FaustHost:
         except Exception as exc:  # a diagnostic: it never fails the check that logs it
             return f"unknown ({exc!r})"
 
+    def consumer_state(self) -> str:
+        try:
+            return _consumer_state(self.app.consumer)
+        except Exception as exc:  # a diagnostic: it never fails the check that logs it
+            return f"unknown ({exc!r})"
+
     def recovery_waiting(self) -> dict[TP, float]:
         recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
         started = recovery._recovery_started_at
@@ -215,6 +221,28 @@ def _fetch_state(consumer: Any, tp: TP) -> str:
             f"flight, {len(unplaced)} of its partitions without a position"
             + (f" ({', '.join(unplaced[:3])}{', ...' if len(unplaced) > 3 else ''})"
                if unplaced else ""))
+
+
+def _consumer_state(consumer: Any) -> str:
+    """aiokafka's fetcher and group coordinator as a whole: the brokers with a request in
+    flight, what its pending tasks wait in (a position update waits without a timeout for the
+    committed offsets the coordinator's refresh task fetches), and that task's state."""
+    inner = consumer._thread._ensure_consumer()
+    fetcher = inner._fetcher
+    tasks = []
+    for task in list(fetcher._pending_tasks):
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        tasks.append(f"{coro.__qualname__.rsplit('.', 1)[-1]}"
+                     f"{f' at line {frame.f_lineno}' if frame is not None else ''}"
+                     f"{' (done)' if task.done() else ''}")
+    refresh = getattr(inner._coordinator, "_commit_refresh_task", None)
+    refreshing = ("none" if refresh is None else "running" if not refresh.done()
+                  else "cancelled" if refresh.cancelled() else f"ended ({refresh.exception()!r})")
+    waiting = fetcher._subscriptions.subscription.assignment.requesting_committed()
+    return (f"aiokafka: requests in flight to brokers {sorted(fetcher._in_flight)}, pending "
+            f"tasks [{', '.join(sorted(tasks))}]; committed-offset refresh task {refreshing}, "
+            f"{len(waiting)} partitions waiting for their committed offset")
 
 
 def _position(state: Any) -> object:

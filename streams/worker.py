@@ -250,6 +250,11 @@ class Host(Protocol):
         """How the consumer holds `tp` (paused, fetching, its position), for the log."""
         ...
 
+    def consumer_state(self) -> str:
+        """The consumer's fetching as a whole (requests in flight, pending work), for the
+        log."""
+        ...
+
     def recovery_waiting(self) -> Mapping[TP, float]:
         """The changelog partitions the table recovery under way still needs records from,
         each with the seconds since it last delivered one to the recovery (or since the
@@ -760,7 +765,7 @@ class Worker:
             self.restart(f"worker {self.options.instance}: table recovery got nothing from "
                          f"{len(stalled)} changelog partitions for "
                          f"{self.options.recovery_stall_s:.0f} s while Kafka answered ({shown}"
-                         f"{more})")
+                         f"{more}; {self.host.consumer_state()})")
 
     def fence_if_cut_off(self) -> None:
         """Called by a timer every `lease_check_s`. Once the group lease lapsed nothing more is

@@ -4,6 +4,7 @@ the app itself crashes."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +32,7 @@ from streams.app import (
     FaustHost,
     RecoveryWatch,
     SendFailures,
+    _consumer_state,
     _fetch_state,
     claim_last_assignment,
     create_app,
@@ -421,3 +423,39 @@ def test_the_fetch_state_reads_aiokafkas_own_view_of_a_partition() -> None:
         "last fetch never, nothing fetched and not consumed; leader 3: no request in flight, 1 "
         "of its partitions without a position (telemetry.water[3]: none)",
         "Faust not active, not in aiokafka's assignment"]
+
+
+def test_the_consumer_state_shows_a_position_update_waiting_for_a_committed_offset() -> None:
+    """The one wait in aiokafka's fetcher without a timeout: a broker's position update waits
+    for a committed offset only the coordinator's refresh task fetches; while it waits, no
+    partition of that broker is fetched. `FaustHost.consumer_state` shows it (aiokafka
+    internals: this test fails if they change)."""
+    tp = AIOKafkaTP("telemetry.water", 0)
+
+    async def state() -> str:
+        subscriptions = SubscriptionState()
+        subscriptions.assign_from_user({tp})
+        fetcher = Fetcher(AIOKafkaClient(bootstrap_servers="127.0.0.1:1"), subscriptions)
+        await fetcher.close()
+        assignment = subscriptions.subscription.assignment
+        updating = asyncio.create_task(fetcher._update_fetch_positions(assignment, 2, [tp]))
+        fetcher._pending_tasks.add(updating)
+        fetcher._in_flight.add(2)
+
+        async def refresh() -> None:
+            raise KeyError("refresh failed")
+
+        refreshing = asyncio.create_task(refresh())
+        await asyncio.sleep(0.05)
+        inner = SimpleNamespace(_fetcher=fetcher,
+                                _coordinator=SimpleNamespace(_commit_refresh_task=refreshing))
+        seen = _consumer_state(SimpleNamespace(
+            _thread=SimpleNamespace(_ensure_consumer=lambda: inner)))
+        updating.cancel()
+        return seen
+
+    assert re.fullmatch(
+        r"aiokafka: requests in flight to brokers \[2\], pending tasks "
+        r"\[_update_fetch_positions at line \d+\]; committed-offset refresh task ended "
+        r"\(KeyError\('refresh failed'\)\), 1 partitions waiting for their committed offset",
+        asyncio.run(state()))

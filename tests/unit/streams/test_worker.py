@@ -103,6 +103,9 @@ class FakeHost:
     def fetch_state(self, tp: TP) -> str:
         return "fake"
 
+    def consumer_state(self) -> str:
+        return "fake consumer"
+
     def recovery_waiting(self) -> dict[TP, float]:
         return dict(self.waiting)
 
@@ -638,7 +641,7 @@ def test_a_table_recovery_that_gets_nothing_from_a_partition_restarts_the_worker
     silent_for(host, clock, 1)
     with pytest.raises(Restarted, match=re.escape(
             "table recovery got nothing from 1 changelog partitions for 120 s while Kafka "
-            f"answered ({CHANGELOG.topic}[2]: fake)")):
+            f"answered ({CHANGELOG.topic}[2]: fake; fake consumer)")):
         worker.check_recovery()
 
 
@@ -651,7 +654,7 @@ def test_the_restart_names_at_most_four_partitions() -> None:
         worker.check_recovery()
     assert "from 6 changelog partitions" in str(restarted.value)
     assert str(restarted.value).count(": fake") == 4
-    assert str(restarted.value).endswith("[3]: fake and 2 more)")
+    assert str(restarted.value).endswith("[3]: fake and 2 more; fake consumer)")
 
 
 def test_a_table_recovery_waits_for_kafka_without_restarting() -> None:
