@@ -630,6 +630,14 @@ def silent_for(host: FakeHost, clock: Clock, seconds: float) -> None:
     host.waiting = {CHANGELOG: host.waiting.get(CHANGELOG, 0.0) + seconds}
 
 
+def restarts_once_silent_120_s_more(worker: Worker, host: FakeHost, clock: Clock) -> None:
+    silent_for(host, clock, 119)
+    worker.check_recovery()
+    silent_for(host, clock, 1)
+    with pytest.raises(Restarted):
+        worker.check_recovery()
+
+
 def test_a_table_recovery_that_gets_nothing_from_a_partition_restarts_the_worker() -> None:
     """Cluster, worker 1 cut off: worker 0 took its partitions over and replayed their
     changelogs except those led by one broker, which delivered nothing for five minutes."""
@@ -669,11 +677,7 @@ def test_a_table_recovery_waits_for_kafka_without_restarting() -> None:
     worker.check_recovery()
     host.lapsed = None
     worker.check_recovery()
-    silent_for(host, clock, 119)
-    worker.check_recovery()
-    silent_for(host, clock, 1)
-    with pytest.raises(Restarted):
-        worker.check_recovery()
+    restarts_once_silent_120_s_more(worker, host, clock)
 
 
 def test_a_rebalance_restarts_the_count_of_a_recoverys_silence() -> None:
@@ -687,11 +691,7 @@ def test_a_rebalance_restarts_the_count_of_a_recoverys_silence() -> None:
     silent_for(host, clock, 100)
     worker.on_partitions_assigned()
     worker.check_recovery()
-    silent_for(host, clock, 119)
-    worker.check_recovery()
-    silent_for(host, clock, 1)
-    with pytest.raises(Restarted):
-        worker.check_recovery()
+    restarts_once_silent_120_s_more(worker, host, clock)
 
 
 def test_no_recovery_under_way_restarts_nothing() -> None:
