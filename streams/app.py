@@ -154,16 +154,10 @@ class FaustHost:
         await self.app.consumer.seek_wait({tp: offset})
 
     def fetch_state(self, tp: TP) -> str:
-        try:
-            return _fetch_state(self.app.consumer, tp)
-        except Exception as exc:  # a diagnostic: it never fails the check that logs it
-            return f"unknown ({exc!r})"
+        return _described(lambda: _fetch_state(self.app.consumer, tp))
 
     def consumer_state(self) -> str:
-        try:
-            return _consumer_state(self.app.consumer)
-        except Exception as exc:  # a diagnostic: it never fails the check that logs it
-            return f"unknown ({exc!r})"
+        return _described(lambda: _consumer_state(self.app.consumer))
 
     def recovery_waiting(self) -> dict[TP, float]:
         recovery: Any = self.app.tables.recovery  # type: ignore[attr-defined]
@@ -191,6 +185,14 @@ def table_memory(tables: Iterable[Any]) -> TableMemory:
             for i, name in enumerate(ROCKSDB_MEMORY):
                 used[i] += db.property_int_value(name) or 0
     return TableMemory(partitions, *used)
+
+
+def _described(describe: Callable[[], str]) -> str:
+    """A diagnostic for the log: it never fails the check that logs it."""
+    try:
+        return describe()
+    except Exception as exc:
+        return f"unknown ({exc!r})"
 
 
 def _fetch_state(consumer: Any, tp: TP) -> str:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from pydantic import SecretStr
 
-from connectors.influxdb.write import InfluxWriter, SinkBackpressure
+from connectors.influxdb.write import InfluxWriter, PointWriter, SinkBackpressure
 from connectors.kafka import KafkaSink, ensure_topics
 from deploy.local.stack import Stack
 from kinds.shuttle import ShuttleReading
@@ -155,13 +155,15 @@ def caught_up(e: Env, ends: dict[TopicPartition, int]) -> Callable[[], Awaitable
     return check
 
 
-def make_sink(e: Env, **options: Any) -> InfluxSink:
+def make_sink(e: Env, writer: PointWriter | None = None,
+              lease_lapsed: Callable[[], float | None] = lambda: None,
+              **options: Any) -> InfluxSink:
     return InfluxSink(
-        kafka_consumer(e.kafka), InfluxWriter(e.influx),
+        kafka_consumer(e.kafka), writer or InfluxWriter(e.influx),
         KafkaSink(e.kafka, client_id="citystream-sink-it"),
         buckets=Buckets(e.influx.bucket_telemetry, e.influx.bucket_kpi), topics=e.topics,
         options=SinkOptions(poll_timeout_ms=200, retry_initial_s=0.2, retry_max_s=1.0,
-                            **options))
+                            **options), lease_lapsed=lease_lapsed)
 
 
 class Running:
@@ -456,13 +458,7 @@ def test_a_sink_cut_off_kafka_and_influxdb_never_writes_what_it_held(env: Env) -
 
     async def scenario() -> dict[str, Any]:
         writer = CutOff(InfluxWriter(env.influx))
-        a = InfluxSink(kafka_consumer(env.kafka), writer,
-                       KafkaSink(env.kafka, client_id="citystream-sink-it"),
-                       buckets=Buckets(env.influx.bucket_telemetry, env.influx.bucket_kpi),
-                       topics=env.topics, options=SinkOptions(poll_timeout_ms=200,
-                                                              retry_initial_s=0.2,
-                                                              retry_max_s=1.0),
-                       lease_lapsed=functools.partial(lease.lapsed, env.group))
+        a = make_sink(env, writer, functools.partial(lease.lapsed, env.group))
         async with Running(a):
             await until(caught_up(env, await produce(env, first)), 60, "A writes the first")
             writer.cut = True
